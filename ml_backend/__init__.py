@@ -1,0 +1,55 @@
+"""SAM 2 for video annotation in Label Studio: an ML backend and an RQ propagation worker.
+
+Importing this package is cheap: torch, sam2 and the model load only when first needed.
+"""
+
+from .exceptions import (
+    BadPayload,
+    BadPoint,
+    CheckpointMissing,
+    ConfigurationError,
+    FetchError,
+    ForbiddenURL,
+    ItemIndexOutOfRange,
+    JobError,
+    MLBackendError,
+    NotAnImage,
+    PromptError,
+    RequestError,
+    SourceNotFound,
+    TooLarge,
+    UnknownTag,
+    VideoError,
+)
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadPayload",
+    "BadPoint",
+    "CheckpointMissing",
+    "ConfigurationError",
+    "FetchError",
+    "ForbiddenURL",
+    "ItemIndexOutOfRange",
+    "JobError",
+    "MLBackendError",
+    "NotAnImage",
+    "PromptError",
+    "RequestError",
+    "Settings",
+    "SourceNotFound",
+    "TooLarge",
+    "UnknownTag",
+    "VideoError",
+    "__version__",
+    "create_app",
+]
+
+
+def create_app(*args, **kwargs):
+    """The backend's Flask app; see :func:`ml_backend.app.create_app`."""
+    from .app import create_app as _create_app
+
+    return _create_app(*args, **kwargs)

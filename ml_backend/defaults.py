@@ -1,0 +1,76 @@
+"""Default values for every setting, in one place.
+
+Each constant is the value a :class:`ml_backend.settings.Settings` field takes when its
+environment variable is unset. The README's settings table is generated from the same
+names; keep the comments short and factual.
+"""
+
+#: SAM 2.1 model size: one of ``tiny``, ``small``, ``base_plus``, ``large``.
+MODEL_SIZE = "tiny"
+
+#: Folder where ``scripts/download_checkpoints.py`` puts ``sam2.1_hiera_<size>.pt``.
+CHECKPOINT_DIR = "checkpoints"
+
+#: Side, in pixels, of the square image SAM 2 sees. 1024 is the trained size; tests use 256.
+IMAGE_SIZE = 1024
+
+#: ``auto`` picks ``cuda`` > ``mps`` > ``cpu``.
+DEVICE = "auto"
+
+#: bfloat16 autocast on CUDA (ignored elsewhere).
+BF16 = True
+
+#: TF32 matmuls on Ampere+ GPUs (ignored elsewhere).
+TF32 = True
+
+#: Seed for the random-weight model (``SAM2_CHECKPOINT=random``) so runs are repeatable.
+RANDOM_SEED = 0
+
+#: Label Studio, as the backend reaches it (task files are downloaded from here).
+LABEL_STUDIO_URL = "http://localhost:8080"
+
+#: Redis for the RQ queue and the interactive sessions.
+REDIS_URL = "redis://localhost:6379/0"
+
+#: RQ queue the webhook and scripts enqueue propagation jobs on.
+QUEUE_NAME = "sam2-propagation"
+
+#: Most image embeddings kept in the LRU cache.
+EMBEDDING_CACHE_ITEMS = 64
+
+#: Most bytes of image embeddings kept in the LRU cache (tiny at 1024 px is ~17 MiB each).
+EMBEDDING_CACHE_BYTES = 2 * 1024**3
+
+#: Most bytes of downloaded task files kept on disk under ``DATA_DIR/downloads``.
+DOWNLOAD_CACHE_BYTES = 2 * 1024**3
+
+#: Largest image accepted for a preview, in pixels (width x height).
+MAX_IMAGE_PIXELS = 40_000_000
+
+#: Largest download accepted, in bytes.
+MAX_DOWNLOAD_BYTES = 200 * 1024**2
+
+#: Seconds a download from Label Studio may take.
+DOWNLOAD_TIMEOUT = 30.0
+
+#: Root folder for caches, sessions and results.
+DATA_DIR = "data"
+
+#: Seconds an interactive point session lives without a click.
+SESSION_TTL = 3600
+
+#: ``auto``: enqueue a propagation job on every submitted annotation;
+#: ``batch``: only on "Start training" / ``scripts/process_all.py``.
+WEBHOOK_MODE = "auto"
+
+#: Background colour of exported green-screen frames (R,G,B).
+BACKGROUND_COLOR = (0, 255, 0)
+
+#: Seconds a propagation job may run before RQ stops it.
+JOB_TIMEOUT = 6 * 3600
+
+#: Frames decoded ahead of the tracker by the lazy frame source.
+PREFETCH_FRAMES = 8
+
+#: HTTP port of ``python -m ml_backend serve``.
+PORT = 9090

@@ -1,0 +1,90 @@
+"""Every exception the package raises on purpose, in one flat module.
+
+The tree::
+
+    MLBackendError
+    ├── ConfigurationError          settings that cannot work; the process refuses to start
+    │   └── CheckpointMissing       no SAM 2 checkpoint and no explicit ``random`` opt-in
+    ├── RequestError                a request that cannot be answered; HTTP 4xx (``status``)
+    │   ├── BadPayload              malformed JSON, missing fields, wrong types        (400)
+    │   ├── UnknownTag              a tag name that the label config does not have      (422)
+    │   ├── BadPoint                a keypoint outside the image                        (422)
+    │   ├── ItemIndexOutOfRange     ``item_index`` past the end of a multi-image list   (422)
+    │   └── FetchError              a task file that cannot be used                     (4xx)
+    │       ├── ForbiddenURL        another host, a ``../`` path, an unknown scheme     (403)
+    │       ├── SourceNotFound      404 or unreachable                                  (424)
+    │       ├── NotAnImage          bytes that do not decode as an image                (415)
+    │       └── TooLarge            over the byte or pixel limit                        (413)
+    └── JobError                    a propagation job that cannot run; the job FAILS with the message
+        ├── VideoError              missing, corrupt or empty video
+        └── PromptError             prompts that do not fit the video or the objects
+
+Every message is written for the person who sent the input: say what was wrong and what
+would be right.
+"""
+
+
+class MLBackendError(Exception):
+    """Base class of every error raised on purpose by this package."""
+
+
+class ConfigurationError(MLBackendError):
+    """The settings cannot work (bad value, missing file)."""
+
+
+class CheckpointMissing(ConfigurationError):
+    """No SAM 2 checkpoint was found and random weights were not asked for."""
+
+
+class RequestError(MLBackendError):
+    """A request that cannot be answered. ``status`` is the HTTP status to reply with."""
+
+    status = 400
+
+
+class BadPayload(RequestError):
+    status = 400
+
+
+class UnknownTag(RequestError):
+    status = 422
+
+
+class BadPoint(RequestError):
+    status = 422
+
+
+class ItemIndexOutOfRange(RequestError):
+    status = 422
+
+
+class FetchError(RequestError):
+    status = 424
+
+
+class ForbiddenURL(FetchError):
+    status = 403
+
+
+class SourceNotFound(FetchError):
+    status = 424
+
+
+class NotAnImage(FetchError):
+    status = 415
+
+
+class TooLarge(FetchError):
+    status = 413
+
+
+class JobError(MLBackendError):
+    """A propagation job that cannot run; the message is the job's failure reason."""
+
+
+class VideoError(JobError):
+    """A video that is missing, unreadable or has no frames."""
+
+
+class PromptError(JobError):
+    """Prompts that do not fit the video (frame out of range) or an object without prompts."""

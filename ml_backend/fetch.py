@@ -1,0 +1,184 @@
+"""Fetching task files (frames, videos) from Label Studio, safely, with a disk cache.
+
+Only two kinds of reference are fetched:
+
+- a URL on the Label Studio host (``LABEL_STUDIO_URL``), absolute or starting with ``/``, such as
+  ``/data/upload/3/abc.png`` or ``/data/local-files/?d=frames/pair1/v1_000000.jpg``;
+- with ``LOCAL_FILES_DOCUMENT_ROOT`` set, ``/data/local-files/?d=<path>`` is read straight from
+  that folder (no HTTP round trip).
+
+Anything else — another host, another scheme (``file:``, ``s3:``), a ``..`` segment, a path that
+leaves the local root — raises :class:`~ml_backend.exceptions.ForbiddenURL`. Downloads are cached
+under ``<DATA_DIR>/downloads`` by URL (written to a temporary name, then renamed) and the cache is
+trimmed to ``DOWNLOAD_CACHE_BYTES``, oldest first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import posixpath
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urljoin, urlsplit
+
+import numpy as np
+
+from .exceptions import FetchError, ForbiddenURL, NotAnImage, SourceNotFound, TooLarge
+
+log = logging.getLogger(__name__)
+
+LOCAL_FILES_PATH = "/data/local-files/"
+
+
+def _has_traversal(path: str) -> bool:
+    parts = unquote(path).replace("\\", "/").split("/")
+    return any(part == ".." for part in parts)
+
+
+class FileFetcher:
+    """Resolve and fetch Label Studio task file references.
+
+    ``headers`` is a zero-argument callable returning the auth headers (called per download, so
+    refreshed access tokens are picked up); tests may pass ``lambda: {}``.
+    """
+
+    def __init__(
+        self,
+        label_studio_url: str,
+        cache_dir: Path,
+        *,
+        headers: Callable[[], dict[str, str]] | None = None,
+        local_root: str | Path | None = None,
+        max_bytes: int = 200 * 1024**2,
+        cache_bytes: int = 2 * 1024**3,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base = label_studio_url.rstrip("/") + "/"
+        base = urlsplit(self.base)
+        if base.scheme not in ("http", "https") or not base.netloc:
+            raise ValueError(f"LABEL_STUDIO_URL={label_studio_url!r} must be an http(s) URL")
+        self._origin = (base.scheme, base.netloc.lower())
+        self.cache_dir = Path(cache_dir)
+        self._headers = headers or (lambda: {})
+        self.local_root = Path(local_root).resolve() if local_root else None
+        self.max_bytes = max_bytes
+        self.cache_bytes = cache_bytes
+        self.timeout = timeout
+        self._trim_lock = threading.Lock()
+        self.downloads = 0
+
+    # -- resolving ------------------------------------------------------------------------------
+    def resolve(self, ref: str) -> str | Path:
+        """The absolute URL on Label Studio, or the local :class:`Path`, that ``ref`` names."""
+        if not isinstance(ref, str) or not ref.strip():
+            raise ForbiddenURL(f"task file reference {ref!r} is not a URL")
+        ref = ref.strip()
+        parts = urlsplit(ref)
+        if parts.scheme or parts.netloc:
+            if parts.scheme not in ("http", "https"):
+                raise ForbiddenURL(f"{ref!r}: only files served by Label Studio can be fetched")
+            if (parts.scheme, parts.netloc.lower()) != self._origin:
+                raise ForbiddenURL(f"{ref!r} is on another host; only {self.base} (LABEL_STUDIO_URL) is fetched")
+        elif not parts.path.startswith("/"):
+            raise ForbiddenURL(f"{ref!r}: expected a Label Studio URL such as /data/upload/...")
+        if _has_traversal(parts.path):
+            raise ForbiddenURL(f"{ref!r}: '..' is not allowed in a file path")
+        if parts.path.rstrip("/") + "/" == LOCAL_FILES_PATH:
+            rel = parse_qs(parts.query).get("d", [""])[0]
+            if not rel or _has_traversal(rel) or rel.startswith(("/", "\\")):
+                raise ForbiddenURL(f"{ref!r}: local-files path {rel!r} must be relative, without '..'")
+            if self.local_root is not None:
+                path = (self.local_root / posixpath.normpath(rel)).resolve()
+                if not path.is_relative_to(self.local_root):
+                    raise ForbiddenURL(f"{ref!r} leaves LOCAL_FILES_DOCUMENT_ROOT")
+                return path
+        return urljoin(self.base, ref)
+
+    # -- fetching -------------------------------------------------------------------------------
+    def path(self, ref: str) -> Path:
+        """A local file holding ``ref``'s bytes (downloaded once, then served from the cache)."""
+        target = self.resolve(ref)
+        if isinstance(target, Path):
+            if not target.is_file():
+                raise SourceNotFound(f"{ref!r}: no such file under LOCAL_FILES_DOCUMENT_ROOT")
+            if target.stat().st_size > self.max_bytes:
+                raise TooLarge(f"{ref!r} is larger than MAX_DOWNLOAD_BYTES={self.max_bytes}")
+            return target
+        cached = self.cache_dir / hashlib.sha256(target.encode()).hexdigest()
+        if cached.is_file():
+            os.utime(cached)
+            return cached
+        self._download(target, cached)
+        return cached
+
+    def read(self, ref: str) -> bytes:
+        return self.path(ref).read_bytes()
+
+    def _download(self, url: str, dest: Path) -> None:
+        import httpx
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with httpx.stream(
+                "GET", url, headers=self._headers(), timeout=self.timeout, follow_redirects=False
+            ) as response:
+                if response.status_code == 404:
+                    raise SourceNotFound(f"Label Studio has no file at {url} (404)")
+                if response.status_code in (401, 403):
+                    raise FetchError(f"Label Studio refused {url} ({response.status_code}): check LABEL_STUDIO_API_KEY")
+                if response.status_code != 200:
+                    raise FetchError(f"Label Studio answered {response.status_code} for {url}")
+                declared = int(response.headers.get("content-length") or 0)
+                if declared > self.max_bytes:
+                    raise TooLarge(f"{url} is {declared} bytes, over MAX_DOWNLOAD_BYTES={self.max_bytes}")
+                fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+                try:
+                    size = 0
+                    with os.fdopen(fd, "wb") as out:
+                        for chunk in response.iter_bytes(1 << 20):
+                            size += len(chunk)
+                            if size > self.max_bytes:
+                                raise TooLarge(f"{url} is over MAX_DOWNLOAD_BYTES={self.max_bytes}")
+                            out.write(chunk)
+                    os.replace(tmp, dest)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+        except httpx.HTTPError as exc:
+            raise SourceNotFound(f"cannot reach Label Studio for {url}: {exc}") from None
+        self.downloads += 1
+        self._trim()
+
+    def _trim(self) -> None:
+        with self._trim_lock:
+            files = [p for p in self.cache_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+            stats = sorted(((p.stat(), p) for p in files), key=lambda sp: sp[0].st_mtime)
+            total = sum(s.st_size for s, _ in stats)
+            for stat, path in stats:
+                if total <= self.cache_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= stat.st_size
+
+
+def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.ndarray:
+    """Decode image bytes to an ``H×W×3`` uint8 RGB array, checking the size before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise TooLarge(
+                    f"{name} is {width}×{height} = {width * height} pixels, over MAX_IMAGE_PIXELS={max_pixels}"
+                )
+            return np.array(img.convert("RGB"))
+    except TooLarge:
+        raise
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise NotAnImage(f"{name} is not a readable image: {exc}") from None

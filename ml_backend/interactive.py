@@ -1,0 +1,144 @@
+"""Answering Label Studio's interactive ``/predict``: clicks in, a brush mask out.
+
+One call of :meth:`InteractivePredictor.predict` does, in order:
+
+1. read ``params.context`` (``None`` → a batch call → an empty result per task);
+2. take the newest click and the other clicks of its label on its image (:mod:`.context`),
+   merged with the server-side session (:mod:`.sessions`);
+3. find the brush tag and the image from the project's config (:mod:`.labelconfig`), and the
+   image URL from the task data (``item_index`` picks from a ``valueList``);
+4. fetch the file (:mod:`.fetch`), embed it once (:mod:`.segmenter`), decode the points;
+5. answer a ``brushlabels`` result at the same ``item_index`` (:mod:`.brush`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import brush
+from .context import parse_clicks
+from .exceptions import BadPayload, ItemIndexOutOfRange
+from .fetch import FileFetcher, decode_image
+from .labelconfig import parse_label_config
+from .models import model_version
+from .sessions import SessionStore
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class InteractivePredictor:
+    """Holds the (lazily built) segmenter, the file fetcher, sessions and known project configs.
+
+    ``segmenter_factory`` builds the :class:`~ml_backend.segmenter.ImageSegmenter` on first use;
+    tests pass one that builds a small random-weight model, or a deterministic stand-in.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        fetcher: FileFetcher,
+        segmenter_factory: Callable[[], Any],
+        sessions: SessionStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.fetcher = fetcher
+        self.sessions = sessions or SessionStore(settings.session_ttl)
+        self.model_version = model_version(settings)
+        self._factory = segmenter_factory
+        self._segmenter: Any = None
+        self._build_lock = threading.Lock()
+        self.project_configs: dict[str, str] = {}
+
+    @property
+    def segmenter(self) -> Any:
+        """The segmenter, built on first use (once per process, thread-safe)."""
+        if self._segmenter is None:
+            with self._build_lock:
+                if self._segmenter is None:
+                    self._segmenter = self._factory()
+        return self._segmenter
+
+    @property
+    def ready(self) -> bool:
+        return self._segmenter is not None
+
+    def remember_config(self, project: Any, label_config: str) -> None:
+        if project is not None and isinstance(label_config, str) and label_config.strip():
+            self.project_configs[str(project)] = label_config
+
+    # -- /predict ---------------------------------------------------------------------------------
+    def predict(self, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict):
+            raise BadPayload("the body must be a JSON object with 'tasks'")
+        tasks = payload.get("tasks")
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
+            raise BadPayload("'tasks' must be a non-empty list of task objects")
+        params = payload.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadPayload("'params' must be an object")
+        context = params.get("context", payload.get("context"))
+        if context is None:
+            # Batch predictions (no clicks): nothing to segment. Propagation runs in the worker.
+            return {"results": [self._empty() for _ in tasks]}
+        if len(tasks) != 1:
+            raise BadPayload(f"an interactive call carries one task, got {len(tasks)}")
+        task = tasks[0]
+        newest, group = parse_clicks(context)
+        xml = payload.get("label_config") or self.project_configs.get(str(payload.get("project")))
+        config = parse_label_config(xml)
+        target = config.brush_for(newest.from_name, newest.to_name, newest.label)
+        ref = self._image_ref(task, target.image, newest.item_index)
+        user = params.get("login") or payload.get("user") or "anonymous"
+        key = (str(payload.get("project")), task.get("id"), str(user), newest.to_name, newest.label, newest.item_index)
+        clicks = self.sessions.merge(key, group)
+
+        path = self.fetcher.path(ref)
+        stat = path.stat()
+        embed_key = (str(path), stat.st_mtime_ns, stat.st_size)
+        embedding = self.segmenter.embed(
+            embed_key, lambda: decode_image(path.read_bytes(), max_pixels=self.settings.max_image_pixels, name=ref)
+        )
+        height, width = embedding.orig_hw
+        points = np.array([c.pixel(width, height) for c in clicks], dtype=np.float32)
+        labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int32)
+        mask, score = self.segmenter.predict(embedding, points, labels)
+        result = brush.mask_to_result(
+            mask,
+            from_name=target.brush,
+            to_name=newest.to_name,
+            label=target.label,
+            item_index=newest.item_index,
+            score=score,
+        )
+        return {"results": [{"result": [result], "score": score, "model_version": self.model_version}]}
+
+    def _empty(self) -> dict[str, Any]:
+        return {"result": [], "score": 0.0, "model_version": self.model_version}
+
+    @staticmethod
+    def _image_ref(task: dict[str, Any], image: Any, item_index: int | None) -> str:
+        data = task.get("data")
+        if not isinstance(data, dict) or image.data_key not in data:
+            raise BadPayload(f"task {task.get('id')} has no data field '{image.data_key}' for image '{image.name}'")
+        value = data[image.data_key]
+        if image.is_list:
+            if not isinstance(value, list):
+                raise BadPayload(f"task data '{image.data_key}' must be a list of image URLs")
+            index = 0 if item_index is None else item_index
+            if not 0 <= index < len(value):
+                raise ItemIndexOutOfRange(
+                    f"item_index {index} is out of range: '{image.data_key}' has {len(value)} images"
+                )
+            value = value[index]
+        elif item_index not in (None, 0):
+            raise ItemIndexOutOfRange(f"item_index {item_index} given for the single image '{image.name}'")
+        if not isinstance(value, str):
+            raise BadPayload(f"task data '{image.data_key}' must hold image URLs, got {type(value).__name__}")
+        return value

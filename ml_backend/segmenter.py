@@ -1,0 +1,178 @@
+"""Interactive image segmentation: embed an image once, decode many clicks against it.
+
+Lifecycle, as in segment-anything's predictor::
+
+    segmenter = ImageSegmenter(model, settings)
+    emb = segmenter.embed(key, image)          # cached: a repeat key costs a dict lookup
+    mask, score = segmenter.predict(emb, points_xy, labels)
+
+``image`` is an ``H×W×3`` uint8 RGB array. ``points_xy`` is ``N×2`` float in **pixels** of that
+image (x right, y down); ``labels`` is ``N`` ints, 1 = positive, 0 = negative. The mask is an
+``H×W`` bool array. The SAM 2 image encoder runs only on a cache miss (``segmenter.encodes``
+counts them); the prompt encoder and mask decoder run on every click.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .models import autocast
+
+
+@dataclass
+class Embedding:
+    """SAM 2 image features of one image.
+
+    ``image_embed``: ``[1, 256, S/16, S/16]``; ``high_res_feats``: ``[1, 32, S/4, S/4]`` and
+    ``[1, 64, S/8, S/8]`` (S = model image size); ``orig_hw``: the image's ``(height, width)``.
+    """
+
+    image_embed: Any
+    high_res_feats: list[Any]
+    orig_hw: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.image_embed, *self.high_res_feats]
+        return int(sum(t.element_size() * t.nelement() for t in tensors))
+
+
+class EmbeddingCache:
+    """Thread-safe LRU of :class:`Embedding` bounded by item count and by bytes."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._items: OrderedDict[Hashable, Embedding] = OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> Embedding | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+
+    def put(self, key: Hashable, item: Embedding) -> None:
+        size = item.nbytes
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            if size > self.max_bytes or self.max_items <= 0:
+                return
+            self._items[key] = item
+            self.nbytes += size
+            while len(self._items) > self.max_items or self.nbytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self.nbytes -= dropped.nbytes
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "items": len(self._items),
+                "bytes": self.nbytes,
+                "max_items": self.max_items,
+                "max_bytes": self.max_bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+            }
+
+
+class ImageSegmenter:
+    """SAM 2 image predictor with a per-image embedding cache. Safe to share between threads."""
+
+    def __init__(self, model: Any, settings: Any, cache: EmbeddingCache | None = None) -> None:
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.settings = settings
+        self.cache = cache or EmbeddingCache(settings.embedding_cache_items, settings.embedding_cache_bytes)
+        self._predictor = SAM2ImagePredictor(model)
+        size = settings.image_size
+        # SAM2ImagePredictor assumes 1024 px; its feature sizes must follow the model's size.
+        self._predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+        self.device = self._predictor.device
+        self._model_lock = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+        self._key_locks_guard = threading.Lock()
+        self.encodes = 0
+
+    def embed(self, key: Hashable, image: np.ndarray | Any) -> Embedding:
+        """The cached embedding for ``key``, computing it from ``image`` on a miss.
+
+        ``image`` may be a zero-argument callable returning the array, so that a hit never
+        decodes the image. Concurrent misses on one key encode once.
+        """
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        with self._lock_for(key):
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+            array = image() if callable(image) else image
+            embedding = self._encode(array)
+            self.cache.put(key, embedding)
+            return embedding
+
+    def _lock_for(self, key: Hashable) -> threading.Lock:
+        with self._key_locks_guard:
+            if len(self._key_locks) > 4 * max(self.cache.max_items, 1):
+                self._key_locks = {k: v for k, v in self._key_locks.items() if v.locked()}
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def _encode(self, image: np.ndarray) -> Embedding:
+        import torch
+
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an H×W×3 uint8 RGB image, got {image.shape} {image.dtype}")
+        with self._model_lock, torch.inference_mode(), autocast(self.settings, self.device):
+            self._predictor.set_image(image)
+            features = self._predictor._features
+            embedding = Embedding(
+                image_embed=features["image_embed"],
+                high_res_feats=list(features["high_res_feats"]),
+                orig_hw=(int(image.shape[0]), int(image.shape[1])),
+            )
+            self._predictor.reset_predictor()
+            self.encodes += 1
+        return embedding
+
+    def predict(self, embedding: Embedding, points_xy: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+        """The best mask for the points: ``(H×W bool, predicted IoU)``.
+
+        One point asks SAM 2 for three candidate masks and keeps the best-scored one (a single
+        click is ambiguous); several points ask for one mask.
+        """
+        import torch
+
+        points_xy = np.asarray(points_xy, dtype=np.float32).reshape(-1, 2)
+        labels = np.asarray(labels, dtype=np.int32).reshape(-1)
+        multimask = len(labels) == 1
+        with self._model_lock, torch.inference_mode(), autocast(self.settings, self.device):
+            p = self._predictor
+            p._features = {"image_embed": embedding.image_embed, "high_res_feats": embedding.high_res_feats}
+            p._orig_hw = [embedding.orig_hw]
+            p._is_image_set = True
+            p._is_batch = False
+            try:
+                masks, scores, _ = p.predict(point_coords=points_xy, point_labels=labels, multimask_output=multimask)
+            finally:
+                p.reset_predictor()
+        best = int(np.argmax(scores))
+        return np.asarray(masks[best]) > 0, float(scores[best])

@@ -1,0 +1,234 @@
+"""Settings, read once from environment variables into a frozen, typed object.
+
+>>> settings = Settings.from_env({"SAM2_MODEL_SIZE": "small"})
+>>> settings.model_size
+'small'
+
+Every field names its environment variable and a one-line description in its metadata;
+``python -m ml_backend settings`` prints them as the README's table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import defaults
+from .exceptions import ConfigurationError
+
+MODEL_SIZES = ("tiny", "small", "base_plus", "large")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+WEBHOOK_MODES = ("auto", "batch")
+
+
+def _env(name: str, doc: str) -> dict[str, str]:
+    return {"env": name, "doc": doc}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All run-time settings. Build with :meth:`from_env`; tests may pass keyword arguments."""
+
+    model_size: str = field(
+        default=defaults.MODEL_SIZE,
+        metadata=_env("SAM2_MODEL_SIZE", "SAM 2.1 model: tiny, small, base_plus or large"),
+    )
+    checkpoint: str = field(
+        default="",
+        metadata=_env(
+            "SAM2_CHECKPOINT",
+            "checkpoint file; empty = `<SAM2_CHECKPOINT_DIR>/sam2.1_hiera_<size>.pt`; "
+            "`random` = random weights (tests and smoke runs only)",
+        ),
+    )
+    checkpoint_dir: Path = field(
+        default=Path(defaults.CHECKPOINT_DIR),
+        metadata=_env("SAM2_CHECKPOINT_DIR", "where the download script puts checkpoints"),
+    )
+    image_size: int = field(
+        default=defaults.IMAGE_SIZE,
+        metadata=_env("SAM2_IMAGE_SIZE", "square input side in pixels, a multiple of 32 (1024 = trained size)"),
+    )
+    device: str = field(
+        default=defaults.DEVICE,
+        metadata=_env("SAM2_DEVICE", "auto (cuda > mps > cpu), cuda, mps or cpu"),
+    )
+    bf16: bool = field(default=defaults.BF16, metadata=_env("SAM2_BF16", "bfloat16 autocast on CUDA"))
+    tf32: bool = field(default=defaults.TF32, metadata=_env("SAM2_TF32", "TF32 matmuls on CUDA"))
+    compile: bool = field(
+        default=False,
+        metadata=_env("SAM2_COMPILE", "torch.compile the video predictor (`vos_optimized`, CUDA)"),
+    )
+    offload_video_to_cpu: bool = field(
+        default=False,
+        metadata=_env("SAM2_OFFLOAD_VIDEO", "keep decoded frames on the CPU while tracking on a GPU"),
+    )
+    offload_state_to_cpu: bool = field(
+        default=False,
+        metadata=_env("SAM2_OFFLOAD_STATE", "keep per-frame tracking state on the CPU"),
+    )
+    random_seed: int = field(default=defaults.RANDOM_SEED, metadata=_env("SAM2_RANDOM_SEED", "seed for random weights"))
+    label_studio_url: str = field(
+        default=defaults.LABEL_STUDIO_URL,
+        metadata=_env("LABEL_STUDIO_URL", "Label Studio as the backend reaches it"),
+    )
+    label_studio_api_key: str = field(
+        default="",
+        metadata=_env(
+            "LABEL_STUDIO_API_KEY",
+            "legacy token or personal access token (JWT refresh token) of a Label Studio user",
+        ),
+    )
+    basic_auth_user: str = field(
+        default="", metadata=_env("BASIC_AUTH_USER", "if set, /predict, /setup, /webhook need HTTP basic auth")
+    )
+    basic_auth_pass: str = field(default="", metadata=_env("BASIC_AUTH_PASS", "password for BASIC_AUTH_USER"))
+    redis_url: str = field(default=defaults.REDIS_URL, metadata=_env("REDIS_URL", "Redis for jobs and sessions"))
+    queue_name: str = field(default=defaults.QUEUE_NAME, metadata=_env("RQ_QUEUE", "RQ queue name"))
+    embedding_cache_items: int = field(
+        default=defaults.EMBEDDING_CACHE_ITEMS,
+        metadata=_env("EMBEDDING_CACHE_ITEMS", "most image embeddings kept in memory"),
+    )
+    embedding_cache_bytes: int = field(
+        default=defaults.EMBEDDING_CACHE_BYTES,
+        metadata=_env("EMBEDDING_CACHE_BYTES", "most bytes of image embeddings kept in memory"),
+    )
+    download_cache_bytes: int = field(
+        default=defaults.DOWNLOAD_CACHE_BYTES,
+        metadata=_env("DOWNLOAD_CACHE_BYTES", "most bytes of downloaded task files kept on disk"),
+    )
+    max_image_pixels: int = field(
+        default=defaults.MAX_IMAGE_PIXELS,
+        metadata=_env("MAX_IMAGE_PIXELS", "largest image accepted (width x height)"),
+    )
+    max_download_bytes: int = field(
+        default=defaults.MAX_DOWNLOAD_BYTES,
+        metadata=_env("MAX_DOWNLOAD_BYTES", "largest task file accepted, bytes"),
+    )
+    download_timeout: float = field(
+        default=defaults.DOWNLOAD_TIMEOUT,
+        metadata=_env("DOWNLOAD_TIMEOUT", "seconds a download from Label Studio may take"),
+    )
+    local_files_root: str = field(
+        default="",
+        metadata=_env(
+            "LOCAL_FILES_DOCUMENT_ROOT",
+            "if set, `/data/local-files/?d=` URLs are read from this folder directly",
+        ),
+    )
+    data_dir: Path = field(
+        default=Path(defaults.DATA_DIR),
+        metadata=_env("DATA_DIR", "root for download cache and results"),
+    )
+    results_dir: Path = field(
+        default=Path(""),
+        metadata=_env("RESULTS_DIR", "where exports go; empty = `<DATA_DIR>/results`"),
+    )
+    session_ttl: int = field(
+        default=defaults.SESSION_TTL,
+        metadata=_env("SESSION_TTL", "seconds an interactive click session is kept"),
+    )
+    webhook_mode: str = field(
+        default=defaults.WEBHOOK_MODE,
+        metadata=_env("WEBHOOK_MODE", "auto: propagate each submitted annotation; batch: only on Start training"),
+    )
+    background_color: tuple[int, int, int] = field(
+        default=defaults.BACKGROUND_COLOR,
+        metadata=_env("BACKGROUND_COLOR", "green-screen background as R,G,B"),
+    )
+    job_timeout: int = field(
+        default=defaults.JOB_TIMEOUT, metadata=_env("JOB_TIMEOUT", "seconds a propagation job may run")
+    )
+    prefetch_frames: int = field(
+        default=defaults.PREFETCH_FRAMES,
+        metadata=_env("PREFETCH_FRAMES", "frames decoded ahead of the tracker"),
+    )
+    port: int = field(default=defaults.PORT, metadata=_env("PORT", "HTTP port of the backend"))
+
+    def __post_init__(self) -> None:
+        if self.model_size not in MODEL_SIZES:
+            raise ConfigurationError(f"SAM2_MODEL_SIZE={self.model_size!r} is not one of {', '.join(MODEL_SIZES)}")
+        if self.device not in DEVICES:
+            raise ConfigurationError(f"SAM2_DEVICE={self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.image_size < 64 or self.image_size % 32:
+            raise ConfigurationError(f"SAM2_IMAGE_SIZE={self.image_size} must be a multiple of 32 and at least 64")
+        if self.webhook_mode not in WEBHOOK_MODES:
+            raise ConfigurationError(f"WEBHOOK_MODE={self.webhook_mode!r} is not auto or batch")
+        if len(self.background_color) != 3 or not all(0 <= c <= 255 for c in self.background_color):
+            raise ConfigurationError(f"BACKGROUND_COLOR={self.background_color!r} is not R,G,B in 0..255")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ConfigurationError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+
+    # -- derived values ---------------------------------------------------------------------
+    @property
+    def random_weights(self) -> bool:
+        """True when the model is built with random weights (explicit ``SAM2_CHECKPOINT=random``)."""
+        return self.checkpoint == "random"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The checkpoint file this configuration loads (meaningless with random weights)."""
+        if self.checkpoint and not self.random_weights:
+            return Path(self.checkpoint)
+        from .models import checkpoint_name
+
+        return self.checkpoint_dir / checkpoint_name(self.model_size)
+
+    @property
+    def results_root(self) -> Path:
+        return self.results_dir if str(self.results_dir) not in ("", ".") else self.data_dir / "results"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every field from ``environ`` (default ``os.environ``); unset or empty = default."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"], "")
+            if raw == "":
+                continue
+            values[f.name] = _parse(f, raw.strip())
+        return cls(**values)
+
+    @classmethod
+    def table(cls) -> list[tuple[str, str, str]]:
+        """``(variable, default, description)`` rows, for the README."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default
+            if isinstance(default, tuple):
+                default = ",".join(map(str, default))
+            rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
+        return rows
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    name = f.metadata["env"]
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "bool":
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind.startswith("tuple"):
+            return tuple(int(part) for part in raw.split(","))
+        return raw
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a valid {kind}") from None
