@@ -124,8 +124,33 @@ def _build(settings: Settings, *, video: bool) -> Any:
         )
     else:
         model = build_sam2(config, ckpt_path=ckpt, device=device, hydra_overrides_extra=overrides)
+    if video and not (device == "cuda" and settings.bf16):
+        _float_memory(model)
     log.info("built SAM 2 %s at %d px on %s", settings.model_size, settings.image_size, device)
     return model
+
+
+def _float_memory(model: Any) -> None:
+    """Let the video predictor run without bf16 autocast (CPU, MPS, CUDA with SAM2_BF16=0).
+
+    SAM 2's video predictor always stores memory features as bfloat16 to save space; under CUDA
+    autocast that mixes fine, elsewhere memory attention fails on the dtype mismatch. This hook
+    casts the stored memory back to the weights' dtype as it enters memory attention.
+    """
+    import torch
+
+    dtype = next(model.memory_attention.parameters()).dtype
+
+    def hook(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if torch.is_autocast_enabled():
+            return args, kwargs
+        for key in ("memory", "memory_pos"):
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and value.dtype != dtype:
+                kwargs[key] = value.to(dtype)
+        return args, kwargs
+
+    model.memory_attention.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def build_image_model(settings: Settings) -> Any:

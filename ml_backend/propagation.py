@@ -1,0 +1,186 @@
+"""Propagating prompts through one video with SAM 2, in memory that does not grow with length.
+
+The video predictor holds no per-video state; a state dict is built here and passed in, as in
+``SAM2VideoPredictor`` itself. Differences from the stock ``init_state`` path:
+
+- ``state["images"]`` is a :class:`~ml_backend.frames.SamFrames`: frames are decoded and resized
+  when SAM 2 asks for them (with prefetch), never all at once;
+- after each tracked frame, per-frame outputs that SAM 2 can no longer read are dropped: SAM 2
+  reads the last ``num_maskmem - 1`` memory frames and the last ``max_obj_ptrs_in_encoder - 1``
+  object pointers in the direction of travel, plus all conditioning (prompted) frames. Outputs
+  within that window of a prompted frame are kept too, because the backward pass starts there.
+
+Coordinates: point prompts are pixels of the original frame (x right, y down); frame indices are
+0-based. :func:`propagate` yields every frame exactly once: forward from the first prompted frame
+to the end, then backward from it to frame 0 (the first prompted frame is
+yielded once, with the backward pass's result).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .exceptions import PromptError
+from .frames import FrameSource, SamFrames
+
+
+@dataclass
+class FramePrompt:
+    """Prompts for one object on one frame.
+
+    ``points``: ``N×2`` float pixels ``(x, y)`` of the original frame; ``labels``: ``N`` ints
+    (1 positive, 0 negative); ``mask``: optional ``H×W`` bool mask (used instead of points when
+    given, e.g. an accepted brush region).
+    """
+
+    frame: int
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
+    mask: np.ndarray | None = None
+
+
+def new_state(
+    predictor: Any,
+    source: FrameSource,
+    *,
+    prefetch: int = 8,
+    offload_state_to_cpu: bool = False,
+) -> dict[str, Any]:
+    """An inference state like ``predictor.init_state`` builds, over a lazy frame source."""
+    import torch
+
+    device = predictor.device
+    images = SamFrames(source, predictor.image_size, prefetch=prefetch)
+    state: dict[str, Any] = {
+        "images": images,
+        "num_frames": len(images),
+        "offload_video_to_cpu": True,  # frames are prepared on the CPU and moved per use
+        "offload_state_to_cpu": offload_state_to_cpu,
+        "video_height": source.height,
+        "video_width": source.width,
+        "device": device,
+        "storage_device": torch.device("cpu") if offload_state_to_cpu else device,
+        "point_inputs_per_obj": {},
+        "mask_inputs_per_obj": {},
+        "cached_features": {},
+        "constants": {},
+        "obj_id_to_idx": {},
+        "obj_idx_to_id": {},
+        "obj_ids": [],
+        "output_dict_per_obj": {},
+        "temp_output_dict_per_obj": {},
+        "frames_tracked_per_obj": {},
+    }
+    from collections import OrderedDict
+
+    state["obj_id_to_idx"] = OrderedDict()
+    state["obj_idx_to_id"] = OrderedDict()
+    return state
+
+
+def close_state(state: dict[str, Any]) -> None:
+    images = state.get("images")
+    if isinstance(images, SamFrames):
+        images.close()
+
+
+def add_prompts(predictor: Any, state: dict[str, Any], objects: dict[int, list[FramePrompt]]) -> None:
+    """Add every object's prompts to ``state``; ``objects`` maps object id → its frame prompts."""
+    num_frames = state["num_frames"]
+    height, width = state["video_height"], state["video_width"]
+    for obj_id, prompts in objects.items():
+        if not prompts:
+            raise PromptError(f"object {obj_id} has no prompts in this video: add at least one point")
+        for prompt in prompts:
+            if not 0 <= prompt.frame < num_frames:
+                raise PromptError(
+                    f"object {obj_id}: prompt on frame {prompt.frame}, but the video has {num_frames} frames (0–{num_frames - 1})"
+                )
+            if prompt.mask is not None:
+                if prompt.mask.shape != (height, width):
+                    raise PromptError(
+                        f"object {obj_id}: mask on frame {prompt.frame} is {prompt.mask.shape[::-1]}, video is {width}×{height}"
+                    )
+                predictor.add_new_mask(state, prompt.frame, obj_id, prompt.mask.astype(bool))
+                continue
+            pts = np.asarray(prompt.points, np.float32).reshape(-1, 2)
+            lbl = np.asarray(prompt.labels, np.int32).reshape(-1)
+            if len(pts) == 0 or len(pts) != len(lbl):
+                raise PromptError(f"object {obj_id}: frame {prompt.frame} needs points with one label each")
+            if (pts[:, 0] < 0).any() or (pts[:, 0] > width).any() or (pts[:, 1] < 0).any() or (pts[:, 1] > height).any():
+                raise PromptError(f"object {obj_id}: a point on frame {prompt.frame} lies outside the {width}×{height} frame")
+            predictor.add_new_points_or_box(state, prompt.frame, obj_id, points=pts, labels=lbl)
+
+
+def memory_window(predictor: Any) -> int:
+    """How many past frames (in the direction of travel) SAM 2 may still read."""
+    stride = max(1, int(getattr(predictor, "memory_temporal_stride_for_eval", 1)))
+    return max(predictor.num_maskmem * stride, predictor.max_obj_ptrs_in_encoder) + 1
+
+
+def prune(state: dict[str, Any], frame_idx: int, reverse: bool, window: int, keep: set[int]) -> int:
+    """Drop non-conditioning outputs SAM 2 can no longer read; return how many were dropped."""
+    dropped = 0
+    for obj_out in state["output_dict_per_obj"].values():
+        outputs = obj_out["non_cond_frame_outputs"]
+        stale = [
+            idx
+            for idx in outputs
+            if idx not in keep and (idx > frame_idx + window if reverse else idx < frame_idx - window)
+        ]
+        for idx in stale:
+            del outputs[idx]
+        dropped += len(stale)
+    return dropped
+
+
+def prompted_frames(state: dict[str, Any]) -> list[int]:
+    return sorted({t for out in state["output_dict_per_obj"].values() for t in out["cond_frame_outputs"]})
+
+
+def propagate(
+    predictor: Any,
+    state: dict[str, Any],
+    *,
+    bounded: bool = True,
+    autocast: Callable[[], Any] | None = None,
+) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+    """Yield ``(frame_idx, {obj_id: H×W bool mask})`` for every frame of the video, once each.
+
+    With ``bounded`` (the default) outputs outside SAM 2's memory window are pruned as tracking
+    goes; ``bounded=False`` keeps everything, as the stock predictor does.
+    """
+    import contextlib
+
+    import torch
+
+    # Consolidate prompts first so the prompted frames (and the protected window) are known.
+    predictor.propagate_in_video_preflight(state)
+    cond = prompted_frames(state)
+    if not cond:
+        raise PromptError("no object has a prompt in this video")
+    start = cond[0]
+    window = memory_window(predictor)
+    keep = {t + d for t in cond for d in range(-window, window + 1)}
+    ctx = autocast or contextlib.nullcontext
+
+    def run(reverse: bool) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+        with torch.inference_mode(), ctx():
+            for frame_idx, obj_ids, masks in predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
+                out = {int(obj_id): (masks[i, 0] > 0).cpu().numpy() for i, obj_id in enumerate(obj_ids)}
+                if bounded:
+                    prune(state, frame_idx, reverse, window, keep)
+                yield int(frame_idx), out
+
+    # The first prompted frame is visited by both passes. Objects not prompted there are tracked
+    # again by the backward pass, whose result wins (as when collecting the stock generator's
+    # output into a dict); so that frame is held back until the backward pass reaches it.
+    for frame_idx, out in run(reverse=False):
+        if frame_idx != start or start == 0:
+            yield frame_idx, out
+    if start > 0:
+        yield from run(reverse=True)
