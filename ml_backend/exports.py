@@ -1,0 +1,228 @@
+"""Export formats, written incrementally and published atomically.
+
+Every writer takes frames as they come from propagation (any order), through ``add(frame_idx,
+frame, masks)`` with ``frame`` the ``H×W×3`` uint8 RGB original and ``masks`` ``{obj_id: H×W
+bool}``, and publishes its files in ``finish()``: files are written under a hidden staging folder
+and renamed into place only when complete, so an interrupted job never leaves a partial file.
+
+**SceneDiff** (:class:`SceneDiffExport`), files ``segments.pkl`` and ``inference_data.pkl``::
+
+    {'scene_type': str,
+     'video1_objects': {obj_idx: {str(frame_idx): {'size': [h, w], 'counts': str}}},
+     'video2_objects': {...},            # only non-empty frames; objects absent from a video: no key
+     'objects': [{'label': f'{name}_{number}', 'name', 'number', 'in_video1', 'in_video2',
+                  'video1_frame_idx': [prompted frames], 'video2_frame_idx': [...],
+                  'original_obj_idx': int, 'deformability': 'rigid' | 'deformable'}],
+     'comments': dict}
+
+``inference_data.pkl`` holds, per video, ``obj_idx_to_id``, ``point_inputs_per_obj`` ``{obj_idx:
+{frame_idx: {'point_coords': float32 [1, N, 2], 'point_labels': int32 [1, N]}}}`` as numpy arrays
+(CPU), ``mask_inputs_per_obj`` for mask prompts, ``frames_dir``, ``frame_names``, plus
+``objects``, ``scene_type``, ``comments``. ``point_coords`` are in **SAM 2's input space**, as the
+original tool stored them: pixel x × S / width, y × S / height with S = ``image_size`` (1024 for
+released checkpoints); ``video_size`` ``(h, w)`` and ``image_size`` are stored beside them.
+
+**Green-screen** (:class:`GreenScreenExport`): ``frame_{offset + i:06d}_masked.png`` for frame
+``i`` of the segment, the background colour everywhere outside the union of the object masks.
+Consecutive segments share one boundary frame, so a segment exports all its frames but the last
+(the last segment exports all). The offset is derived from the segment list, never remembered:
+``offset(k) = start_frame + Σ_{j<k} (frames_j − 1)`` (:func:`greenscreen_offset`). Re-running a
+segment rewrites exactly its own files.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE of an ``H×W`` bool mask: ``{'size': [h, w], 'counts': str}``."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_decode(rle: dict[str, Any]) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    counts = rle["counts"]
+    return mask_utils.decode({"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def greenscreen_offset(segment_frames: list[int], index: int, start_frame: int = 0) -> tuple[int, int]:
+    """``(offset, count)``: the first output number of segment ``index`` and how many frames it exports."""
+    if not 0 <= index < len(segment_frames):
+        raise ValueError(f"segment {index} is not in a list of {len(segment_frames)} segments")
+    offset = start_frame + sum(n - 1 for n in segment_frames[:index])
+    last = index == len(segment_frames) - 1
+    count = segment_frames[index] if last else segment_frames[index] - 1
+    return offset, count
+
+
+class SceneDiffExport:
+    """Collects RLE masks per video and object; writes ``segments.pkl`` + ``inference_data.pkl``."""
+
+    needs_frames = False
+
+    def __init__(self, spec: Any, out_dir: Path, image_size: int) -> None:
+        self.spec = spec
+        self.out_dir = Path(out_dir)
+        self.image_size = image_size
+        self.masks: dict[str, dict[int, dict[str, dict[str, Any]]]] = {}
+        self.videos: dict[str, dict[str, Any]] = {}
+
+    def start_video(self, video: str, source: Any) -> None:
+        """Register ``video`` (``video1``/``video2``) and its frame source before its frames arrive."""
+        present = [o.id for o in self.spec.objects if o.in_video.get(video)]
+        self.masks[video] = {obj_id: {} for obj_id in present}
+        files = getattr(source, "files", None)
+        self.videos[video] = {
+            "frames_dir": str(source.path),
+            "frame_names": [f.name for f in files] if files else [f"{i:05d}" for i in range(source.num_frames)],
+            "video_size": (source.height, source.width),
+        }
+
+    def add_rle(self, video: str, frame_idx: int, rles: dict[int, dict[str, Any]]) -> None:
+        """Record the non-empty masks (already RLE-encoded) of one frame."""
+        store = self.masks[video]
+        for obj_id, rle in rles.items():
+            if obj_id in store:
+                store[obj_id][str(frame_idx)] = rle
+
+    def _objects(self) -> list[dict[str, Any]]:
+        out = []
+        for o in self.spec.objects:
+            entry: dict[str, Any] = {
+                "label": o.label,
+                "name": o.name,
+                "number": o.number,
+                "original_obj_idx": o.id,
+                "deformability": o.deformability,
+            }
+            for v in ("video1", "video2"):
+                entry[f"in_{v}"] = bool(o.in_video.get(v))
+                entry[f"{v}_frame_idx"] = [p.frame for p in o.prompts.get(v, [])]
+            out.append(entry)
+        return out
+
+    def _inference_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "objects": self._objects(),
+            "scene_type": self.spec.scene_type,
+            "comments": self.spec.comments,
+            "image_size": self.image_size,
+            "coordinate_space": "sam2_input: x * image_size / width, y * image_size / height",
+        }
+        for video, info in self.videos.items():
+            h, w = info["video_size"]
+            points: dict[int, dict[int, dict[str, np.ndarray]]] = {}
+            masks: dict[int, dict[int, np.ndarray]] = {}
+            present = [o for o in self.spec.objects if o.in_video.get(video)]
+            for o in present:
+                for p in o.prompts.get(video, []):
+                    if p.mask is not None:
+                        masks.setdefault(o.id, {})[p.frame] = p.mask.copy()
+                        continue
+                    scale = np.array([self.image_size / w, self.image_size / h], np.float32)
+                    points.setdefault(o.id, {})[p.frame] = {
+                        "point_coords": (np.asarray(p.points, np.float32) * scale)[None],
+                        "point_labels": np.asarray(p.labels, np.int32)[None],
+                    }
+            data[video] = {
+                "obj_idx_to_id": {o.id: o.id for o in present},
+                "point_inputs_per_obj": points,
+                "mask_inputs_per_obj": masks,
+                "frames_dir": info["frames_dir"],
+                "frame_names": info["frame_names"],
+                "video_size": info["video_size"],
+                "image_size": self.image_size,
+            }
+        return data
+
+    def segments(self) -> dict[str, Any]:
+        return {
+            "scene_type": self.spec.scene_type,
+            "video1_objects": self.masks.get("video1", {}),
+            "video2_objects": self.masks.get("video2", {}),
+            "objects": self._objects(),
+            "comments": self.spec.comments,
+        }
+
+    def finish(self) -> list[Path]:
+        seg = self.out_dir / "segments.pkl"
+        inf = self.out_dir / "inference_data.pkl"
+        atomic_write_bytes(inf, pickle.dumps(self._inference_data(), protocol=4))
+        atomic_write_bytes(seg, pickle.dumps(self.segments(), protocol=4))
+        return [seg, inf]
+
+
+class GreenScreenExport:
+    """Writes ``frame_XXXXXX_masked.png`` for one segment (see the module docstring)."""
+
+    needs_frames = True
+
+    def __init__(self, out_dir: Path, *, offset: int, count: int, background: tuple[int, int, int]) -> None:
+        self.out_dir = Path(out_dir)
+        self.offset = offset
+        self.count = count
+        self.background = np.array(background, np.uint8)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.out_dir.glob(f".staging-{offset:06d}-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        self.staging = Path(tempfile.mkdtemp(dir=self.out_dir, prefix=f".staging-{offset:06d}-"))
+        self.written: list[int] = []
+
+    def name(self, frame_idx: int) -> str:
+        return f"frame_{self.offset + frame_idx:06d}_masked.png"
+
+    def add(self, frame_idx: int, frame: np.ndarray, masks: dict[int, np.ndarray]) -> None:
+        import cv2
+
+        if frame_idx >= self.count:
+            return  # the boundary frame belongs to the next segment
+        keep = np.zeros(frame.shape[:2], bool)
+        for mask in masks.values():
+            keep |= mask
+        out = np.empty_like(frame)
+        out[:] = self.background
+        out[keep] = frame[keep]
+        ok, png = cv2.imencode(".png", cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError("PNG encoding failed")
+        (self.staging / self.name(frame_idx)).write_bytes(png.tobytes())
+        self.written.append(frame_idx)
+
+    def finish(self) -> list[Path]:
+        paths = []
+        for frame_idx in sorted(self.written):
+            target = self.out_dir / self.name(frame_idx)
+            os.replace(self.staging / self.name(frame_idx), target)
+            paths.append(target)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return paths
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)

@@ -1,0 +1,171 @@
+"""One propagation job: prompts + videos → masks → exports, with progress.
+
+:func:`run_job` opens each video lazily, builds one SAM 2 state per video holding every object
+present in it, propagates forward and backward (:mod:`.propagation`), and hands each frame's
+masks to an export thread, so RLE encoding and PNG writing never block the model. Exports are
+published atomically at the end (:mod:`.exports`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import propagation
+from .exceptions import PromptError
+from .exports import GreenScreenExport, SceneDiffExport, greenscreen_offset, rle_encode
+from .frames import open_frames
+from .prompts import PromptSpec
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class JobResult:
+    """What a job produced. ``masks[video][obj_id][str(frame)]`` is a COCO RLE (non-empty only)."""
+
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    masks: dict[str, dict[int, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    num_frames: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class ExportThread:
+    """Runs ``handler(frame_idx, frame, masks)`` on a background thread through a bounded queue."""
+
+    def __init__(self, handler: Callable[[int, Any, dict[int, np.ndarray]], None], maxsize: int = 16) -> None:
+        self._handler = handler
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="export", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._handler(*item)
+                except BaseException as exc:  # re-raised in the job thread
+                    self._error = exc
+
+    def put(self, frame_idx: int, frame: Any, masks: dict[int, np.ndarray]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((frame_idx, frame, masks))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def run_job(
+    predictor: Any,
+    spec: PromptSpec,
+    videos: dict[str, str | Path],
+    out_dir: str | Path,
+    *,
+    image_size: int,
+    progress: Progress | None = None,
+    review: bool = True,
+    prefetch: int = 8,
+    offload_state_to_cpu: bool = False,
+    autocast: Callable[[], Any] | None = None,
+    bounded: bool = True,
+) -> JobResult:
+    """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``."""
+    out_dir = Path(out_dir)
+    result = JobResult(out_dir)
+    names = ["video1"] if spec.format == "greenscreen" else [v for v in ("video1", "video2") if any(o.in_video.get(v) for o in spec.objects)]
+    for name in names:
+        if name not in videos or not videos[name]:
+            raise PromptError(f"objects are present in {name} but no {name} was given")
+    scenediff = SceneDiffExport(spec, out_dir, image_size) if spec.format == "scenediff" else None
+    sources = {}
+    try:
+        for name in names:
+            sources[name] = open_frames(videos[name], cache_frames=max(32, 4 * prefetch))
+        for name in names:
+            source = sources[name]
+            objects = spec.objects_in(name)
+            for obj_id, prompts in objects.items():
+                if not prompts:
+                    label = next(o.label for o in spec.objects if o.id == obj_id)
+                    raise PromptError(f"object {obj_id} ({label}) is marked present in {name} but has no prompts there")
+            greenscreen = None
+            if spec.format == "greenscreen":
+                gs = spec.greenscreen
+                frames_list = gs.segment_frames if gs and gs.segment_frames else [source.num_frames]
+                index = gs.segment_index if gs and gs.segment_frames else 0
+                if frames_list[index] != source.num_frames:
+                    raise PromptError(
+                        f"segment {index} has {source.num_frames} frames but the segment list says {frames_list[index]}"
+                    )
+                offset, count = greenscreen_offset(frames_list, index, gs.start_frame if gs else 0)
+                greenscreen = GreenScreenExport(out_dir, offset=offset, count=count, background=gs.background if gs else (0, 255, 0))
+            if scenediff is not None:
+                scenediff.start_video(name, source)
+            store: dict[int, dict[str, dict[str, Any]]] = {obj_id: {} for obj_id in objects}
+            result.masks[name] = store
+            result.num_frames[name] = source.num_frames
+
+            def handle(frame_idx: int, frame: Any, masks: dict[int, np.ndarray], _name=name, _store=store, _gs=greenscreen) -> None:
+                rles = {obj_id: rle_encode(m) for obj_id, m in masks.items() if m.any()}
+                for obj_id, rle in rles.items():
+                    _store[obj_id][str(frame_idx)] = rle
+                if scenediff is not None:
+                    scenediff.add_rle(_name, frame_idx, rles)
+                if _gs is not None:
+                    _gs.add(frame_idx, frame, masks)
+
+            started = time.perf_counter()
+            state = propagation.new_state(predictor, source, prefetch=prefetch, offload_state_to_cpu=offload_state_to_cpu)
+            exporter = ExportThread(handle)
+            try:
+                propagation.add_prompts(predictor, state, objects)
+                done = 0
+                for frame_idx, masks in propagation.propagate(predictor, state, bounded=bounded, autocast=autocast):
+                    frame = source.read(frame_idx) if greenscreen is not None else None
+                    exporter.put(frame_idx, frame, masks)
+                    done += 1
+                    if progress is not None:
+                        progress(name, done, source.num_frames)
+            except BaseException:
+                if greenscreen is not None:
+                    greenscreen.abort()
+                raise
+            finally:
+                exporter.close()
+                propagation.close_state(state)
+            if greenscreen is not None:
+                result.files.extend(greenscreen.finish())
+            result.seconds[name] = time.perf_counter() - started
+        if scenediff is not None:
+            result.files.extend(scenediff.finish())
+        if review:
+            from .review import write_review
+
+            started = time.perf_counter()
+            for name in names:
+                review_name = name if spec.format == "scenediff" else f"segment_{spec.greenscreen.segment_index if spec.greenscreen else 0:03d}"
+                result.files.extend(write_review(sources[name], result.masks[name], out_dir / "review", review_name))
+            result.seconds["review"] = time.perf_counter() - started
+    finally:
+        for source in sources.values():
+            source.close()
+    return result
