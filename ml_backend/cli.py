@@ -1,9 +1,130 @@
-"""Commands for the worker side (``worker``, ``propagate``, ``status``); see ``__main__``."""
+"""Worker-side commands of ``python -m ml_backend``: ``worker``, ``propagate``, ``status``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .settings import Settings
+    from .worker import make_worker
+
+    settings = Settings.from_env()
+    worker = make_worker(settings, preload=not args.lazy)
+    worker.work(burst=args.burst, with_scheduler=False, logging_level="INFO")
+    return 0
+
+
+def _propagate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .exceptions import JobError
+    from .models import autocast, build_video_predictor, resolve_device
+    from .pipeline import run_job
+    from .prompts import load_prompts
+    from .settings import Settings
+
+    settings = Settings.from_env()
+    try:
+        spec = load_prompts(args.prompts)
+        if args.format:
+            spec.format = args.format
+        videos = dict(spec.videos)
+        base = Path(args.prompts).resolve().parent
+        videos = {k: str((base / v) if not Path(v).is_absolute() else v) for k, v in videos.items()}
+        if args.video1:
+            videos["video1"] = args.video1
+        if args.video2:
+            videos["video2"] = args.video2
+        if args.queue:
+            from .jobs import JobQueue
+
+            job = JobQueue.from_settings(settings).enqueue_prompts(json.loads(Path(args.prompts).read_text()), videos, str(Path(args.out).resolve()))
+            print(f"queued job {job.id}; follow it with: python -m ml_backend status {job.id} --follow")
+            return 0
+        predictor = build_video_predictor(settings)
+        device = resolve_device(settings.device)
+        bars: dict[str, tqdm] = {}
+
+        def progress(video: str, done: int, total: int) -> None:
+            bar = bars.get(video) or bars.setdefault(video, tqdm(total=total, desc=video, unit="frame"))
+            bar.update(done - bar.n)
+
+        result = run_job(
+            predictor,
+            spec,
+            videos,
+            args.out,
+            image_size=settings.image_size,
+            progress=progress,
+            review=settings.review_exports and not args.no_review,
+            prefetch=settings.prefetch_frames,
+            offload_state_to_cpu=settings.offload_state_to_cpu,
+            autocast=lambda: autocast(settings, device),
+        )
+        for bar in bars.values():
+            bar.close()
+    except JobError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in result.files:
+        print(path)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .jobs import JobQueue
+    from .settings import Settings
+
+    queue = JobQueue.from_settings(Settings.from_env())
+    if not args.job_id:
+        for job_id in queue.jobs():
+            info = queue.status(job_id) or {}
+            done = sum(p["done"] for p in info.get("progress", {}).values())
+            total = sum(p["total"] for p in info.get("progress", {}).values())
+            print(f"{job_id:50s} {info.get('status', '?'):10s} {done}/{total} {info.get('error', '')}")
+        return 0
+    bars: dict[str, tqdm] = {}
+    while True:
+        info = queue.status(args.job_id)
+        if info is None:
+            print(f"no job {args.job_id}", file=sys.stderr)
+            return 1
+        for video, p in info["progress"].items():
+            bar = bars.get(video) or bars.setdefault(video, tqdm(total=p["total"], desc=video, unit="frame"))
+            bar.update(p["done"] - bar.n)
+        if not args.follow or info["status"] in ("finished", "failed", "canceled", "stopped"):
+            break
+        time.sleep(1)
+    for bar in bars.values():
+        bar.close()
+    print(json.dumps(info, indent=2, default=str))
+    return 0 if info["status"] != "failed" else 1
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register the worker-side commands (filled in by the propagation worker)."""
+    worker = sub.add_parser("worker", help="run an RQ worker for propagation jobs")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--lazy", action="store_true", help="load the model on the first job")
+    worker.set_defaults(func=_worker)
+
+    prop = sub.add_parser("propagate", help="propagate a prompt file through videos, without Label Studio")
+    prop.add_argument("--video1", help="video file or folder of frames (segment for greenscreen)")
+    prop.add_argument("--video2", help="second video of a SceneDiff pair")
+    prop.add_argument("--prompts", required=True, help="prompt JSON file (format in the README)")
+    prop.add_argument("--out", required=True, help="output folder")
+    prop.add_argument("--format", choices=["scenediff", "greenscreen"], help="override the prompt file's format")
+    prop.add_argument("--no-review", action="store_true", help="skip overlay videos and contact sheets")
+    prop.add_argument("--queue", action="store_true", help="enqueue on Redis for a worker instead of running here")
+    prop.set_defaults(func=_propagate)
+
+    status = sub.add_parser("status", help="list jobs, or show one job's progress")
+    status.add_argument("job_id", nargs="?")
+    status.add_argument("--follow", action="store_true", help="progress bars until the job ends")
+    status.set_defaults(func=_status)

@@ -74,3 +74,13 @@ PREFETCH_FRAMES = 8
 
 #: HTTP port of ``python -m ml_backend serve``.
 PORT = 9090
+
+#: Seconds without a heartbeat after which a running job counts as abandoned (worker killed)
+#: and is retried by the next worker's maintenance pass.
+JOB_HEARTBEAT_TTL = 120
+
+#: Times a failed or abandoned propagation job is retried.
+JOB_RETRIES = 2
+
+#: Write review outputs (overlay WebM per video, contact sheet per object).
+REVIEW_EXPORTS = True

@@ -143,6 +143,17 @@ class Settings:
     job_timeout: int = field(
         default=defaults.JOB_TIMEOUT, metadata=_env("JOB_TIMEOUT", "seconds a propagation job may run")
     )
+    job_heartbeat_ttl: int = field(
+        default=defaults.JOB_HEARTBEAT_TTL,
+        metadata=_env("JOB_HEARTBEAT_TTL", "seconds without heartbeat before a running job counts as abandoned"),
+    )
+    job_retries: int = field(
+        default=defaults.JOB_RETRIES, metadata=_env("JOB_RETRIES", "retries of a failed or abandoned job")
+    )
+    review_exports: bool = field(
+        default=defaults.REVIEW_EXPORTS,
+        metadata=_env("REVIEW_EXPORTS", "write an overlay WebM per video and a contact sheet per object"),
+    )
     prefetch_frames: int = field(
         default=defaults.PREFETCH_FRAMES,
         metadata=_env("PREFETCH_FRAMES", "frames decoded ahead of the tracker"),
