@@ -1,0 +1,77 @@
+"""A worker killed with SIGKILL mid-job leaves no partial export; the job is retried and completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ml_backend.jobs import JobQueue
+from ml_backend.synthetic import moving_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker_process(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ml_backend", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def test_kill_9_mid_job_then_retry(small_settings, redis_server, redis_conn, tmp_path):
+    settings = small_settings.replace(
+        redis_url=redis_server.url, queue_name="test-kill", data_dir=tmp_path, job_heartbeat_ttl=3, review_exports=False
+    )
+    env = {
+        **os.environ,
+        "SAM2_CHECKPOINT": "random",
+        "SAM2_IMAGE_SIZE": str(settings.image_size),
+        "SAM2_DEVICE": "cpu",
+        "REDIS_URL": redis_server.url,
+        "RQ_QUEUE": settings.queue_name,
+        "JOB_HEARTBEAT_TTL": "3",
+        "REVIEW_EXPORTS": "0",
+        "DATA_DIR": str(tmp_path),
+    }
+    video = moving_shapes(num_frames=40, height=48, width=64)
+    path = video.write(tmp_path / "v.mkv")
+    out = tmp_path / "out"
+    prompts = {"format": "scenediff", "objects": [{"id": 1, "prompts": [{"frame": 20, "points": [[20.0, 20.0]], "labels": [1]}]}]}
+    queue = JobQueue(redis_conn, settings)
+    job = queue.enqueue_prompts(prompts, {"video1": str(path)}, str(out))
+
+    first = worker_process(env)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            progress = (queue.status(job.id) or {}).get("progress", {}).get("video1", {})
+            if progress.get("done", 0) >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the job never made progress")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert queue.status(job.id)["status"] == "started"
+    visible = [p for p in out.rglob("*") if not any(part.startswith(".") for part in p.relative_to(out).parts)] if out.exists() else []
+    assert visible == [], visible  # nothing half-written is visible
+
+    time.sleep(settings.job_heartbeat_ttl + 1)  # the dead worker's heartbeat expires
+    second = subprocess.run(
+        [sys.executable, "-m", "ml_backend", "worker", "--burst"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    status = queue.status(job.id)
+    assert status["status"] == "finished", (status, second.stderr[-3000:])
+    assert (out / "segments.pkl").is_file() and (out / "inference_data.pkl").is_file()
