@@ -1,0 +1,275 @@
+"""From a Label Studio task and annotation to a propagation job, and from its masks back to a
+prediction on the task.
+
+Conventions (the labeling configs in ``label_config/`` follow them):
+
+- Every ``<Image valueList="$framesN">`` that a ``KeyPointLabels`` or ``BrushLabels`` tag points
+  at shows annotation frames of one video, in config order video 1, video 2. Its task data sits
+  beside the list: ``$framesN`` → ``videoN`` (the original video, a Label Studio URL) and
+  ``frame_indicesN`` (the 0-based frame index in that video of each image), e.g. ``frames1`` /
+  ``video1`` / ``frame_indices1``, or ``frames`` / ``video`` / ``frame_indices``.
+- One label per object: ``"Object K"`` (any text ending in the number K) is object ``K``; the
+  same label in both videos is the same object. Optional per-object controls ``objK_name``
+  (TextArea), ``objK_number`` (Number), ``objK_presence`` (Choices ``in_video1``/``in_video2``),
+  ``objK_deformability`` (Choices ``rigid``/``deformable``); per-task ``scene_type`` and
+  ``comments`` (TextArea).
+- Two videos make a SceneDiff pair; one video is a green-screen segment, whose task data also
+  holds ``segment_index`` and ``segment_frames`` (frame count of every segment, in order) and
+  optionally ``start_frame``.
+
+Prompts: a keypoint on page ``i`` becomes a point on frame ``frame_indicesN[i]``, its percent
+coordinates scaled to the video's pixels; an accepted brush region becomes a mask prompt there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .exceptions import JobError, PromptError
+from .labelconfig import parse_label_config
+from .prompts import GreenScreenSpec, ObjectSpec, PromptSpec, _merge_same_frame
+from .propagation import FramePrompt
+
+
+@dataclass
+class VideoImage:
+    """One ``<Image valueList>`` showing annotation frames of one video."""
+
+    key: str  # video1 / video2
+    image: str  # Image tag name
+    brush: str  # BrushLabels tag on it
+    labels: tuple[str, ...]
+    frame_indices: list[int]
+    video_ref: str
+    size: tuple[int, int] = (0, 0)  # video (height, width)
+    page_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # item_index -> (h, w)
+
+
+@dataclass
+class TaskJob:
+    spec: PromptSpec
+    videos: dict[str, str]
+    images: dict[str, VideoImage]
+
+    def prediction(self, result: Any, version: str) -> list[dict[str, Any]]:
+        """Brush regions of the propagated masks on every annotation frame of the task."""
+        import cv2
+
+        from .brush import mask_to_result
+        from .exports import rle_decode
+
+        regions = []
+        for key, info in self.images.items():
+            store = result.masks.get(key, {})
+            for page, frame in enumerate(info.frame_indices):
+                h, w = info.page_sizes.get(page) or info.size
+                for obj_id, per_frame in store.items():
+                    rle = per_frame.get(str(frame))
+                    if rle is None:
+                        continue
+                    mask = rle_decode(rle)
+                    if mask.shape != (h, w):
+                        mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                    label = _label_for(info.labels, obj_id)
+                    if label is None:
+                        continue
+                    regions.append(
+                        mask_to_result(mask, from_name=info.brush, to_name=info.image, label=label, item_index=page)
+                    )
+        return regions
+
+
+def _object_number(label: str) -> int | None:
+    match = re.search(r"(\d+)\s*$", label)
+    return int(match.group(1)) if match else None
+
+
+def _label_for(labels: tuple[str, ...], obj_id: int) -> str | None:
+    return next((label for label in labels if _object_number(label) == obj_id), None)
+
+
+def _video_images(config_xml: str, data: dict[str, Any]) -> list[VideoImage]:
+    config = parse_label_config(config_xml)
+    used = {img for img, _ in config.keypoints.values()} | {img for img, _ in config.brushes.values()}
+    out = []
+    for name, image in config.images.items():
+        if name not in used or not image.is_list:
+            continue
+        suffix = image.data_key[len("frames") :] if image.data_key.startswith("frames") else image.data_key
+        video_key, indices_key = f"video{suffix}", f"frame_indices{suffix}"
+        frames = data.get(image.data_key)
+        if not isinstance(frames, list):
+            raise PromptError(f"task data '{image.data_key}' must be the list of annotation frames")
+        video_ref = data.get(video_key)
+        if not isinstance(video_ref, str) or not video_ref:
+            raise PromptError(f"task data has no '{video_key}' (the original video of '{image.data_key}')")
+        indices = data.get(indices_key)
+        if not isinstance(indices, list) or len(indices) != len(frames) or not all(isinstance(i, int) and i >= 0 for i in indices):
+            raise PromptError(f"task data '{indices_key}' must give the frame index of each of the {len(frames)} images")
+        brushes = [b for b, (img, _) in config.brushes.items() if img == name]
+        if not brushes:
+            raise PromptError(f"the config has no BrushLabels on '{name}'")
+        labels = config.brushes[brushes[0]][1]
+        out.append(VideoImage(f"video{len(out) + 1}", name, brushes[0], labels, list(indices), video_ref))
+    if not out:
+        raise PromptError("the config has no <Image valueList> with keypoints or brushes: nothing to propagate")
+    if len(out) > 2:
+        raise PromptError("at most two videos per task (a SceneDiff pair)")
+    return out
+
+
+def _text(value: dict[str, Any]) -> str:
+    text = value.get("text") or []
+    return str(text[0] if isinstance(text, list) and text else text or "").strip()
+
+
+def build_task_job(config_xml: str, task: dict[str, Any], annotation: dict[str, Any], fetch_video: Any, *, background=(0, 255, 0)) -> TaskJob:
+    """Turn ``task`` + ``annotation`` into a :class:`TaskJob`.
+
+    ``fetch_video(ref) -> local path`` resolves a task-data video reference (downloading it).
+    """
+    from .brush import result_to_mask
+    from .frames import open_frames
+
+    data = task.get("data") or {}
+    images = _video_images(config_xml, data)
+    by_image = {info.image: info for info in images}
+    videos: dict[str, str] = {}
+    for info in images:
+        path = str(fetch_video(info.video_ref))
+        with open_frames(path, cache_frames=2) as source:
+            info.size = (source.height, source.width)
+            last = source.num_frames - 1
+        bad = [i for i in info.frame_indices if i > last]
+        if bad:
+            raise PromptError(f"{info.key}: frame index {bad[0]} is beyond the last frame {last} of {info.video_ref}")
+        videos[info.key] = path
+
+    prompts: dict[int, dict[str, list[FramePrompt]]] = {}
+    attrs: dict[int, dict[str, Any]] = {}
+    scene_type, comments = "", {}
+    config = parse_label_config(config_xml)
+    for region in annotation.get("result") or []:
+        rtype, value = region.get("type"), region.get("value") or {}
+        from_name = region.get("from_name", "")
+        if rtype in ("keypointlabels", "brushlabels") and region.get("to_name") in by_image:
+            info = by_image[region["to_name"]]
+            labels = value.get(rtype) or []
+            obj_id = _object_number(labels[0]) if labels else None
+            if obj_id is None:
+                raise PromptError(f"label {labels!r} does not end in an object number (one label per object: 'Object 1', ...)")
+            page = int(region.get("item_index") or 0)
+            if not 0 <= page < len(info.frame_indices):
+                raise PromptError(f"a region on page {page} of '{info.image}', which has {len(info.frame_indices)} pages")
+            frame = info.frame_indices[page]
+            h, w = info.size
+            if region.get("original_height") and region.get("original_width"):
+                info.page_sizes[page] = (int(region["original_height"]), int(region["original_width"]))
+            if rtype == "keypointlabels":
+                if from_name not in config.keypoints:
+                    continue
+                point = np.array([[float(value["x"]) / 100 * w, float(value["y"]) / 100 * h]], np.float32)
+                label = np.array([0 if region.get("is_positive") is False else 1], np.int32)
+                prompt = FramePrompt(frame, point, label)
+            else:
+                mask = result_to_mask(region)
+                if not mask.any():
+                    continue
+                if mask.shape != (h, w):
+                    import cv2
+
+                    mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                prompt = FramePrompt(frame, mask=mask)
+            prompts.setdefault(obj_id, {}).setdefault(info.key, []).append(prompt)
+            continue
+        match = re.fullmatch(r"obj(\d+)_(name|number|presence|deformability)", from_name)
+        if match:
+            k, field_name = int(match.group(1)), match.group(2)
+            if field_name == "name":
+                attrs.setdefault(k, {})["name"] = _text(value)
+            elif field_name == "number":
+                attrs.setdefault(k, {})["number"] = int(value.get("number") or 1)
+            elif field_name == "presence":
+                attrs.setdefault(k, {})["presence"] = set(value.get("choices") or [])
+            else:
+                choice = (value.get("choices") or ["rigid"])[0]
+                attrs.setdefault(k, {})["deformability"] = choice
+        elif from_name == "scene_type":
+            scene_type = _text(value)
+        elif from_name == "comments":
+            text = _text(value)
+            if text:
+                comments = {"text": text}
+
+    objects = []
+    for obj_id in sorted(set(prompts) | {k for k, a in attrs.items() if a.get("presence")}):
+        a = attrs.get(obj_id, {})
+        per_video = {v: _merge_same_frame(ps) for v, ps in prompts.get(obj_id, {}).items()}
+        presence = a.get("presence")
+        in_video = {info.key: (f"in_{info.key}" in presence) if presence else bool(per_video.get(info.key)) for info in images}
+        missing = [v for v, present in in_video.items() if present and not per_video.get(v)]
+        if missing:
+            raise PromptError(f"object {obj_id} is marked present in {missing[0]} but has no points or mask there")
+        objects.append(
+            ObjectSpec(
+                id=obj_id,
+                name=a.get("name") or f"object{obj_id}",
+                number=a.get("number", 1),
+                in_video=in_video,
+                deformability=a.get("deformability", "rigid"),
+                prompts=per_video,
+            )
+        )
+    if not objects:
+        raise PromptError("the annotation has no keypoints or masks: nothing to propagate")
+    if len(images) == 2:
+        spec = PromptSpec("scenediff", objects, scene_type=scene_type, comments=comments)
+    else:
+        seg_frames = data.get("segment_frames")
+        index = data.get("segment_index", 0)
+        if not isinstance(seg_frames, list) or not seg_frames:
+            with open_frames(videos["video1"], cache_frames=2) as source:
+                seg_frames, index = [source.num_frames], 0
+        spec = PromptSpec(
+            "greenscreen",
+            objects,
+            comments=comments,
+            greenscreen=GreenScreenSpec(int(index), [int(n) for n in seg_frames], int(data.get("start_frame", 0)), tuple(background)),
+        )
+    return TaskJob(spec, videos, {info.key: info for info in images})
+
+
+def load_task_job(settings: Any, project_id: int, task_id: int, annotation_id: int) -> TaskJob:
+    """Fetch project, task and annotation with the SDK and build the job."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    from . import labelstudio
+    from .app import default_fetcher
+    from .exceptions import FetchError
+
+    client = labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
+    try:
+        project = client.projects.get(id=project_id)
+        task = client.tasks.get(id=task_id)
+        annotation = client.annotations.get(id=annotation_id)
+    except ApiError as exc:
+        raise JobError(
+            f"Label Studio has no project {project_id} / task {task_id} / annotation {annotation_id} ({exc.status_code})"
+        ) from None
+    except Exception as exc:  # connection errors
+        raise JobError(f"cannot reach Label Studio at {settings.label_studio_url}: {exc}") from None
+    fetcher = default_fetcher(settings)
+
+    def fetch_video(ref: str) -> str:
+        try:
+            return str(fetcher.path(ref))
+        except FetchError as exc:
+            raise JobError(f"video {ref}: {exc}") from None
+
+    task_dict = task.dict() if hasattr(task, "dict") else dict(task)
+    ann_dict = annotation.dict() if hasattr(annotation, "dict") else dict(annotation)
+    return build_task_job(project.label_config, task_dict, ann_dict, fetch_video, background=settings.background_color)
