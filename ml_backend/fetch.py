@@ -104,6 +104,8 @@ class FileFetcher:
         """A local file holding ``ref``'s bytes (downloaded once, then served from the cache)."""
         target = self.resolve(ref)
         if isinstance(target, Path):
+            if target.is_dir():
+                return target  # a folder of frames (video_part_XXX), read by the worker in place
             if not target.is_file():
                 raise SourceNotFound(f"{ref!r}: no such file under LOCAL_FILES_DOCUMENT_ROOT")
             if target.stat().st_size > self.max_bytes:
