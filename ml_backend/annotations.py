@@ -108,8 +108,14 @@ def _video_images(config_xml: str, data: dict[str, Any]) -> list[VideoImage]:
         if not isinstance(video_ref, str) or not video_ref:
             raise PromptError(f"task data has no '{video_key}' (the original video of '{image.data_key}')")
         indices = data.get(indices_key)
-        if not isinstance(indices, list) or len(indices) != len(frames) or not all(isinstance(i, int) and i >= 0 for i in indices):
-            raise PromptError(f"task data '{indices_key}' must give the frame index of each of the {len(frames)} images")
+        if (
+            not isinstance(indices, list)
+            or len(indices) != len(frames)
+            or not all(isinstance(i, int) and i >= 0 for i in indices)
+        ):
+            raise PromptError(
+                f"task data '{indices_key}' must give the frame index of each of the {len(frames)} images"
+            )
         brushes = [b for b, (img, _) in config.brushes.items() if img == name]
         if not brushes:
             raise PromptError(f"the config has no BrushLabels on '{name}'")
@@ -127,7 +133,9 @@ def _text(value: dict[str, Any]) -> str:
     return str(text[0] if isinstance(text, list) and text else text or "").strip()
 
 
-def build_task_job(config_xml: str, task: dict[str, Any], annotation: dict[str, Any], fetch_video: Any, *, background=(0, 255, 0)) -> TaskJob:
+def build_task_job(
+    config_xml: str, task: dict[str, Any], annotation: dict[str, Any], fetch_video: Any, *, background=(0, 255, 0)
+) -> TaskJob:
     """Turn ``task`` + ``annotation`` into a :class:`TaskJob`.
 
     ``fetch_video(ref) -> local path`` resolves a task-data video reference (downloading it).
@@ -161,10 +169,14 @@ def build_task_job(config_xml: str, task: dict[str, Any], annotation: dict[str, 
             labels = value.get(rtype) or []
             obj_id = _object_number(labels[0]) if labels else None
             if obj_id is None:
-                raise PromptError(f"label {labels!r} does not end in an object number (one label per object: 'Object 1', ...)")
+                raise PromptError(
+                    f"label {labels!r} does not end in an object number (one label per object: 'Object 1', ...)"
+                )
             page = int(region.get("item_index") or 0)
             if not 0 <= page < len(info.frame_indices):
-                raise PromptError(f"a region on page {page} of '{info.image}', which has {len(info.frame_indices)} pages")
+                raise PromptError(
+                    f"a region on page {page} of '{info.image}', which has {len(info.frame_indices)} pages"
+                )
             frame = info.frame_indices[page]
             h, w = info.size
             if region.get("original_height") and region.get("original_width"):
@@ -210,7 +222,9 @@ def build_task_job(config_xml: str, task: dict[str, Any], annotation: dict[str, 
         a = attrs.get(obj_id, {})
         per_video = {v: _merge_same_frame(ps) for v, ps in prompts.get(obj_id, {}).items()}
         presence = a.get("presence")
-        in_video = {info.key: (f"in_{info.key}" in presence) if presence else bool(per_video.get(info.key)) for info in images}
+        in_video = {
+            info.key: (f"in_{info.key}" in presence) if presence else bool(per_video.get(info.key)) for info in images
+        }
         missing = [v for v, present in in_video.items() if present and not per_video.get(v)]
         if missing:
             raise PromptError(f"object {obj_id} is marked present in {missing[0]} but has no points or mask there")
@@ -238,7 +252,9 @@ def build_task_job(config_xml: str, task: dict[str, Any], annotation: dict[str, 
             "greenscreen",
             objects,
             comments=comments,
-            greenscreen=GreenScreenSpec(int(index), [int(n) for n in seg_frames], int(data.get("start_frame", 0)), tuple(background)),
+            greenscreen=GreenScreenSpec(
+                int(index), [int(n) for n in seg_frames], int(data.get("start_frame", 0)), tuple(background)
+            ),
         )
     return TaskJob(spec, videos, {info.key: info for info in images})
 
@@ -262,7 +278,7 @@ def load_task_job(settings: Any, project_id: int, task_id: int, annotation_id: i
         ) from None
     except Exception as exc:  # connection errors
         raise JobError(f"cannot reach Label Studio at {settings.label_studio_url}: {exc}") from None
-    fetcher = default_fetcher(settings)
+    fetcher = default_fetcher(settings, max_bytes=64 * 1024**3)  # videos may be large
 
     def fetch_video(ref: str) -> str:
         try:

@@ -41,7 +41,8 @@ def default_segmenter_factory(settings: Settings):
     return factory
 
 
-def default_fetcher(settings: Settings):
+def default_fetcher(settings: Settings, *, max_bytes: int | None = None):
+    """The :class:`~ml_backend.fetch.FileFetcher` for ``settings`` (``max_bytes`` overrides the limit)."""
     from . import labelstudio
     from .fetch import FileFetcher
 
@@ -55,7 +56,7 @@ def default_fetcher(settings: Settings):
         settings.data_dir / "downloads",
         headers=headers,
         local_root=settings.local_files_root or None,
-        max_bytes=settings.max_download_bytes,
+        max_bytes=max_bytes or settings.max_download_bytes,
         cache_bytes=settings.download_cache_bytes,
         timeout=settings.download_timeout,
     )

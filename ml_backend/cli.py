@@ -43,7 +43,9 @@ def _propagate(args: argparse.Namespace) -> int:
         if args.queue:
             from .jobs import JobQueue
 
-            job = JobQueue.from_settings(settings).enqueue_prompts(json.loads(Path(args.prompts).read_text()), videos, str(Path(args.out).resolve()))
+            job = JobQueue.from_settings(settings).enqueue_prompts(
+                json.loads(Path(args.prompts).read_text()), videos, str(Path(args.out).resolve())
+            )
             print(f"queued job {job.id}; follow it with: python -m ml_backend status {job.id} --follow")
             return 0
         predictor = build_video_predictor(settings)

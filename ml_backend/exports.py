@@ -54,7 +54,9 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     counts = rle["counts"]
-    return mask_utils.decode({"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)
+    return mask_utils.decode(
+        {"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+    ).astype(bool)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

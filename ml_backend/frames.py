@@ -54,7 +54,9 @@ class FrameSource:
     def read(self, index: int) -> np.ndarray:
         """Frame ``index`` (0-based) as ``H×W×3`` uint8 RGB."""
         if not 0 <= index < self.num_frames:
-            raise VideoError(f"frame {index} is out of range: the video has {self.num_frames} frames (0–{self.num_frames - 1})")
+            raise VideoError(
+                f"frame {index} is out of range: the video has {self.num_frames} frames (0–{self.num_frames - 1})"
+            )
         with self._lock:
             frame = self._cache.get(index)
             if frame is not None:
@@ -145,9 +147,7 @@ class ImageFolderFrames(FrameSource):
         self.path = Path(folder)
         if not self.path.is_dir():
             raise VideoError(f"frame folder {self.path} does not exist")
-        self.files = sorted(
-            (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_frame_number
-        )
+        self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_frame_number)
         self.num_frames = len(self.files)
         if not self.files:
             raise VideoError(f"frame folder {self.path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -168,7 +168,9 @@ class ImageFolderFrames(FrameSource):
     def _decode(self, index: int):
         frame = self._load(index)
         if frame.shape[:2] != (self.height, self.width):
-            raise VideoError(f"frame {self.files[index]} is {frame.shape[1]}×{frame.shape[0]}, not {self.width}×{self.height}")
+            raise VideoError(
+                f"frame {self.files[index]} is {frame.shape[1]}×{frame.shape[0]}, not {self.width}×{self.height}"
+            )
         yield index, frame
 
 

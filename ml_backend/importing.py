@@ -64,7 +64,9 @@ def extract_frames(
             path = out_dir / f"frame_{i:06d}{ext}"
             if not path.exists():
                 tmp = path.with_name(f".{path.name}.part{ext}")
-                Image.fromarray(source.read(i)).save(tmp, quality=95) if ext == ".jpg" else Image.fromarray(source.read(i)).save(tmp)
+                Image.fromarray(source.read(i)).save(tmp, quality=95) if ext == ".jpg" else Image.fromarray(
+                    source.read(i)
+                ).save(tmp)
                 tmp.replace(path)
             paths.append(path)
             if progress:
@@ -73,7 +75,13 @@ def extract_frames(
 
 
 def pair_task(
-    video1: str | Path, video2: str | Path, root: Path, name: str, *, stride: int = 30, progress: Callable[[int, int], None] | None = None
+    video1: str | Path,
+    video2: str | Path,
+    root: Path,
+    name: str,
+    *,
+    stride: int = 30,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Task data for a SceneDiff pair; videos are copied under ``<root>/pairs/<name>/``."""
     base = Path(root) / "pairs" / name
@@ -97,13 +105,17 @@ def _part_number(path: Path) -> int:
 
 def segment_folders(parent: Path) -> list[Path]:
     """``video_part_XXX`` folders of frames under ``parent``, in numeric order."""
-    folders = sorted((p for p in Path(parent).iterdir() if p.is_dir() and p.name.startswith("video_part_")), key=_part_number)
+    folders = sorted(
+        (p for p in Path(parent).iterdir() if p.is_dir() and p.name.startswith("video_part_")), key=_part_number
+    )
     if not folders:
         raise VideoError(f"no video_part_XXX folders in {parent}")
     return folders
 
 
-def split_video(video: str | Path, out_dir: Path, seconds: float, *, progress: Callable[[int, int], None] | None = None) -> list[Path]:
+def split_video(
+    video: str | Path, out_dir: Path, seconds: float, *, progress: Callable[[int, int], None] | None = None
+) -> list[Path]:
     """Cut ``video`` into segments of ``seconds`` that share one boundary frame.
 
     Segment ``k`` holds frames ``[k·L, (k+1)·L]`` (L = seconds × fps), so its last frame is the

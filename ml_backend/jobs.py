@@ -119,8 +119,10 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
     from .annotations import load_task_job
 
     task_job = load_task_job(settings, project_id, task_id, annotation_id)
-    out_dir = settings.results_root / f"project_{project_id}" / (
-        "greenscreen" if task_job.spec.format == "greenscreen" else f"task_{task_id}"
+    out_dir = (
+        settings.results_root
+        / f"project_{project_id}"
+        / ("greenscreen" if task_job.spec.format == "greenscreen" else f"task_{task_id}")
     )
     result = _run(task_job.spec, task_job.videos, out_dir, settings, progress)
     progress.stage("posting prediction")
@@ -165,7 +167,9 @@ class JobQueue:
 
         return Retry(max=self.settings.job_retries) if self.settings.job_retries > 0 else None
 
-    def enqueue_prompts(self, prompts: dict[str, Any], videos: dict[str, str], out_dir: str, job_id: str | None = None) -> Any:
+    def enqueue_prompts(
+        self, prompts: dict[str, Any], videos: dict[str, str], out_dir: str, job_id: str | None = None
+    ) -> Any:
         return self.queue.enqueue(
             propagate_prompts,
             prompts,
@@ -227,18 +231,25 @@ class JobQueue:
         project_id = project.get("id") if isinstance(project, dict) else project
         if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
             if self.settings.webhook_mode != "auto":
-                return {"status": "ignored", "reason": "WEBHOOK_MODE=batch: use Start training or scripts/process_all.py"}
+                return {
+                    "status": "ignored",
+                    "reason": "WEBHOOK_MODE=batch: use Start training or scripts/process_all.py",
+                }
             annotation = payload.get("annotation")
             if not isinstance(annotation, dict) or "id" not in annotation:
                 raise BadPayload(f"{action} webhook without an annotation")
             if annotation.get("was_cancelled"):
                 return {"status": "ignored", "reason": "skipped task"}
-            task = annotation.get("task") if annotation.get("task") is not None else (payload.get("task") or {}).get("id")
+            task = (
+                annotation.get("task") if annotation.get("task") is not None else (payload.get("task") or {}).get("id")
+            )
             task_id = task.get("id") if isinstance(task, dict) else task
             project_id = project_id or annotation.get("project")
             if task_id is None or project_id is None:
                 raise BadPayload(f"{action} webhook without task or project ids")
-            job, created = self.enqueue_task(int(project_id), int(task_id), int(annotation["id"]), fingerprint(annotation))
+            job, created = self.enqueue_task(
+                int(project_id), int(task_id), int(annotation["id"]), fingerprint(annotation)
+            )
             return {"status": "queued" if created else "exists", "job_id": job.id}
         if action == "START_TRAINING":
             if project_id is None:

@@ -91,7 +91,11 @@ def run_job(
     """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``."""
     out_dir = Path(out_dir)
     result = JobResult(out_dir)
-    names = ["video1"] if spec.format == "greenscreen" else [v for v in ("video1", "video2") if any(o.in_video.get(v) for o in spec.objects)]
+    names = (
+        ["video1"]
+        if spec.format == "greenscreen"
+        else [v for v in ("video1", "video2") if any(o.in_video.get(v) for o in spec.objects)]
+    )
     for name in names:
         if name not in videos or not videos[name]:
             raise PromptError(f"objects are present in {name} but no {name} was given")
@@ -117,14 +121,18 @@ def run_job(
                         f"segment {index} has {source.num_frames} frames but the segment list says {frames_list[index]}"
                     )
                 offset, count = greenscreen_offset(frames_list, index, gs.start_frame if gs else 0)
-                greenscreen = GreenScreenExport(out_dir, offset=offset, count=count, background=gs.background if gs else (0, 255, 0))
+                greenscreen = GreenScreenExport(
+                    out_dir, offset=offset, count=count, background=gs.background if gs else (0, 255, 0)
+                )
             if scenediff is not None:
                 scenediff.start_video(name, source)
             store: dict[int, dict[str, dict[str, Any]]] = {obj_id: {} for obj_id in objects}
             result.masks[name] = store
             result.num_frames[name] = source.num_frames
 
-            def handle(frame_idx: int, frame: Any, masks: dict[int, np.ndarray], _name=name, _store=store, _gs=greenscreen) -> None:
+            def handle(
+                frame_idx: int, frame: Any, masks: dict[int, np.ndarray], _name=name, _store=store, _gs=greenscreen
+            ) -> None:
                 rles = {obj_id: rle_encode(m) for obj_id, m in masks.items() if m.any()}
                 for obj_id, rle in rles.items():
                     _store[obj_id][str(frame_idx)] = rle
@@ -134,7 +142,9 @@ def run_job(
                     _gs.add(frame_idx, frame, masks)
 
             started = time.perf_counter()
-            state = propagation.new_state(predictor, source, prefetch=prefetch, offload_state_to_cpu=offload_state_to_cpu)
+            state = propagation.new_state(
+                predictor, source, prefetch=prefetch, offload_state_to_cpu=offload_state_to_cpu
+            )
             exporter = ExportThread(handle)
             try:
                 propagation.add_prompts(predictor, state, objects)
@@ -162,7 +172,11 @@ def run_job(
 
             started = time.perf_counter()
             for name in names:
-                review_name = name if spec.format == "scenediff" else f"segment_{spec.greenscreen.segment_index if spec.greenscreen else 0:03d}"
+                review_name = (
+                    name
+                    if spec.format == "scenediff"
+                    else f"segment_{spec.greenscreen.segment_index if spec.greenscreen else 0:03d}"
+                )
                 result.files.extend(write_review(sources[name], result.masks[name], out_dir / "review", review_name))
             result.seconds["review"] = time.perf_counter() - started
     finally:

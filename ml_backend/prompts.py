@@ -151,7 +151,9 @@ def parse_prompts(data: Any) -> PromptSpec:
             flag = raw.get(f"in_{v}")
             in_video[v] = bool(prompts.get(v)) if flag is None else bool(flag)
         if not any(in_video.values()):
-            raise PromptError(f"object {obj_id} ({raw.get('name', '?')}) has no prompts: click at least one point on it")
+            raise PromptError(
+                f"object {obj_id} ({raw.get('name', '?')}) has no prompts: click at least one point on it"
+            )
         deform = raw.get("deformability", "rigid")
         if deform not in ("rigid", "deformable"):
             raise PromptError(f"{where}.deformability must be 'rigid' or 'deformable', got {deform!r}")

@@ -111,8 +111,15 @@ def add_prompts(predictor: Any, state: dict[str, Any], objects: dict[int, list[F
             lbl = np.asarray(prompt.labels, np.int32).reshape(-1)
             if len(pts) == 0 or len(pts) != len(lbl):
                 raise PromptError(f"object {obj_id}: frame {prompt.frame} needs points with one label each")
-            if (pts[:, 0] < 0).any() or (pts[:, 0] > width).any() or (pts[:, 1] < 0).any() or (pts[:, 1] > height).any():
-                raise PromptError(f"object {obj_id}: a point on frame {prompt.frame} lies outside the {width}×{height} frame")
+            if (
+                (pts[:, 0] < 0).any()
+                or (pts[:, 0] > width).any()
+                or (pts[:, 1] < 0).any()
+                or (pts[:, 1] > height).any()
+            ):
+                raise PromptError(
+                    f"object {obj_id}: a point on frame {prompt.frame} lies outside the {width}×{height} frame"
+                )
             predictor.add_new_points_or_box(state, prompt.frame, obj_id, points=pts, labels=lbl)
 
 
@@ -170,7 +177,9 @@ def propagate(
 
     def run(reverse: bool) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
         with torch.inference_mode(), ctx():
-            for frame_idx, obj_ids, masks in predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
+            for frame_idx, obj_ids, masks in predictor.propagate_in_video(
+                state, start_frame_idx=start, reverse=reverse
+            ):
                 out = {int(obj_id): (masks[i, 0] > 0).cpu().numpy() for i, obj_id in enumerate(obj_ids)}
                 if bounded:
                     prune(state, frame_idx, reverse, window, keep)

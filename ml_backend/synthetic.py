@@ -100,8 +100,12 @@ def moving_shapes(num_frames: int = 12, height: int = 96, width: int = 128, seed
     """Two shapes crossing the frame: a red square and a blue disc."""
     return render(
         [
-            Shape("square", "rect", (220, 40, 40), height // 4, (width * 0.2, height * 0.3), (width * 0.7, height * 0.4)),
-            Shape("disc", "disc", (40, 60, 220), height // 4, (width * 0.8, height * 0.75), (width * 0.3, height * 0.7)),
+            Shape(
+                "square", "rect", (220, 40, 40), height // 4, (width * 0.2, height * 0.3), (width * 0.7, height * 0.4)
+            ),
+            Shape(
+                "disc", "disc", (40, 60, 220), height // 4, (width * 0.8, height * 0.75), (width * 0.3, height * 0.7)
+            ),
         ],
         num_frames,
         height,

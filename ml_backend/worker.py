@@ -43,7 +43,14 @@ def current_settings() -> Settings:
 def get_predictor(settings: Settings) -> Any:
     """The process's SAM 2 video predictor for ``settings``, built on first use."""
     global _predictor, _predictor_key
-    key = (settings.model_size, settings.checkpoint, str(settings.checkpoint_path), settings.image_size, settings.device, settings.compile)
+    key = (
+        settings.model_size,
+        settings.checkpoint,
+        str(settings.checkpoint_path),
+        settings.image_size,
+        settings.device,
+        settings.compile,
+    )
     with _lock:
         if _predictor is None or _predictor_key != key:
             from .models import build_video_predictor

@@ -104,7 +104,12 @@ def test_annotation_to_exact_masks_and_prediction(pair_task, tmp_path):
     out = run_job(ColorVideoPredictor(), spec, job.videos, tmp_path / "out", image_size=64, review=False)
     from ml_backend.exports import rle_decode
 
-    truth = {("video1", 1): (v1, "mug"), ("video1", 3): (v1, "ball"), ("video2", 2): (v2, "box"), ("video2", 3): (v2, "ball")}
+    truth = {
+        ("video1", 1): (v1, "mug"),
+        ("video1", 3): (v1, "ball"),
+        ("video2", 2): (v2, "box"),
+        ("video2", 3): (v2, "ball"),
+    }
     for (video, obj_id), (synthetic, name) in truth.items():
         frames = out.masks[video][obj_id]
         assert sorted(map(int, frames)) == list(range(len(synthetic.frames)))
@@ -114,7 +119,11 @@ def test_annotation_to_exact_masks_and_prediction(pair_task, tmp_path):
     regions = job.prediction(out, "v-test")
     pages = {(r["to_name"], r["item_index"], r["value"]["brushlabels"][0]) for r in regions}
     assert ("image1", 3, "Object 1") in pages and ("image2", 0, "Object 2") in pages
-    ball = next(r for r in regions if r["to_name"] == "image1" and r["item_index"] == 2 and r["value"]["brushlabels"] == ["Object 3"])
+    ball = next(
+        r
+        for r in regions
+        if r["to_name"] == "image1" and r["item_index"] == 2 and r["value"]["brushlabels"] == ["Object 3"]
+    )
     assert (ball["original_height"], ball["original_width"]) == s1  # drawn at the annotation frame size
     assert (result_to_mask(ball) == v1.masks["ball"][6][::2, ::2]).mean() > 0.97
 
@@ -130,7 +139,12 @@ def test_frame_index_beyond_video_is_refused(pair_task):
     v1, v2, task, root = pair_task
     task["data"]["frame_indices1"] = [0, 3, 6, 99]
     with pytest.raises(PromptError, match="beyond the last frame"):
-        build_task_job(CONFIG, task, {"result": [kp("image1", 0, 10, 10, (48, 64), "Object 1")]}, lambda ref: root / ref.split("d=")[1])
+        build_task_job(
+            CONFIG,
+            task,
+            {"result": [kp("image1", 0, 10, 10, (48, 64), "Object 1")]},
+            lambda ref: root / ref.split("d=")[1],
+        )
 
 
 def test_empty_annotation_is_refused(pair_task):

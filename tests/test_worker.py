@@ -23,7 +23,9 @@ def center(video, name, frame):
 
 @pytest.fixture
 def job_settings(small_settings, redis_server, tmp_path):
-    return small_settings.replace(redis_url=redis_server.url, queue_name="test-prop", data_dir=tmp_path, job_heartbeat_ttl=5)
+    return small_settings.replace(
+        redis_url=redis_server.url, queue_name="test-prop", data_dir=tmp_path, job_heartbeat_ttl=5
+    )
 
 
 @pytest.fixture
@@ -75,7 +77,15 @@ def test_scenediff_job_with_real_sam2(queue, job_settings, redis_conn, pair, tmp
     assert isinstance(seg["objects"], list)
     assert sorted(seg["video1_objects"]) == [1, 3] and sorted(seg["video2_objects"]) == [2, 3]
     for obj in seg["objects"]:
-        assert set(obj) >= {"label", "in_video1", "in_video2", "video1_frame_idx", "video2_frame_idx", "original_obj_idx", "deformability"}
+        assert set(obj) >= {
+            "label",
+            "in_video1",
+            "in_video2",
+            "video1_frame_idx",
+            "video2_frame_idx",
+            "original_obj_idx",
+            "deformability",
+        }
     assert seg["objects"][2]["label"] == "ball_2" and seg["objects"][2]["deformability"] == "deformable"
     # the evaluator's access pattern
     for obj in seg["objects"]:
@@ -132,8 +142,19 @@ def test_greenscreen_three_segments(queue, job_settings, redis_conn, tmp_path, m
         SyntheticVideo(long.frames[a:b], {}, {}).write(folder)
         prompts = {
             "format": "greenscreen",
-            "objects": [{"id": 1, "name": "square", "prompts": [{"video": "video1", "frame": 0, "points": [center(long, "square", a)], "labels": [1]}]}],
-            "greenscreen": {"segment_index": k, "segment_frames": lengths, "start_frame": 100, "background": [0, 255, 0]},
+            "objects": [
+                {
+                    "id": 1,
+                    "name": "square",
+                    "prompts": [{"video": "video1", "frame": 0, "points": [center(long, "square", a)], "labels": [1]}],
+                }
+            ],
+            "greenscreen": {
+                "segment_index": k,
+                "segment_frames": lengths,
+                "start_frame": 100,
+                "background": [0, 255, 0],
+            },
         }
         jobs.append(queue.enqueue_prompts(prompts, {"video1": str(folder)}, str(out)))
     monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
@@ -151,9 +172,7 @@ def test_greenscreen_three_segments(queue, job_settings, redis_conn, tmp_path, m
         assert (img[~mask] == [0, 255, 0]).all()
     # re-running one segment rewrites exactly its own files
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
-    queue.enqueue_prompts(
-        {**jobs[1].args[0]}, jobs[1].args[1], str(out)
-    )
+    queue.enqueue_prompts({**jobs[1].args[0]}, jobs[1].args[1], str(out))
     run_worker(job_settings, redis_conn)
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
     changed = sorted(n for n in after if after[n] != before[n])
@@ -195,15 +214,31 @@ def bad_cases(tmp_path: Path):
         base.update(obj)
         return {"format": "scenediff", "objects": [base]}
 
-    return {
-        "missing video": (one(), {"video1": str(tmp_path / "nope.mp4")}, "does not exist"),
-        "corrupt video": (one(), {"video1": str(corrupt)}, "cannot be opened"),
-        "zero frames": (one(), {"video1": str(empty)}, "holds no images"),
-        "prompt beyond last frame": (one(frame=4), {"video1": str(good_path)}, "has 4 frames"),
-        "object without prompts": (one(in_video2=True), {"video1": str(good_path), "video2": str(good_path)}, "has no prompts there"),
-        "no prompts at all": ({"format": "scenediff", "objects": [{"id": 1, "name": "x", "prompts": []}]}, {"video1": str(good_path)}, "has no prompts"),
-        "point outside frame": (one(prompts=[{"frame": 0, "points": [[500, 10]], "labels": [1]}]), {"video1": str(good_path)}, "outside"),
-    }, good, good_path
+    return (
+        {
+            "missing video": (one(), {"video1": str(tmp_path / "nope.mp4")}, "does not exist"),
+            "corrupt video": (one(), {"video1": str(corrupt)}, "cannot be opened"),
+            "zero frames": (one(), {"video1": str(empty)}, "holds no images"),
+            "prompt beyond last frame": (one(frame=4), {"video1": str(good_path)}, "has 4 frames"),
+            "object without prompts": (
+                one(in_video2=True),
+                {"video1": str(good_path), "video2": str(good_path)},
+                "has no prompts there",
+            ),
+            "no prompts at all": (
+                {"format": "scenediff", "objects": [{"id": 1, "name": "x", "prompts": []}]},
+                {"video1": str(good_path)},
+                "has no prompts",
+            ),
+            "point outside frame": (
+                one(prompts=[{"frame": 0, "points": [[500, 10]], "labels": [1]}]),
+                {"video1": str(good_path)},
+                "outside",
+            ),
+        },
+        good,
+        good_path,
+    )
 
 
 def test_bad_jobs_fail_with_reasons_and_worker_keeps_serving(queue, job_settings, redis_conn, tmp_path, monkeypatch):
@@ -211,9 +246,14 @@ def test_bad_jobs_fail_with_reasons_and_worker_keeps_serving(queue, job_settings
     cases, good, good_path = bad_cases(tmp_path)
     settings = job_settings.replace(job_retries=0)
     queue = JobQueue(redis_conn, settings)
-    failing = {name: queue.enqueue_prompts(p, v, str(tmp_path / name.replace(" ", "_"))) for name, (p, v, _) in cases.items()}
+    failing = {
+        name: queue.enqueue_prompts(p, v, str(tmp_path / name.replace(" ", "_"))) for name, (p, v, _) in cases.items()
+    }
     ok = queue.enqueue_prompts(
-        {"format": "scenediff", "objects": [{"id": 1, "prompts": [{"frame": 1, "points": [center(good, "disc", 1)], "labels": [1]}]}]},
+        {
+            "format": "scenediff",
+            "objects": [{"id": 1, "prompts": [{"frame": 1, "points": [center(good, "disc", 1)], "labels": [1]}]}],
+        },
         {"video1": str(good_path)},
         str(tmp_path / "ok"),
     )
@@ -230,7 +270,10 @@ def test_redis_restart_loses_no_result(queue, job_settings, redis_conn, redis_se
     monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
     video = moving_shapes(num_frames=3, height=48, width=64)
     path = video.write(tmp_path / "v.mkv")
-    prompts = {"format": "scenediff", "objects": [{"id": 1, "prompts": [{"frame": 0, "points": [center(video, "disc", 0)], "labels": [1]}]}]}
+    prompts = {
+        "format": "scenediff",
+        "objects": [{"id": 1, "prompts": [{"frame": 0, "points": [center(video, "disc", 0)], "labels": [1]}]}],
+    }
     job = queue.enqueue_prompts(prompts, {"video1": str(path)}, str(tmp_path / "o"))
     run_worker(job_settings, redis_conn)
     before = queue.status(job.id)
@@ -263,4 +306,7 @@ def test_webhook_routes_actions(queue, job_settings):
     assert first["status"] == "queued" and again == {"status": "exists", "job_id": first["job_id"]}
     assert queue.on_webhook({"action": "PROJECT_UPDATED", "project": {"id": 3}})["status"] == "ignored"
     batch = JobQueue(queue.connection, job_settings.replace(webhook_mode="batch"))
-    assert batch.on_webhook({"action": "ANNOTATION_CREATED", "annotation": ann, "project": {"id": 3}})["status"] == "ignored"
+    assert (
+        batch.on_webhook({"action": "ANNOTATION_CREATED", "annotation": ann, "project": {"id": 3}})["status"]
+        == "ignored"
+    )

@@ -44,7 +44,10 @@ def test_kill_9_mid_job_then_retry(small_settings, redis_server, redis_conn, tmp
     video = moving_shapes(num_frames=40, height=48, width=64)
     path = video.write(tmp_path / "v.mkv")
     out = tmp_path / "out"
-    prompts = {"format": "scenediff", "objects": [{"id": 1, "prompts": [{"frame": 20, "points": [[20.0, 20.0]], "labels": [1]}]}]}
+    prompts = {
+        "format": "scenediff",
+        "objects": [{"id": 1, "prompts": [{"frame": 20, "points": [[20.0, 20.0]], "labels": [1]}]}],
+    }
     queue = JobQueue(redis_conn, settings)
     job = queue.enqueue_prompts(prompts, {"video1": str(path)}, str(out))
 
@@ -64,12 +67,21 @@ def test_kill_9_mid_job_then_retry(small_settings, redis_server, redis_conn, tmp
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     assert queue.status(job.id)["status"] == "started"
-    visible = [p for p in out.rglob("*") if not any(part.startswith(".") for part in p.relative_to(out).parts)] if out.exists() else []
+    visible = (
+        [p for p in out.rglob("*") if not any(part.startswith(".") for part in p.relative_to(out).parts)]
+        if out.exists()
+        else []
+    )
     assert visible == [], visible  # nothing half-written is visible
 
     time.sleep(settings.job_heartbeat_ttl + 1)  # the dead worker's heartbeat expires
     second = subprocess.run(
-        [sys.executable, "-m", "ml_backend", "worker", "--burst"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
+        [sys.executable, "-m", "ml_backend", "worker", "--burst"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert second.returncode == 0, second.stderr[-2000:]
     status = queue.status(job.id)
