@@ -7,7 +7,8 @@ Routes (the Label Studio ML-backend protocol, payloads in the README):
 - ``POST /predict`` → ``{"results": [...]}``, interactive clicks → brush masks;
 - ``POST /webhook`` → enqueue propagation for submitted annotations / "Start training";
 - ``GET /versions`` → ``{"versions": [...]}``;
-- ``GET /jobs/<id>`` → a propagation job's status and progress.
+- ``GET /jobs/<id>`` → a propagation job's status and progress;
+- ``GET /exports/<project>`` → the project's export files; ``GET /exports/<project>/<path>`` → one file.
 
 Errors are JSON ``{"error": message}`` with a 4xx status for bad input; the server stays up.
 With ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` set, every route but ``/health`` needs HTTP basic auth.
@@ -156,6 +157,26 @@ def create_app(
         if status is None:
             return jsonify(error=f"no job {job_id!r}"), 404
         return jsonify(status)
+
+    @app.get("/exports/<int:project>")
+    def exports_list(project: int) -> Any:
+        root = settings.results_root / f"project_{project}"
+        if not root.is_dir():
+            return jsonify(files=[])
+        files = [
+            {"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size}
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ]
+        return jsonify(files=files)
+
+    @app.get("/exports/<int:project>/<path:relpath>")
+    def exports_file(project: int, relpath: str) -> Any:
+        from flask import send_from_directory
+
+        if any(part.startswith(".") for part in relpath.split("/")):
+            raise BadPayload("hidden files are not served")
+        return send_from_directory(settings.results_root.resolve() / f"project_{project}", relpath, as_attachment=True)
 
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError) -> Any:
