@@ -95,7 +95,7 @@ class InteractivePredictor:
         config = parse_label_config(xml)
         target = config.brush_for(newest.from_name, newest.to_name, newest.label)
         ref = self._image_ref(task, target.image, newest.item_index)
-        user = params.get("login") or payload.get("user") or "anonymous"
+        user = self._user(params, task)
         key = (str(payload.get("project")), task.get("id"), str(user), newest.to_name, newest.label, newest.item_index)
         clicks = self.sessions.merge(key, group)
 
@@ -118,6 +118,21 @@ class InteractivePredictor:
             score=score,
         )
         return {"results": [{"result": [result], "score": score, "model_version": self.model_version}]}
+
+    @staticmethod
+    def _user(params: dict[str, Any], task: dict[str, Any]) -> str:
+        """Who is clicking, as far as the request tells.
+
+        Label Studio sends no user id with interactive calls; ``tasks[0].drafts`` is filtered to
+        the clicking user, so a draft's ``user`` identifies them when there is one. Otherwise the
+        session is shared by everyone clicking that label on that page of that task.
+        """
+        if params.get("login"):
+            return str(params["login"])
+        for draft in task.get("drafts") or []:
+            if isinstance(draft, dict) and (draft.get("user") or draft.get("completed_by")):
+                return f"user-{draft.get('user') or draft.get('completed_by')}"
+        return "anonymous"
 
     def _empty(self) -> dict[str, Any]:
         return {"result": [], "score": 0.0, "model_version": self.model_version}

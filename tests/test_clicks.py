@@ -58,3 +58,16 @@ def test_annotators_tasks_and_objects_do_not_mix(client):
     assert (bob == alone).all()  # alice's point did not leak into bob's object
     other_object = mask_for(client, [keypoint(75, 75, label="Object 2")], task_id=9, login="alice")
     assert (other_object == alone).all()
+
+
+def test_drafts_tell_annotators_apart(client):
+    def with_draft(clicks, user):
+        payload = predict_payload(clicks, task_id=21)
+        payload["tasks"][0]["drafts"] = [{"id": 1, "user": user, "result": []}]
+        response = client.post("/predict", json=payload)
+        return decode(response.get_json()["results"][0]["result"][0])
+
+    with_draft([keypoint(25, 25)], user=1)
+    second_user = with_draft([keypoint(75, 75)], user=2)
+    alone = mask_for(client, [keypoint(75, 75)], task_id=22)
+    assert (second_user == alone).all()
