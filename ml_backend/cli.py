@@ -67,6 +67,8 @@ def _propagate(args: argparse.Namespace) -> int:
             prefetch=settings.prefetch_frames,
             offload_state_to_cpu=settings.offload_state_to_cpu,
             autocast=lambda: autocast(settings, device),
+            greenscreen_mp4=settings.greenscreen_mp4,
+            greenscreen_fps=settings.greenscreen_fps,
         )
         for bar in bars.values():
             bar.close()

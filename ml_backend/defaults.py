@@ -84,3 +84,10 @@ JOB_RETRIES = 2
 
 #: Write review outputs (overlay WebM per video, contact sheet per object).
 REVIEW_EXPORTS = True
+
+#: After the last missing green-screen segment is exported, assemble all frames into an
+#: H.264 mp4 with ffmpeg (when ffmpeg is installed).
+GREENSCREEN_MP4 = True
+
+#: Frame rate of the assembled green-screen mp4.
+GREENSCREEN_FPS = 30.0

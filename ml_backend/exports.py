@@ -228,3 +228,29 @@ class GreenScreenExport:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def assemble_greenscreen_mp4(out_dir: Path, segment_frames: list[int], start_frame: int = 0, fps: float = 30.0) -> Path | None:
+    """Encode ``greenscreen.mp4`` from the exported frames once every segment's files exist.
+
+    Returns the mp4's path, or None when frames are still missing or ffmpeg is not installed.
+    Deterministic: whichever segment finishes last assembles the video.
+    """
+    import subprocess
+
+    if not segment_frames or shutil.which("ffmpeg") is None:
+        return None
+    total = sum(n - 1 for n in segment_frames) + 1
+    names = [Path(out_dir) / f"frame_{start_frame + i:06d}_masked.png" for i in range(total)]
+    if not all(p.is_file() for p in names):
+        return None
+    target = Path(out_dir) / "greenscreen.mp4"
+    tmp = Path(out_dir) / ".greenscreen.part.mp4"
+    cmd = [
+        "ffmpeg", "-loglevel", "error", "-y", "-framerate", f"{fps:g}", "-start_number", str(start_frame),
+        "-i", str(Path(out_dir) / "frame_%06d_masked.png"), "-frames:v", str(total),
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-crf", "20", str(tmp),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    os.replace(tmp, target)
+    return target

@@ -73,6 +73,8 @@ def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, p
         prefetch=settings.prefetch_frames,
         offload_state_to_cpu=settings.offload_state_to_cpu,
         autocast=lambda: autocast(settings, device),
+        greenscreen_mp4=settings.greenscreen_mp4,
+        greenscreen_fps=settings.greenscreen_fps,
     )
     progress.stage("exported")
     return result

@@ -87,6 +87,8 @@ def run_job(
     offload_state_to_cpu: bool = False,
     autocast: Callable[[], Any] | None = None,
     bounded: bool = True,
+    greenscreen_mp4: bool = False,
+    greenscreen_fps: float = 30.0,
 ) -> JobResult:
     """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -164,6 +166,15 @@ def run_job(
                 propagation.close_state(state)
             if greenscreen is not None:
                 result.files.extend(greenscreen.finish())
+                if greenscreen_mp4:
+                    from .exports import assemble_greenscreen_mp4
+
+                    gs = spec.greenscreen
+                    mp4 = assemble_greenscreen_mp4(
+                        out_dir, frames_list, gs.start_frame if gs else 0, greenscreen_fps
+                    )
+                    if mp4 is not None:
+                        result.files.append(mp4)
             result.seconds[name] = time.perf_counter() - started
         if scenediff is not None:
             result.files.extend(scenediff.finish())

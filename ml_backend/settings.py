@@ -154,6 +154,13 @@ class Settings:
         default=defaults.REVIEW_EXPORTS,
         metadata=_env("REVIEW_EXPORTS", "write an overlay WebM per video and a contact sheet per object"),
     )
+    greenscreen_mp4: bool = field(
+        default=defaults.GREENSCREEN_MP4,
+        metadata=_env("GREENSCREEN_MP4", "assemble green-screen frames into an mp4 once every segment is exported"),
+    )
+    greenscreen_fps: float = field(
+        default=defaults.GREENSCREEN_FPS, metadata=_env("GREENSCREEN_FPS", "frame rate of that mp4")
+    )
     prefetch_frames: int = field(
         default=defaults.PREFETCH_FRAMES,
         metadata=_env("PREFETCH_FRAMES", "frames decoded ahead of the tracker"),
