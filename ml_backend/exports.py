@@ -230,7 +230,9 @@ class GreenScreenExport:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def assemble_greenscreen_mp4(out_dir: Path, segment_frames: list[int], start_frame: int = 0, fps: float = 30.0) -> Path | None:
+def assemble_greenscreen_mp4(
+    out_dir: Path, segment_frames: list[int], start_frame: int = 0, fps: float = 30.0
+) -> Path | None:
     """Encode ``greenscreen.mp4`` from the exported frames once every segment's files exist.
 
     Returns the mp4's path, or None when frames are still missing or ffmpeg is not installed.

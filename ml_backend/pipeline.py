@@ -170,9 +170,7 @@ def run_job(
                     from .exports import assemble_greenscreen_mp4
 
                     gs = spec.greenscreen
-                    mp4 = assemble_greenscreen_mp4(
-                        out_dir, frames_list, gs.start_frame if gs else 0, greenscreen_fps
-                    )
+                    mp4 = assemble_greenscreen_mp4(out_dir, frames_list, gs.start_frame if gs else 0, greenscreen_fps)
                     if mp4 is not None:
                         result.files.append(mp4)
             result.seconds[name] = time.perf_counter() - started

@@ -63,10 +63,6 @@ class Settings:
         default=False,
         metadata=_env("SAM2_COMPILE", "torch.compile the video predictor (`vos_optimized`, CUDA)"),
     )
-    offload_video_to_cpu: bool = field(
-        default=False,
-        metadata=_env("SAM2_OFFLOAD_VIDEO", "keep decoded frames on the CPU while tracking on a GPU"),
-    )
     offload_state_to_cpu: bool = field(
         default=False,
         metadata=_env("SAM2_OFFLOAD_STATE", "keep per-frame tracking state on the CPU"),

@@ -13,9 +13,15 @@ if str(ROOT) not in sys.path:
 
 
 def add_label_studio_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL", "http://localhost:8080"), help="Label Studio URL (env LABEL_STUDIO_URL)")
     parser.add_argument(
-        "--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY", ""), help="legacy token or personal access token (env LABEL_STUDIO_API_KEY)"
+        "--url",
+        default=os.environ.get("LABEL_STUDIO_URL", "http://localhost:8080"),
+        help="Label Studio URL (env LABEL_STUDIO_URL)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("LABEL_STUDIO_API_KEY", ""),
+        help="legacy token or personal access token (env LABEL_STUDIO_API_KEY)",
     )
 
 

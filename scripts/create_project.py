@@ -22,7 +22,9 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "label_config" / "scenediff_pair.xml")
     parser.add_argument("--backend", default="http://localhost:9090", help="ML backend URL as Label Studio reaches it")
     parser.add_argument("--basic-auth", metavar="USER:PASS", help="if the backend uses BASIC_AUTH_USER/PASS")
-    parser.add_argument("--local-root", type=Path, help="add a local-files storage on this folder (under LOCAL_FILES_DOCUMENT_ROOT)")
+    parser.add_argument(
+        "--local-root", type=Path, help="add a local-files storage on this folder (under LOCAL_FILES_DOCUMENT_ROOT)"
+    )
     parser.add_argument("--no-backend", action="store_true", help="only create the project")
     args = parser.parse_args()
 

@@ -19,7 +19,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_label_studio_args(parser)
     parser.add_argument("--project", type=int, required=True)
-    parser.add_argument("--local-root", type=Path, required=True, help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (or a folder under it)")
+    parser.add_argument(
+        "--local-root", type=Path, required=True, help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (or a folder under it)"
+    )
     parser.add_argument("--document-root", type=Path, help="LOCAL_FILES_DOCUMENT_ROOT if --local-root is a subfolder")
     parser.add_argument("--pair", nargs=3, action="append", metavar=("NAME", "VIDEO1", "VIDEO2"), required=True)
     parser.add_argument("--stride", type=int, default=30, help="annotation frame every N frames (default 30)")
@@ -37,7 +39,9 @@ def main() -> int:
             if not Path(v).exists():
                 sys.exit(f"error: {v} does not exist")
         try:
-            tasks.append(pair_task(v1, v2, document_root, name, stride=args.stride, progress=progress_bar(f"{name} frames")))
+            tasks.append(
+                pair_task(v1, v2, document_root, name, stride=args.stride, progress=progress_bar(f"{name} frames"))
+            )
         except MLBackendError as exc:
             sys.exit(f"error: pair {name}: {exc}")
     ensure_local_storage(client, args.project, document_root / "pairs")

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Show propagation jobs, or follow one with progress bars (wraps `python -m ml_backend status`).
 
-    python scripts/job_status.py                 # every job
-    python scripts/job_status.py JOB_ID --follow
+python scripts/job_status.py                 # every job
+python scripts/job_status.py JOB_ID --follow
 """
 
 import sys

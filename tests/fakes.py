@@ -27,10 +27,10 @@ class DiscSegmenter:
         h, w = embedding.orig_hw
         yy, xx = np.mgrid[:h, :w]
         mask = np.zeros((h, w), bool)
-        for (x, y), label in zip(np.asarray(points_xy), np.asarray(labels)):
+        for (x, y), label in zip(np.asarray(points_xy), np.asarray(labels), strict=False):
             if label == 1:
                 mask |= (xx - x) ** 2 + (yy - y) ** 2 <= self.radius**2
-        for (x, y), label in zip(np.asarray(points_xy), np.asarray(labels)):
+        for (x, y), label in zip(np.asarray(points_xy), np.asarray(labels), strict=False):
             if label == 0:
                 mask &= ~((xx - x) ** 2 + (yy - y) ** 2 <= self.radius**2)
         return mask, 1.0
@@ -70,7 +70,7 @@ class ColorVideoPredictor:
     def add_new_points_or_box(self, state, frame_idx, obj_id, points, labels, **_):
         idx = self._obj(state, obj_id)
         frame = state["images"].source.read(frame_idx)
-        x, y = next(p for p, label in zip(points, labels) if label == 1)
+        x, y = next(p for p, label in zip(points, labels, strict=False) if label == 1)
         self.colors[(id(state), obj_id)] = tuple(frame[int(y), int(x)])
         state["output_dict_per_obj"][idx]["cond_frame_outputs"][frame_idx] = {}
 

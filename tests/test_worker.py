@@ -325,9 +325,16 @@ def test_jobs_route_and_cli_status(queue, job_settings, redis_conn, tmp_path, mo
     monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
     video = moving_shapes(num_frames=5, height=48, width=64)
     path = video.write(tmp_path / "v.mkv")
-    prompts = {"format": "scenediff", "objects": [{"id": 1, "prompts": [{"frame": 2, "points": [center(video, "disc", 2)], "labels": [1]}]}]}
+    prompts = {
+        "format": "scenediff",
+        "objects": [{"id": 1, "prompts": [{"frame": 2, "points": [center(video, "disc", 2)], "labels": [1]}]}],
+    }
     job = queue.enqueue_prompts(prompts, {"video1": str(path)}, str(tmp_path / "o"))
-    app = create_app(job_settings, predictor=InteractivePredictor(job_settings, fetcher=None, segmenter_factory=lambda: None), jobs=queue)
+    app = create_app(
+        job_settings,
+        predictor=InteractivePredictor(job_settings, fetcher=None, segmenter_factory=lambda: None),
+        jobs=queue,
+    )
     client = app.test_client()
     assert client.get(f"/jobs/{job.id}").get_json()["status"] == "queued"
     run_worker(job_settings, redis_conn)
