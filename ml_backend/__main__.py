@@ -17,18 +17,13 @@ import sys
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
-    from .app import create_app
+    from .models import check_checkpoint
     from .settings import Settings
 
     settings = Settings.from_env()
     if args.port:
         settings = settings.replace(port=args.port)
-    jobs = None
-    if not args.no_queue:
-        from .jobs import JobQueue
-
-        jobs = JobQueue.from_settings(settings)
-    app = create_app(settings, jobs=jobs, warmup=not args.lazy)
+    check_checkpoint(settings)  # refuse to start, with instructions, before binding the port
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -40,7 +35,15 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("accesslog", "-")
 
         def load(self):
-            return app
+            # Runs in the worker process after the fork: the model (and CUDA) start there.
+            from .app import create_app
+
+            jobs = None
+            if not args.no_queue:
+                from .jobs import JobQueue
+
+                jobs = JobQueue.from_settings(settings)
+            return create_app(settings, jobs=jobs, warmup=not args.lazy)
 
     logging.getLogger(__name__).info("serving on %s:%d", args.host, settings.port)
     Server().run()

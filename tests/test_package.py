@@ -109,3 +109,43 @@ def test_basic_auth(small_settings):
     bad = {"Authorization": "Basic " + base64.b64encode(b"u:x").decode()}
     assert client.post("/setup", json={}, headers=bad).status_code == 401
     assert client.post("/setup", json={}, headers=good).status_code == 200
+
+
+def test_serve_runs_gunicorn_and_answers_health(tmp_path):
+    import os
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "SAM2_CHECKPOINT": "random",
+        "SAM2_IMAGE_SIZE": "256",
+        "SAM2_DEVICE": "cpu",
+        "DATA_DIR": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ml_backend", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-queue"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the server did not answer")
+        assert response.json()["status"] == "UP"
+        versions = httpx.get(f"http://127.0.0.1:{port}/versions", timeout=1).json()["versions"]
+        assert versions == ["sam2.1-tiny-256-random-weights"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
