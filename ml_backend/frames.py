@@ -183,15 +183,24 @@ def open_frames(path: str | Path, cache_frames: int = 32) -> FrameSource:
 
 
 def sam_input(frame: np.ndarray, image_size: int) -> Any:
-    """One frame as SAM 2's video predictor prepares it: ``3×S×S`` float32, normalised."""
+    """One frame as SAM 2's video predictor prepares it: ``3×S×S`` float32, normalised.
+
+    Bit-identical to ``sam2.utils.misc`` (PIL bicubic resize, ``/ 255`` in float64, cast to
+    float32, then mean and std in float32), computed in numpy: small torch ops on a busy CPU cost
+    far more than the arithmetic.
+    """
     import torch
     from PIL import Image
 
-    resized = np.array(Image.fromarray(frame).resize((image_size, image_size))) / 255.0
-    tensor = torch.from_numpy(resized).permute(2, 0, 1).float()
-    mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
-    return (tensor - mean) / std
+    resized = np.asarray(Image.fromarray(frame).resize((image_size, image_size)))
+    x = (resized / 255.0).astype(np.float32)
+    x -= _MEAN
+    x /= _STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+_MEAN = np.array(IMG_MEAN, np.float32)
+_STD = np.array(IMG_STD, np.float32)
 
 
 class SamFrames:
