@@ -56,7 +56,7 @@ CASES = {
     "negative coordinate": (lambda: predict_payload([keypoint(10, -3)]), 422, "outside the image"),
     "item_index out of range": (lambda: predict_payload([keypoint(40, 30, item_index=9)]), 422, "out of range"),
     "image 404": (lambda: predict_payload([keypoint(40, 30)], frames=frames_with(upload("missing.png"))), 424, "404"),
-    "host unreachable": (
+    "other port on the same host": (
         lambda: predict_payload([keypoint(40, 30)], frames=frames_with("http://127.0.0.1:9/data/upload/x.png")),
         403,
         "another host",
@@ -152,3 +152,12 @@ def test_webhook_without_action(client):
 def test_unknown_route_is_json_404(client):
     response = client.get("/nope")
     assert response.status_code == 404 and "error" in response.get_json()
+
+
+def test_label_studio_unreachable_is_424_and_server_stays_up(image_model, small_settings, tmp_path, client):
+    dead = FileFetcher("http://127.0.0.1:9", tmp_path, timeout=2)
+    predictor = InteractivePredictor(small_settings, fetcher=dead, segmenter_factory=lambda: ImageSegmenter(image_model, small_settings))
+    app = create_app(small_settings, predictor=predictor).test_client()
+    response = app.post("/predict", json=predict_payload([keypoint(40, 30)], frames=["/data/upload/pair/f0.png"]))
+    assert response.status_code == 424 and "cannot reach Label Studio" in response.get_json()["error"]
+    assert app.get("/health").status_code == 200
