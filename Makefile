@@ -10,8 +10,8 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 .PHONY: install system-deps run test test-e2e test-slow bench check clean
 
 system-deps:
-	@command -v redis-server >/dev/null && command -v ffmpeg >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ffmpeg >/dev/null; \
+	@command -v redis-server >/dev/null && command -v ffmpeg >/dev/null && command -v docker-compose >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ffmpeg docker-compose >/dev/null; \
 	  else echo "please install redis-server and ffmpeg (apt-get install redis-server ffmpeg)"; exit 1; fi; }
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -31,7 +31,9 @@ test: install
 
 test-e2e: install
 	bash scripts/install_label_studio.sh
-	$(BIN)/python -m pytest -m "e2e or browser" -o addopts="-ra"
+	$(BIN)/pip install -q playwright==1.65.2
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq chromium >/dev/null; } || echo "install chromium for the browser tests"
+	$(BIN)/python -m pytest -m "e2e or browser" -o addopts="-ra" tests/e2e
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow -o addopts="-ra"

@@ -20,7 +20,7 @@ def ensure_project(client: Any, title: str, label_config: str, description: str 
     """The project called ``title``, created or updated to ``label_config``."""
     for project in client.projects.list():
         if project.title == title:
-            if project.label_config != label_config:
+            if (project.label_config or "").strip() != label_config.strip():
                 project = client.projects.update(id=project.id, label_config=label_config)
             return project
     return client.projects.create(title=title, label_config=label_config, description=description)

@@ -91,3 +91,7 @@ GREENSCREEN_MP4 = True
 
 #: Frame rate of the assembled green-screen mp4.
 GREENSCREEN_FPS = 30.0
+
+#: Threads PyTorch uses for one model on the CPU; 0 keeps PyTorch's default (all cores). Set it
+#: when the backend and a worker share one CPU machine, so they do not oversubscribe it.
+TORCH_THREADS = 0

@@ -85,8 +85,10 @@ class InteractivePredictor:
             raise BadPayload("'params' must be an object")
         context = params.get("context", payload.get("context"))
         if context is None:
-            # Batch predictions (no clicks): nothing to segment. Propagation runs in the worker.
-            return {"results": [self._empty() for _ in tasks]}
+            # Batch call (no clicks; Label Studio also makes one whenever a task is opened).
+            # Propagated masks reach the task from the worker; answering an empty result per
+            # task would store an empty prediction on every opened task, so answer none.
+            return {"results": []}
         if len(tasks) != 1:
             raise BadPayload(f"an interactive call carries one task, got {len(tasks)}")
         task = tasks[0]
@@ -133,9 +135,6 @@ class InteractivePredictor:
             if isinstance(draft, dict) and (draft.get("user") or draft.get("completed_by")):
                 return f"user-{draft.get('user') or draft.get('completed_by')}"
         return "anonymous"
-
-    def _empty(self) -> dict[str, Any]:
-        return {"result": [], "score": 0.0, "model_version": self.model_version}
 
     @staticmethod
     def _image_ref(task: dict[str, Any], image: Any, item_index: int | None) -> str:

@@ -53,6 +53,29 @@ class ProgressMeta:
             self.job.save_meta()
 
 
+def _no_retry_on_bad_input(func):
+    """Input errors (:class:`~ml_backend.exceptions.JobError`) fail the job at once: a retry would
+    read the same input and fail the same way. Other errors (a crash, a lost connection) keep
+    the job's retries."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rq import get_current_job
+
+        from .exceptions import JobError
+
+        try:
+            return func(*args, **kwargs)
+        except JobError:
+            job = get_current_job()
+            if job is not None:
+                job.retries_left = 0
+            raise
+
+    return wrapper
+
+
 def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, progress: ProgressMeta) -> Any:
     from .models import autocast, resolve_device
     from .pipeline import run_job
@@ -90,6 +113,7 @@ def _summary(result: Any) -> dict[str, Any]:
     }
 
 
+@_no_retry_on_bad_input
 def propagate_prompts(prompts: dict[str, Any], videos: dict[str, str], out_dir: str) -> dict[str, Any]:
     """RQ job: propagate a prompt document through ``videos`` into ``out_dir``."""
     from rq import get_current_job
@@ -103,6 +127,7 @@ def propagate_prompts(prompts: dict[str, Any], videos: dict[str, str], out_dir: 
     return _summary(result)
 
 
+@_no_retry_on_bad_input
 def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[str, Any]:
     """RQ job: propagate a Label Studio annotation and post the result back as a prediction."""
     from rq import get_current_job

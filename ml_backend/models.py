@@ -106,6 +106,8 @@ def _build(settings: Settings, *, video: bool) -> Any:
     from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
     device = resolve_device(settings.device)
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
     if device == "cuda" and settings.tf32 and torch.cuda.get_device_properties(0).major >= 8:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

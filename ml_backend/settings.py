@@ -67,6 +67,10 @@ class Settings:
         default=False,
         metadata=_env("SAM2_OFFLOAD_STATE", "keep per-frame tracking state on the CPU"),
     )
+    torch_threads: int = field(
+        default=defaults.TORCH_THREADS,
+        metadata=_env("TORCH_THREADS", "CPU threads for PyTorch; 0 = PyTorch's default (all cores)"),
+    )
     random_seed: int = field(default=defaults.RANDOM_SEED, metadata=_env("SAM2_RANDOM_SEED", "seed for random weights"))
     label_studio_url: str = field(
         default=defaults.LABEL_STUDIO_URL,

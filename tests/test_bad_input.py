@@ -156,7 +156,9 @@ def test_unknown_route_is_json_404(client):
 
 def test_label_studio_unreachable_is_424_and_server_stays_up(image_model, small_settings, tmp_path, client):
     dead = FileFetcher("http://127.0.0.1:9", tmp_path, timeout=2)
-    predictor = InteractivePredictor(small_settings, fetcher=dead, segmenter_factory=lambda: ImageSegmenter(image_model, small_settings))
+    predictor = InteractivePredictor(
+        small_settings, fetcher=dead, segmenter_factory=lambda: ImageSegmenter(image_model, small_settings)
+    )
     app = create_app(small_settings, predictor=predictor).test_client()
     response = app.post("/predict", json=predict_payload([keypoint(40, 30)], frames=["/data/upload/pair/f0.png"]))
     assert response.status_code == 424 and "cannot reach Label Studio" in response.get_json()["error"]

@@ -104,8 +104,7 @@ def test_batch_predict_answers_empty_results(client):
     response = client.post("/predict", json=payload)
     assert time.perf_counter() - started < 1.0
     assert response.status_code == 200
-    results = response.get_json()["results"]
-    assert len(results) == 3 and all(r["result"] == [] for r in results)
+    assert response.get_json() == {"results": []}  # nothing stored on the tasks
 
 
 def test_health_setup_versions(client):

@@ -342,3 +342,21 @@ def test_jobs_route_and_cli_status(queue, job_settings, redis_conn, tmp_path, mo
     assert body["status"] == "finished" and body["progress"] == {"video1": {"done": 5, "total": 5}}
     assert body["result"]["files"][0].endswith("segments.pkl")
     assert client.get("/jobs/nope").status_code == 404
+
+
+def test_bad_input_is_not_retried(queue, job_settings, redis_conn, tmp_path, monkeypatch):
+    calls = []
+
+    def factory(settings):
+        calls.append(1)
+        return ColorVideoPredictor()
+
+    monkeypatch.setattr(worker_module, "get_predictor", factory)
+    video = moving_shapes(num_frames=3, height=48, width=64)
+    path = video.write(tmp_path / "v.mkv")
+    bad = {"format": "scenediff", "objects": [{"id": 1, "prompts": [{"frame": 9, "points": [[5, 5]], "labels": [1]}]}]}
+    assert job_settings.job_retries == 2
+    job = queue.enqueue_prompts(bad, {"video1": str(path)}, str(tmp_path / "o"))
+    run_worker(job_settings, redis_conn)
+    assert queue.status(job.id)["status"] == "failed"
+    assert len(calls) == 1  # one attempt, no retries
