@@ -153,19 +153,15 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
     )
     result = _run(task_job.spec, task_job.videos, out_dir, settings, progress)
     progress.stage("posting prediction")
-    version = f"{labelstudio_model_version(settings)}-job-{job.id if job else 'local'}"
+    from .models import model_version
+
+    version = f"{model_version(settings)}-job-{job.id if job else 'local'}"
     prediction = task_job.prediction(result, version)
     client = labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
     client.predictions.create(task=task_id, result=prediction, model_version=version, score=1.0)
     summary = _summary(result)
     summary["prediction_regions"] = len(prediction)
     return summary
-
-
-def labelstudio_model_version(settings: Settings) -> str:
-    from .models import model_version
-
-    return model_version(settings)
 
 
 def fingerprint(annotation: dict[str, Any]) -> str:
