@@ -75,6 +75,7 @@ def _propagate(args: argparse.Namespace) -> int:
     except JobError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    result.close()
     for path in result.files:
         print(path)
     return 0

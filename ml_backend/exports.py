@@ -36,6 +36,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,35 +85,125 @@ def greenscreen_offset(segment_frames: list[int], index: int, start_frame: int =
     return offset, count
 
 
+class MaskSpool:
+    """Per-frame RLE masks of a job, appended to a file instead of kept in memory.
+
+    A long video with many objects produces hundreds of MB of RLE; the spool keeps only an index
+    (file offsets) in memory. ``spool.view(video)`` is a read-only mapping ``{obj_id: {str(frame):
+    rle}}`` over the file, used by the exporters, the review outputs and the prediction.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w+b")  # noqa: SIM115 - closed in close()
+        self._index: dict[str, dict[int, dict[str, int]]] = {}
+        self._lock = threading.Lock()
+
+    def declare(self, video: str, obj_ids: list[int]) -> None:
+        """Objects present in ``video`` (present objects appear even with no non-empty frame)."""
+        per_video = self._index.setdefault(video, {})
+        for obj_id in obj_ids:
+            per_video.setdefault(obj_id, {})
+
+    def add(self, video: str, obj_id: int, frame_idx: int, rle: dict[str, Any]) -> None:
+        data = pickle.dumps(rle, protocol=4)
+        with self._lock:
+            self._file.seek(0, os.SEEK_END)
+            offset = self._file.tell()
+            self._file.write(data)
+            self._index.setdefault(video, {}).setdefault(obj_id, {})[str(frame_idx)] = offset
+
+    def read(self, offset: int) -> dict[str, Any]:
+        with self._lock:
+            self._file.flush()
+            self._file.seek(offset)
+            return pickle.load(self._file)
+
+    def view(self, video: str) -> dict[int, _SpoolFrames]:
+        return {obj_id: _SpoolFrames(self, frames) for obj_id, frames in self._index.get(video, {}).items()}
+
+    def videos(self) -> list[str]:
+        return list(self._index)
+
+    def close(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _SpoolFrames(Mapping):
+    """``{str(frame): rle}`` for one object, read from a :class:`MaskSpool` on access."""
+
+    def __init__(self, spool: MaskSpool, offsets: dict[str, int]) -> None:
+        self._spool = spool
+        self._offsets = offsets
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        return self._spool.read(self._offsets[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._offsets
+
+    def __iter__(self):
+        return iter(self._offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+
+class _StreamingPickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Pickles :class:`_SpoolFrames` (and other read-only mappings) as plain dicts, item by item,
+    so a large ``segments.pkl`` is written without holding all of it in memory. The file loads
+    with plain :func:`pickle.load`."""
+
+    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+
+    def save_mapping(self, obj: Any) -> None:
+        self.write(pickle.EMPTY_DICT)
+        self._batch_setitems(iter(obj.items()))
+
+    dispatch[_SpoolFrames] = save_mapping
+
+
+def write_pickle_streaming(path: Path, obj: Any) -> None:
+    """``pickle.dump`` that streams :class:`_SpoolFrames` values, via a temporary file + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _StreamingPickler(f, protocol=4).dump(obj)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class SceneDiffExport:
     """Collects RLE masks per video and object; writes ``segments.pkl`` + ``inference_data.pkl``."""
 
     needs_frames = False
 
-    def __init__(self, spec: Any, out_dir: Path, image_size: int) -> None:
+    def __init__(self, spec: Any, out_dir: Path, image_size: int, spool: MaskSpool) -> None:
         self.spec = spec
         self.out_dir = Path(out_dir)
         self.image_size = image_size
-        self.masks: dict[str, dict[int, dict[str, dict[str, Any]]]] = {}
+        self.spool = spool
         self.videos: dict[str, dict[str, Any]] = {}
 
     def start_video(self, video: str, source: Any) -> None:
         """Register ``video`` (``video1``/``video2``) and its frame source before its frames arrive."""
         present = [o.id for o in self.spec.objects if o.in_video.get(video)]
-        self.masks[video] = {obj_id: {} for obj_id in present}
+        self.spool.declare(video, present)
         files = getattr(source, "files", None)
         self.videos[video] = {
             "frames_dir": str(source.path),
             "frame_names": [f.name for f in files] if files else [f"{i:05d}" for i in range(source.num_frames)],
             "video_size": (source.height, source.width),
         }
-
-    def add_rle(self, video: str, frame_idx: int, rles: dict[int, dict[str, Any]]) -> None:
-        """Record the non-empty masks (already RLE-encoded) of one frame."""
-        store = self.masks[video]
-        for obj_id, rle in rles.items():
-            if obj_id in store:
-                store[obj_id][str(frame_idx)] = rle
 
     def _objects(self) -> list[dict[str, Any]]:
         out = []
@@ -167,8 +258,8 @@ class SceneDiffExport:
     def segments(self) -> dict[str, Any]:
         return {
             "scene_type": self.spec.scene_type,
-            "video1_objects": self.masks.get("video1", {}),
-            "video2_objects": self.masks.get("video2", {}),
+            "video1_objects": self.spool.view("video1"),
+            "video2_objects": self.spool.view("video2"),
             "objects": self._objects(),
             "comments": self.spec.comments,
         }
@@ -177,7 +268,7 @@ class SceneDiffExport:
         seg = self.out_dir / "segments.pkl"
         inf = self.out_dir / "inference_data.pkl"
         atomic_write_bytes(inf, pickle.dumps(self._inference_data(), protocol=4))
-        atomic_write_bytes(seg, pickle.dumps(self.segments(), protocol=4))
+        write_pickle_streaming(seg, self.segments())
         return [seg, inf]
 
 

@@ -123,8 +123,8 @@ def propagate_prompts(prompts: dict[str, Any], videos: dict[str, str], out_dir: 
 
     spec = parse_prompts(prompts)
     merged = {**spec.videos, **{k: v for k, v in videos.items() if v}}
-    result = _run(spec, merged, Path(out_dir), current_settings(), ProgressMeta(get_current_job()))
-    return _summary(result)
+    with _run(spec, merged, Path(out_dir), current_settings(), ProgressMeta(get_current_job())) as result:
+        return _summary(result)
 
 
 @_no_retry_on_bad_input
@@ -132,7 +132,6 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
     """RQ job: propagate a Label Studio annotation and post the result back as a prediction."""
     from rq import get_current_job
 
-    from . import labelstudio
     from .worker import current_settings
 
     settings = current_settings()
@@ -151,7 +150,15 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
         / f"project_{project_id}"
         / ("greenscreen" if task_job.spec.format == "greenscreen" else f"task_{task_id}")
     )
-    result = _run(task_job.spec, task_job.videos, out_dir, settings, progress)
+    with _run(task_job.spec, task_job.videos, out_dir, settings, progress) as result:
+        return _finish_task(result, task_job, task_id, settings, job, progress)
+
+
+def _finish_task(
+    result: Any, task_job: Any, task_id: int, settings: Settings, job: Any, progress: ProgressMeta
+) -> dict[str, Any]:
+    from . import labelstudio
+
     progress.stage("posting prediction")
     from .models import model_version
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import propagation
 from .exceptions import PromptError
-from .exports import GreenScreenExport, SceneDiffExport, greenscreen_offset, rle_encode
+from .exports import GreenScreenExport, MaskSpool, SceneDiffExport, greenscreen_offset, rle_encode
 from .frames import open_frames
 from .prompts import PromptSpec
 
@@ -32,13 +32,26 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class JobResult:
-    """What a job produced. ``masks[video][obj_id][str(frame)]`` is a COCO RLE (non-empty only)."""
+    """What a job produced. ``masks[video][obj_id][str(frame)]`` is a COCO RLE (non-empty only),
+    read from the job's mask spool on disk; :meth:`close` deletes the spool."""
 
     out_dir: Path
     files: list[Path] = field(default_factory=list)
-    masks: dict[str, dict[int, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    masks: dict[str, Any] = field(default_factory=dict)
     num_frames: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    spool: MaskSpool | None = None
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    def __enter__(self) -> JobResult:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class ExportThread:
@@ -91,8 +104,15 @@ def run_job(
     greenscreen_fps: float = 30.0,
 ) -> JobResult:
     """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``."""
+    import tempfile
+
     out_dir = Path(out_dir)
-    result = JobResult(out_dir)
+    fd, spool_path = tempfile.mkstemp(prefix="sam2-masks-", suffix=".spool")
+    import os
+
+    os.close(fd)
+    spool = MaskSpool(Path(spool_path))
+    result = JobResult(out_dir, spool=spool)
     names = (
         ["video1"]
         if spec.format == "greenscreen"
@@ -101,7 +121,7 @@ def run_job(
     for name in names:
         if name not in videos or not videos[name]:
             raise PromptError(f"objects are present in {name} but no {name} was given")
-    scenediff = SceneDiffExport(spec, out_dir, image_size) if spec.format == "scenediff" else None
+    scenediff = SceneDiffExport(spec, out_dir, image_size, spool) if spec.format == "scenediff" else None
     sources = {}
     try:
         for name in names:
@@ -128,18 +148,13 @@ def run_job(
                 )
             if scenediff is not None:
                 scenediff.start_video(name, source)
-            store: dict[int, dict[str, dict[str, Any]]] = {obj_id: {} for obj_id in objects}
-            result.masks[name] = store
+            spool.declare(name, list(objects))
             result.num_frames[name] = source.num_frames
 
-            def handle(
-                frame_idx: int, frame: Any, masks: dict[int, np.ndarray], _name=name, _store=store, _gs=greenscreen
-            ) -> None:
-                rles = {obj_id: rle_encode(m) for obj_id, m in masks.items() if m.any()}
-                for obj_id, rle in rles.items():
-                    _store[obj_id][str(frame_idx)] = rle
-                if scenediff is not None:
-                    scenediff.add_rle(_name, frame_idx, rles)
+            def handle(frame_idx: int, frame: Any, masks: dict[int, np.ndarray], _name=name, _gs=greenscreen) -> None:
+                for obj_id, m in masks.items():
+                    if m.any():
+                        spool.add(_name, obj_id, frame_idx, rle_encode(m))
                 if _gs is not None:
                     _gs.add(frame_idx, frame, masks)
 
@@ -174,6 +189,8 @@ def run_job(
                     if mp4 is not None:
                         result.files.append(mp4)
             result.seconds[name] = time.perf_counter() - started
+        for name in names:
+            result.masks[name] = spool.view(name)
         if scenediff is not None:
             result.files.extend(scenediff.finish())
         if review:
@@ -188,6 +205,9 @@ def run_job(
                 )
                 result.files.extend(write_review(sources[name], result.masks[name], out_dir / "review", review_name))
             result.seconds["review"] = time.perf_counter() - started
+    except BaseException:
+        result.close()
+        raise
     finally:
         for source in sources.values():
             source.close()
