@@ -65,6 +65,7 @@ def _propagate(args: argparse.Namespace) -> int:
             progress=progress,
             review=settings.review_exports and not args.no_review,
             prefetch=settings.prefetch_frames,
+            prefetch_workers=settings.prefetch_workers,
             offload_state_to_cpu=settings.offload_state_to_cpu,
             autocast=lambda: autocast(settings, device),
             greenscreen_mp4=settings.greenscreen_mp4,

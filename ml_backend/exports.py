@@ -51,6 +51,24 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def rle_encode_tensor(masks: Any) -> list[dict[str, Any]]:
+    """Uncompressed COCO RLEs (``{'size': [h, w], 'counts': [int, ...]}``) of an ``N×H×W`` bool
+    tensor, computed where the tensor lives: on a GPU the pixel scan runs there and only the run
+    lengths come back to the CPU. :func:`rle_compress` turns each into what :func:`rle_encode`
+    gives for the same mask. An all-empty mask has one count (``H·W``)."""
+    from sam2.utils.amg import mask_to_rle_pytorch
+
+    return mask_to_rle_pytorch(masks)
+
+
+def rle_compress(uncompressed: dict[str, Any]) -> dict[str, Any]:
+    """The compressed COCO RLE of an uncompressed one, byte-identical to :func:`rle_encode`."""
+    from sam2.utils.amg import coco_encode_rle
+
+    rle = coco_encode_rle(uncompressed)
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"]}
+
+
 def rle_decode(rle: dict[str, Any]) -> np.ndarray:
     from pycocotools import mask as mask_utils
 

@@ -12,7 +12,7 @@ decoder, so frame index ``i`` means the same picture everywhere.
 
 :class:`SamFrames` wraps a source as SAM 2's ``inference_state["images"]``: ``frames[i]`` is the
 ``3×S×S`` float32 tensor SAM 2 would have built itself (PIL bicubic resize, /255, ImageNet
-mean/std), computed when asked for, with a prefetch thread running ahead in the direction of
+mean/std), computed when asked for, with prefetch threads running ahead in the direction of
 travel.
 """
 
@@ -174,6 +174,19 @@ class ImageFolderFrames(FrameSource):
         yield index, frame
 
 
+def prefetch_workers(device: Any, requested: int = 0) -> int:
+    """Threads preparing frames for a model on ``device``: ``requested`` if above 0; else 1 on the
+    CPU (the model needs the other cores) and up to 8 for a GPU, which tracks a frame faster than
+    one core resizes a 1080p frame to 1024² (~50 ms)."""
+    import os
+
+    if requested > 0:
+        return requested
+    if str(device).startswith("cuda"):
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return 1
+
+
 def open_frames(path: str | Path, cache_frames: int = 32) -> FrameSource:
     """A :class:`FrameSource` for a video file or a folder of frames."""
     path = Path(path)
@@ -182,40 +195,83 @@ def open_frames(path: str | Path, cache_frames: int = 32) -> FrameSource:
     return VideoFileFrames(path, cache_frames)
 
 
+def _normalise_lut() -> np.ndarray:
+    """``lut[c, v]``: the float32 value SAM 2's loader gives channel ``c`` of a uint8 pixel ``v``.
+
+    The loader computes ``float32(v / 255)`` (in float64, then cast), then subtracts the mean and
+    divides by the std in float32; per element, so a 256-entry table per channel is exact.
+    """
+    scaled = (np.arange(256) / 255.0).astype(np.float32)
+    return (scaled[None, :] - _MEAN[:, None]) / _STD[:, None]
+
+
+def resize_for_sam(frame: np.ndarray, image_size: int) -> np.ndarray:
+    """``frame`` (``H×W×3`` uint8 RGB) resized to ``S×S×3`` uint8 as SAM 2's loader does (PIL,
+    bicubic). PIL releases the GIL while resizing, so several threads resize in parallel."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(frame).resize((image_size, image_size)))
+
+
+def normalise(resized: np.ndarray) -> Any:
+    """``S×S×3`` uint8 → ``3×S×S`` float32 CPU tensor, bit-identical to SAM 2's loader."""
+    import torch
+
+    out = np.empty((3, *resized.shape[:2]), np.float32)
+    for c in range(3):
+        np.take(_LUT[c], resized[..., c], out=out[c])
+    return torch.from_numpy(out)
+
+
+def normalise_on(resized: Any, device: Any) -> Any:
+    """Like :func:`normalise` for an ``S×S×3`` uint8 tensor, computed on ``device`` (a GPU gets
+    3 bytes a pixel instead of 12)."""
+    import torch
+
+    lut = torch.from_numpy(_LUT).to(device)
+    x = resized.to(device, non_blocking=True).permute(2, 0, 1).long()
+    return torch.gather(lut, 1, x.reshape(3, -1)).reshape(x.shape)
+
+
 def sam_input(frame: np.ndarray, image_size: int) -> Any:
     """One frame as SAM 2's video predictor prepares it: ``3×S×S`` float32, normalised.
 
     Bit-identical to ``sam2.utils.misc`` (PIL bicubic resize, ``/ 255`` in float64, cast to
-    float32, then mean and std in float32), computed in numpy: small torch ops on a busy CPU cost
-    far more than the arithmetic.
+    float32, then mean and std in float32), computed with a per-channel lookup table.
     """
-    import torch
-    from PIL import Image
-
-    resized = np.asarray(Image.fromarray(frame).resize((image_size, image_size)))
-    x = (resized / 255.0).astype(np.float32)
-    x -= _MEAN
-    x /= _STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    return normalise(resize_for_sam(frame, image_size))
 
 
 _MEAN = np.array(IMG_MEAN, np.float32)
 _STD = np.array(IMG_STD, np.float32)
+_LUT = _normalise_lut()
 
 
 class SamFrames:
     """``inference_state["images"]`` for SAM 2, computed lazily from a :class:`FrameSource`.
 
-    ``frames[i]`` returns frame ``i``'s ``3×S×S`` tensor. After each access the next
-    ``prefetch`` frames in the current direction are prepared on a background thread; at most
-    ``2 × prefetch`` prepared tensors are held.
+    ``frames[i]`` returns frame ``i``'s ``3×S×S`` float32 tensor. After each access the next
+    ``prefetch`` frames in the current direction are prepared by ``workers`` background threads
+    (decoding is sequential under the source's lock; resizing runs in parallel); at most
+    ``2 × prefetch`` prepared frames are held.
+
+    ``device``: where frames are normalised. ``None`` (CPU models) normalises in the workers;
+    a CUDA device gets each frame as ``S×S×3`` uint8 and normalises it there, on the caller's
+    thread, so the returned tensor already lives on that device. Both are bit-identical.
     """
 
-    def __init__(self, source: FrameSource, image_size: int, prefetch: int = 8) -> None:
+    def __init__(
+        self, source: FrameSource, image_size: int, prefetch: int = 8, workers: int = 1, device: Any = None
+    ) -> None:
         self.source = source
         self.image_size = image_size
-        self.prefetch = max(0, prefetch)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-prefetch") if prefetch else None
+        self.workers = max(1, workers)
+        # enough frames in flight to keep every worker busy
+        self.prefetch = max(prefetch, 2 * self.workers) if prefetch > 0 else 0
+        self.device = device
+        self._pool = (
+            ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="frame-prefetch") if self.prefetch else None
+        )
         self._pending: OrderedDict[int, Future] = OrderedDict()
         self._lock = threading.Lock()
         self._last = -1
@@ -224,7 +280,12 @@ class SamFrames:
         return self.source.num_frames
 
     def _prepare(self, index: int) -> Any:
-        return sam_input(self.source.read(index), self.image_size)
+        resized = resize_for_sam(self.source.read(index), self.image_size)
+        if self.device is None:
+            return normalise(resized)
+        import torch
+
+        return torch.from_numpy(np.array(resized))  # PIL's buffer is read-only
 
     def __getitem__(self, index: int) -> Any:
         index = int(index)
@@ -234,9 +295,9 @@ class SamFrames:
             future = self._pending.pop(index, None)
             step = -1 if index < self._last else 1
             self._last = index
-        tensor = future.result() if future is not None else self._prepare(index)
+        prepared = future.result() if future is not None else self._prepare(index)
         self._schedule(index, step)
-        return tensor
+        return prepared if self.device is None else normalise_on(prepared, self.device)
 
     def _schedule(self, index: int, step: int) -> None:
         if self._pool is None:

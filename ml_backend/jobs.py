@@ -94,6 +94,7 @@ def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, p
         progress=progress,
         review=settings.review_exports,
         prefetch=settings.prefetch_frames,
+        prefetch_workers=settings.prefetch_workers,
         offload_state_to_cpu=settings.offload_state_to_cpu,
         autocast=lambda: autocast(settings, device),
         greenscreen_mp4=settings.greenscreen_mp4,

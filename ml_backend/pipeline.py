@@ -19,10 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from . import propagation
+from . import frames, propagation
 from .exceptions import PromptError
-from .exports import GreenScreenExport, MaskSpool, SceneDiffExport, greenscreen_offset, rle_encode
-from .frames import open_frames
+from .exports import (
+    GreenScreenExport,
+    MaskSpool,
+    SceneDiffExport,
+    greenscreen_offset,
+    rle_compress,
+    rle_encode,
+    rle_encode_tensor,
+)
 from .prompts import PromptSpec
 
 log = logging.getLogger(__name__)
@@ -55,9 +62,10 @@ class JobResult:
 
 
 class ExportThread:
-    """Runs ``handler(frame_idx, frame, masks)`` on a background thread through a bounded queue."""
+    """Runs ``handler(*item)`` on a background thread for each ``put(*item)``, through a bounded
+    queue (the model blocks only when the exporter falls ``maxsize`` frames behind)."""
 
-    def __init__(self, handler: Callable[[int, Any, dict[int, np.ndarray]], None], maxsize: int = 16) -> None:
+    def __init__(self, handler: Callable[..., None], maxsize: int = 16) -> None:
         self._handler = handler
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._error: BaseException | None = None
@@ -75,10 +83,10 @@ class ExportThread:
                 except BaseException as exc:  # re-raised in the job thread
                     self._error = exc
 
-    def put(self, frame_idx: int, frame: Any, masks: dict[int, np.ndarray]) -> None:
+    def put(self, *item: Any) -> None:
         if self._error is not None:
             raise self._error
-        self._queue.put((frame_idx, frame, masks))
+        self._queue.put(item)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -97,13 +105,21 @@ def run_job(
     progress: Progress | None = None,
     review: bool = True,
     prefetch: int = 8,
+    prefetch_workers: int = 0,
     offload_state_to_cpu: bool = False,
     autocast: Callable[[], Any] | None = None,
     bounded: bool = True,
     greenscreen_mp4: bool = False,
     greenscreen_fps: float = 30.0,
+    device_rle: bool | None = None,
 ) -> JobResult:
-    """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``."""
+    """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``.
+
+    ``device_rle``: find each mask's runs on the model's device in the job thread, so only run
+    lengths (not ``H×W`` masks) cross to the CPU and the export thread just compresses them;
+    ``None`` means on CUDA only. On the CPU the export thread encodes whole masks instead, off
+    the model's thread. Both give byte-identical RLE.
+    """
     import tempfile
 
     out_dir = Path(out_dir)
@@ -122,10 +138,12 @@ def run_job(
         if name not in videos or not videos[name]:
             raise PromptError(f"objects are present in {name} but no {name} was given")
     scenediff = SceneDiffExport(spec, out_dir, image_size, spool) if spec.format == "scenediff" else None
+    on_device = str(predictor.device).startswith("cuda") if device_rle is None else device_rle
+    workers = frames.prefetch_workers(predictor.device, prefetch_workers)
     sources = {}
     try:
         for name in names:
-            sources[name] = open_frames(videos[name], cache_frames=max(32, 4 * prefetch))
+            sources[name] = frames.open_frames(videos[name], cache_frames=max(32, 4 * prefetch, 8 * workers))
         for name in names:
             source = sources[name]
             objects = spec.objects_in(name)
@@ -151,24 +169,47 @@ def run_job(
             spool.declare(name, list(objects))
             result.num_frames[name] = source.num_frames
 
-            def handle(frame_idx: int, frame: Any, masks: dict[int, np.ndarray], _name=name, _gs=greenscreen) -> None:
-                for obj_id, m in masks.items():
-                    if m.any():
-                        spool.add(_name, obj_id, frame_idx, rle_encode(m))
-                if _gs is not None:
+            def handle(
+                frame_idx: int,
+                frame: Any,
+                masks: dict[int, np.ndarray] | None,
+                runs: dict[int, dict[str, Any]] | None,
+                _name=name,
+                _gs=greenscreen,
+            ) -> None:
+                if runs is not None:
+                    for obj_id, rle in runs.items():
+                        if len(rle["counts"]) > 1:  # one count: the whole frame is background
+                            spool.add(_name, obj_id, frame_idx, rle_compress(rle))
+                elif masks is not None:
+                    for obj_id, m in masks.items():
+                        if m.any():
+                            spool.add(_name, obj_id, frame_idx, rle_encode(m))
+                if _gs is not None and masks is not None:
                     _gs.add(frame_idx, frame, masks)
 
             started = time.perf_counter()
             state = propagation.new_state(
-                predictor, source, prefetch=prefetch, offload_state_to_cpu=offload_state_to_cpu
+                predictor,
+                source,
+                prefetch=prefetch,
+                workers=workers,
+                offload_state_to_cpu=offload_state_to_cpu,
             )
             exporter = ExportThread(handle)
             try:
                 propagation.add_prompts(predictor, state, objects)
                 done = 0
-                for frame_idx, masks in propagation.propagate(predictor, state, bounded=bounded, autocast=autocast):
+                for frame_idx, obj_ids, tensor in propagation.propagate_tensors(
+                    predictor, state, bounded=bounded, autocast=autocast
+                ):
+                    runs = dict(zip(obj_ids, rle_encode_tensor(tensor), strict=True)) if on_device else None
+                    masks = None
+                    if runs is None or greenscreen is not None:
+                        array = tensor.cpu().numpy()
+                        masks = {obj_id: array[i] for i, obj_id in enumerate(obj_ids)}
                     frame = source.read(frame_idx) if greenscreen is not None else None
-                    exporter.put(frame_idx, frame, masks)
+                    exporter.put(frame_idx, frame, masks, runs)
                     done += 1
                     if progress is not None:
                         progress(name, done, source.num_frames)

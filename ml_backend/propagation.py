@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import PromptError
-from .frames import FrameSource, SamFrames
+from .frames import FrameSource, SamFrames, prefetch_workers
 
 
 @dataclass
@@ -48,13 +48,24 @@ def new_state(
     source: FrameSource,
     *,
     prefetch: int = 8,
+    workers: int = 0,
     offload_state_to_cpu: bool = False,
 ) -> dict[str, Any]:
-    """An inference state like ``predictor.init_state`` builds, over a lazy frame source."""
+    """An inference state like ``predictor.init_state`` builds, over a lazy frame source.
+
+    ``prefetch`` frames are prepared ahead by ``workers`` threads (0: :func:`prefetch_workers`);
+    on a GPU, frames are normalised on the GPU.
+    """
     import torch
 
     device = predictor.device
-    images = SamFrames(source, predictor.image_size, prefetch=prefetch)
+    images = SamFrames(
+        source,
+        predictor.image_size,
+        prefetch=prefetch,
+        workers=prefetch_workers(device, workers),
+        device=device if str(device).startswith("cuda") else None,
+    )
     state: dict[str, Any] = {
         "images": images,
         "num_frames": len(images),
@@ -161,6 +172,22 @@ def propagate(
     With ``bounded`` (the default) outputs outside SAM 2's memory window are pruned as tracking
     goes; ``bounded=False`` keeps everything, as the stock predictor does.
     """
+    for frame_idx, obj_ids, masks in propagate_tensors(predictor, state, bounded=bounded, autocast=autocast):
+        masks = masks.cpu().numpy()
+        yield frame_idx, {obj_id: masks[i] for i, obj_id in enumerate(obj_ids)}
+
+
+def propagate_tensors(
+    predictor: Any,
+    state: dict[str, Any],
+    *,
+    bounded: bool = True,
+    autocast: Callable[[], Any] | None = None,
+) -> Iterator[tuple[int, list[int], Any]]:
+    """Like :func:`propagate`, but yield ``(frame_idx, obj_ids, masks)`` with ``masks`` a
+    ``len(obj_ids)×H×W`` bool tensor **on the predictor's device** (``H×W`` is the video size), so
+    a GPU caller can encode masks before anything crosses to the CPU.
+    """
     import contextlib
 
     import torch
@@ -175,21 +202,21 @@ def propagate(
     keep = {t + d for t in cond for d in range(-window, window + 1)}
     ctx = autocast or contextlib.nullcontext
 
-    def run(reverse: bool) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+    def run(reverse: bool) -> Iterator[tuple[int, list[int], Any]]:
         with torch.inference_mode(), ctx():
             for frame_idx, obj_ids, masks in predictor.propagate_in_video(
                 state, start_frame_idx=start, reverse=reverse
             ):
-                out = {int(obj_id): (masks[i, 0] > 0).cpu().numpy() for i, obj_id in enumerate(obj_ids)}
+                out = masks[:, 0] > 0
                 if bounded:
                     prune(state, frame_idx, reverse, window, keep)
-                yield int(frame_idx), out
+                yield int(frame_idx), [int(o) for o in obj_ids], out
 
     # The first prompted frame is visited by both passes. Objects not prompted there are tracked
     # again by the backward pass, whose result wins (as when collecting the stock generator's
     # output into a dict); so that frame is held back until the backward pass reaches it.
-    for frame_idx, out in run(reverse=False):
-        if frame_idx != start or start == 0:
-            yield frame_idx, out
+    for item in run(reverse=False):
+        if item[0] != start or start == 0:
+            yield item
     if start > 0:
         yield from run(reverse=True)

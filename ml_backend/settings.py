@@ -165,6 +165,10 @@ class Settings:
         default=defaults.PREFETCH_FRAMES,
         metadata=_env("PREFETCH_FRAMES", "frames decoded ahead of the tracker"),
     )
+    prefetch_workers: int = field(
+        default=defaults.PREFETCH_WORKERS,
+        metadata=_env("PREFETCH_WORKERS", "threads preparing frames; 0 = 1 on CPU, up to 8 on GPU"),
+    )
     port: int = field(default=defaults.PORT, metadata=_env("PORT", "HTTP port of the backend"))
 
     def __post_init__(self) -> None:

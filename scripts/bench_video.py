@@ -360,15 +360,19 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
 
     # Count the bytes of the COCO RLE strings the job produces for segments.pkl (measurement only:
     # the job's own encoder is called unchanged), to tell output growth from other growth.
+    # Both encoders are wrapped: on CUDA the job finds runs on the GPU and only compresses them.
     rle_held = [0]
-    encode = pipeline.rle_encode
 
-    def counting_rle_encode(mask: Any) -> dict[str, Any]:
-        rle = encode(mask)
-        rle_held[0] += len(rle["counts"])
-        return rle
+    def counting(encode: Any) -> Any:
+        def wrapper(mask: Any) -> dict[str, Any]:
+            rle = encode(mask)
+            rle_held[0] += len(rle["counts"])
+            return rle
 
-    pipeline.rle_encode = counting_rle_encode
+        return wrapper
+
+    pipeline.rle_encode = counting(pipeline.rle_encode)
+    pipeline.rle_compress = counting(pipeline.rle_compress)
     if predictor is None:
         settings, predictor = build(cfg)
     baseline = rss_bytes()

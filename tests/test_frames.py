@@ -44,6 +44,33 @@ def test_sam_input_equals_sam2_loader(tmp_path):
     ours.close()
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_prefetch_workers_and_device_normalising_give_the_loader_s_tensors(tmp_path, workers):
+    """Several workers resizing at once, and frames normalised "on the device" (the CUDA path's
+    code, run on CPU tensors), in both directions: the same bits as SAM 2's own loader."""
+    from PIL import Image
+    from sam2.utils.misc import load_video_frames_from_jpg_images
+
+    for i, f in enumerate(moving_shapes(num_frames=24, height=90, width=160).frames):
+        Image.fromarray(f).save(tmp_path / f"{i:05d}.jpg")
+    stock, _, _ = load_video_frames_from_jpg_images(str(tmp_path), image_size=64, offload_video_to_cpu=True)
+    for device in (None, torch.device("cpu")):
+        ours = SamFrames(open_frames(tmp_path, cache_frames=8), 64, prefetch=2, workers=workers, device=device)
+        assert ours.prefetch == max(2, 2 * workers)
+        for i in [*range(10, 24), *range(9, -1, -1)]:
+            got = ours[i]
+            assert got.dtype == torch.float32 and torch.equal(got, stock[i]), (device, i)
+        ours.close()
+
+
+def test_prefetch_workers_default_by_device():
+    from ml_backend.frames import prefetch_workers
+
+    assert prefetch_workers("cpu") == 1
+    assert 1 <= prefetch_workers("cuda:0") <= 8
+    assert prefetch_workers("cuda", 3) == prefetch_workers("cpu", 3) == 3
+
+
 def test_folder_order_is_numeric(tmp_path):
     from PIL import Image
 
