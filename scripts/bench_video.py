@@ -909,10 +909,11 @@ def print_table(args: argparse.Namespace, sizes: list[int], res: dict, parity: d
         cpu_ratios.append(None if not (j and m) else j / m)
     worst_cpu = max((r for r in cpu_ratios if r is not None), default=None)
     row(
-        "our run_job / model-only CPU time (process user+sys; less sensitive to other load)",
+        "our run_job / model-only CPU time (process user+sys; the job's includes decoding and resizing, "
+        "which model-only did before its clock started)",
         ["—" if r is None else f"{r:.2f}" for r in cpu_ratios],
-        ("—" if worst_cpu is None else f"max {worst_cpu:.3f}") + check(worst_cpu, TIME_GOAL),
-        f"≤ {TIME_GOAL}",
+        "—" if worst_cpu is None else f"max {worst_cpu:.3f}",
+        "work moved to other cores, not a goal",
     )
     med = []
     for n in sizes:
