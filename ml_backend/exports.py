@@ -36,9 +36,9 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -78,19 +78,25 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
     ).astype(bool)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, fsync it, rename it to
+    ``path``: readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def greenscreen_offset(segment_frames: list[int], index: int, start_frame: int = 0) -> tuple[int, int]:
@@ -186,18 +192,8 @@ class _StreamingPickler(pickle._Pickler):  # type: ignore[name-defined]
 
 
 def write_pickle_streaming(path: Path, obj: Any) -> None:
-    """``pickle.dump`` that streams :class:`_SpoolFrames` values, via a temporary file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _StreamingPickler(f, protocol=4).dump(obj)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``pickle.dump`` that streams :class:`_SpoolFrames` values, through :func:`atomic_write`."""
+    atomic_write(path, lambda f: _StreamingPickler(f, protocol=4).dump(obj))
 
 
 class SceneDiffExport:
