@@ -223,13 +223,12 @@ def normalise(resized: np.ndarray) -> Any:
     return torch.from_numpy(out)
 
 
-def normalise_on(resized: Any, device: Any) -> Any:
-    """Like :func:`normalise` for an ``S×S×3`` uint8 tensor, computed on ``device`` (a GPU gets
-    3 bytes a pixel instead of 12)."""
+def normalise_on(resized: Any, lut: Any) -> Any:
+    """Like :func:`normalise` for an ``S×S×3`` uint8 tensor, computed where ``lut`` (the ``3×256``
+    table as a tensor) lives; a GPU gets 3 bytes a pixel instead of 12."""
     import torch
 
-    lut = torch.from_numpy(_LUT).to(device)
-    x = resized.to(device, non_blocking=True).permute(2, 0, 1).long()
+    x = resized.to(lut.device, non_blocking=True).permute(2, 0, 1).long()
     return torch.gather(lut, 1, x.reshape(3, -1)).reshape(x.shape)
 
 
@@ -269,6 +268,11 @@ class SamFrames:
         # enough frames in flight to keep every worker busy
         self.prefetch = max(prefetch, 2 * self.workers) if prefetch > 0 else 0
         self.device = device
+        self._lut = None
+        if device is not None:
+            import torch
+
+            self._lut = torch.from_numpy(_LUT).to(device)  # uploaded once, not per frame
         self._pool = (
             ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="frame-prefetch") if self.prefetch else None
         )
@@ -297,7 +301,7 @@ class SamFrames:
             self._last = index
         prepared = future.result() if future is not None else self._prepare(index)
         self._schedule(index, step)
-        return prepared if self.device is None else normalise_on(prepared, self.device)
+        return prepared if self._lut is None else normalise_on(prepared, self._lut)
 
     def _schedule(self, index: int, step: int) -> None:
         if self._pool is None:
