@@ -19,12 +19,12 @@ import hashlib
 import io
 import logging
 import os
-import posixpath
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urljoin, urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import numpy as np
 
@@ -33,11 +33,85 @@ from .exceptions import FetchError, ForbiddenURL, NotAnImage, SourceNotFound, To
 log = logging.getLogger(__name__)
 
 LOCAL_FILES_PATH = "/data/local-files/"
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+#: Longest task file reference accepted, in characters.
+MAX_URL_CHARS = 64 * 1024
+
+
+def _show(ref: str, limit: int = 120) -> str:
+    """``ref`` for an error message: quoted, and cut short when long."""
+    return repr(ref if len(ref) <= limit else ref[:limit] + "…")
+
+
+def _decoded_forms(text: str) -> list[str]:
+    """``text`` and its percent-decodings until stable (catches ``%252e%252e``), at most 4."""
+    forms = [text]
+    while len(forms) < 4 and (decoded := unquote(forms[-1])) != forms[-1]:
+        forms.append(decoded)
+    return forms
 
 
 def _has_traversal(path: str) -> bool:
-    parts = unquote(path).replace("\\", "/").split("/")
-    return any(part == ".." for part in parts)
+    return any(part == ".." for form in _decoded_forms(path) for part in form.replace("\\", "/").split("/"))
+
+
+def _check_text(ref: Any) -> str:
+    """``ref`` stripped, or :class:`ForbiddenURL` / :class:`TooLarge` when it cannot be a URL."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ForbiddenURL(f"task file reference {ref!r} is not a URL")
+    if len(ref) > MAX_URL_CHARS:
+        raise TooLarge(
+            f"the task file URL is {len(ref)} characters long, over the {MAX_URL_CHARS} allowed; "
+            "point to the file with a short /data/... URL"
+        )
+    if any("\x00" in form for form in _decoded_forms(ref)):
+        raise ForbiddenURL(f"{_show(ref)}: a NUL character (\\x00 or %00) is not allowed in a file URL")
+    return ref.strip()
+
+
+def _normal_path(path: str, ref: str) -> str:
+    """``path`` percent-decoded, with ``\\`` as ``/``, ``.`` and empty segments dropped; no ``..``."""
+    if _has_traversal(path):
+        raise ForbiddenURL(f"{_show(ref)}: '..' is not allowed in a file path")
+    parts = [part for part in unquote(path).replace("\\", "/").split("/") if part not in ("", ".")]
+    trailing = "/" if path.endswith(("/", "\\")) or path.endswith("/.") else ""
+    return "/" + "/".join(parts) + (trailing if parts else "")
+
+
+def _normal_rel(rel: str, ref: str) -> str:
+    """A local-files ``d=`` path made plain (``pair/./f.png`` → ``pair/f.png``); relative, no ``..``.
+
+    A path naming a folder (``pair/``, ``pair/.``) keeps one trailing ``/``.
+    """
+    if not rel or rel.startswith(("/", "\\")) or _has_traversal(rel):
+        raise ForbiddenURL(f"{_show(ref)}: local-files path {_show(rel)} must be relative, without '..'")
+    plain = rel.replace("\\", "/")
+    parts = [part for part in plain.split("/") if part not in ("", ".")]
+    if not parts:
+        raise ForbiddenURL(f"{_show(ref)}: local-files path {_show(rel)} names no file")
+    folder = plain.endswith("/") or plain.split("/")[-1] == "."
+    return "/".join(parts) + ("/" if folder else "")
+
+
+def _names_folder(url: str | Path) -> bool:
+    """True when a Label Studio URL ends with ``/`` or its ``d=`` does (a folder, not a file)."""
+    if isinstance(url, Path):
+        return False
+    parts = urlsplit(url)
+    return (
+        parts.path.endswith("/")
+        and not parts.query
+        or any(key == "d" and value.endswith("/") for key, value in parse_qsl(parts.query))
+    )
+
+
+class NotAFile(FetchError):
+    """A task file reference that names a folder where one file is needed (422)."""
+
+    # TODO: move to ml_backend/exceptions.py (owned by another engineer) next to NotAnImage.
+    status = 422
 
 
 class FileFetcher:
@@ -74,38 +148,52 @@ class FileFetcher:
 
     # -- resolving ------------------------------------------------------------------------------
     def resolve(self, ref: str) -> str | Path:
-        """The absolute URL on Label Studio, or the local :class:`Path`, that ``ref`` names."""
-        if not isinstance(ref, str) or not ref.strip():
-            raise ForbiddenURL(f"task file reference {ref!r} is not a URL")
-        ref = ref.strip()
+        """The absolute URL on Label Studio, or the local :class:`Path`, that ``ref`` names.
+
+        The path is normalised first (percent-decoding, ``\\`` → ``/``, ``.`` and ``//`` dropped),
+        then checked, and the URL returned is built from exactly what was checked.
+        """
+        ref = _check_text(ref)
         parts = urlsplit(ref)
         if parts.scheme or parts.netloc:
             if parts.scheme not in ("http", "https"):
-                raise ForbiddenURL(f"{ref!r}: only files served by Label Studio can be fetched")
+                raise ForbiddenURL(f"{_show(ref)}: only files served by Label Studio can be fetched")
             if (parts.scheme, parts.netloc.lower()) != self._origin:
-                raise ForbiddenURL(f"{ref!r} is on another host; only {self.base} (LABEL_STUDIO_URL) is fetched")
-        elif not parts.path.startswith("/"):
-            raise ForbiddenURL(f"{ref!r}: expected a Label Studio URL such as /data/upload/...")
-        if _has_traversal(parts.path):
-            raise ForbiddenURL(f"{ref!r}: '..' is not allowed in a file path")
-        if parts.path.rstrip("/") + "/" == LOCAL_FILES_PATH:
-            rel = parse_qs(parts.query).get("d", [""])[0]
-            if not rel or _has_traversal(rel) or rel.startswith(("/", "\\")):
-                raise ForbiddenURL(f"{ref!r}: local-files path {rel!r} must be relative, without '..'")
+                raise ForbiddenURL(f"{_show(ref)} is on another host; only {self.base} (LABEL_STUDIO_URL) is fetched")
+        elif not parts.path.startswith(("/", "\\")):
+            raise ForbiddenURL(f"{_show(ref)}: expected a Label Studio URL such as /data/upload/...")
+        path = _normal_path(parts.path, ref)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        for key, value in query:
+            if key == "d" and _has_traversal(value):
+                raise ForbiddenURL(f"{_show(ref)}: local-files path {_show(value)} must be relative, without '..'")
+        if path.rstrip("/") + "/" == LOCAL_FILES_PATH:
+            path = LOCAL_FILES_PATH
+            rel = _normal_rel(next((value for key, value in query if key == "d"), ""), ref)
+            query = [("d", rel), *((key, value) for key, value in query if key != "d")]
             if self.local_root is not None:
-                path = (self.local_root / posixpath.normpath(rel)).resolve()
-                if not path.is_relative_to(self.local_root):
-                    raise ForbiddenURL(f"{ref!r} leaves LOCAL_FILES_DOCUMENT_ROOT")
-                return path
-        return urljoin(self.base, ref)
+                local = (self.local_root / rel).resolve()
+                if not local.is_relative_to(self.local_root):
+                    raise ForbiddenURL(f"{_show(ref)} leaves LOCAL_FILES_DOCUMENT_ROOT")
+                return local
+        scheme, netloc = self._origin
+        url = f"{scheme}://{netloc}{quote(path, safe=_PATH_SAFE)}"
+        return url + ("?" + urlencode(query, quote_via=quote, safe="/") if query else "")
 
     # -- fetching -------------------------------------------------------------------------------
-    def path(self, ref: str) -> Path:
-        """A local file holding ``ref``'s bytes (downloaded once, then served from the cache)."""
+    def path(self, ref: str, *, folder_ok: bool = True) -> Path:
+        """A local file holding ``ref``'s bytes (downloaded once, then served from the cache).
+
+        A local-files folder is returned as is (a folder of frames, ``video_part_XXX``, read by
+        the worker in place) unless ``folder_ok`` is False (an image for a click), when it raises
+        :class:`NotAFile`.
+        """
         target = self.resolve(ref)
+        if not folder_ok and (isinstance(target, Path) and target.is_dir() or _names_folder(target)):
+            raise NotAFile(f"{_show(ref)} names a folder; a click needs the URL of one image file")
         if isinstance(target, Path):
             if target.is_dir():
-                return target  # a folder of frames (video_part_XXX), read by the worker in place
+                return target
             if not target.is_file():
                 raise SourceNotFound(f"{ref!r}: no such file under LOCAL_FILES_DOCUMENT_ROOT")
             if target.stat().st_size > self.max_bytes:

@@ -63,6 +63,19 @@ def test_size_limit(file_server, tmp_path):
         "/data/local-files/?d=/etc/passwd",
         "/data/local-files/?d=a/..%2F..%2Fb",
         "",
+        "/data/local-files/./?d=../../outside/x.png",
+        "/data/local-files/%2e/?d=..%2fx",
+        "/data//local-files/?d=../x.png",
+        "/data\\local-files\\?d=..\\x.png",
+        "/data/upload/a.png?d=../x",
+        "/data/local-files/?d=%252e%252e/x.png",
+        "/data/local-files/?d=..\\x.png",
+        "/data/upload/a%00.png",
+        "/data/upload/a\x00.png",
+        "/data/local-files/?d=a.png%00.jpg",
+        "/data/local-files/?d=.",
+        "/data/local-files/?d=",
+        "//evil.example.com/a.png",
     ],
 )
 def test_forbidden_references(fetcher, ref):
@@ -95,3 +108,38 @@ def test_cache_is_trimmed_to_its_byte_bound(file_server, tmp_path, local_root):
         bounded.read(f"/data/upload/pair/f{i}.png")
     total = sum(p.stat().st_size for p in Path(tmp_path).iterdir())
     assert total <= size * 2.5
+
+
+@pytest.mark.parametrize(
+    ("ref", "sent"),
+    [
+        ("/data/local-files/./?d=pair/f0.png", "/data/local-files/?d=pair/f0.png"),
+        ("/data//local-files/?d=pair//./f0.png", "/data/local-files/?d=pair/f0.png"),
+        ("/data/local-files/%2e/?d=pair%2Ff0.png", "/data/local-files/?d=pair/f0.png"),
+        ("/data/local-files?d=pair\\f0.png", "/data/local-files/?d=pair/f0.png"),
+        ("/data/upload/./3//a%20b.png", "/data/upload/3/a%20b.png"),
+        ("/data\\upload\\3\\a.png", "/data/upload/3/a.png"),
+        ("/tasks/1/presign/?fileuri=czM6Ly9i%2BYQ%3D%3D", "/tasks/1/presign/?fileuri=czM6Ly9i%2BYQ%3D%3D"),
+    ],
+)
+def test_the_url_sent_is_the_normalised_url_checked(fetcher, file_server, ref, sent):
+    assert fetcher.resolve(ref) == file_server.url + sent
+
+
+def test_url_length_is_bounded(fetcher):
+    from ml_backend.fetch import MAX_URL_CHARS
+
+    with pytest.raises(TooLarge, match="characters"):
+        fetcher.resolve("/data/upload/" + "a" * MAX_URL_CHARS)
+
+
+def test_folders_are_for_the_worker_only(local_root, tmp_path, fetcher):
+    from ml_backend.fetch import NotAFile
+
+    local = FileFetcher("http://ls.invalid:8080", tmp_path, local_root=local_root)
+    assert local.path("/data/local-files/?d=pair").is_dir()  # the worker's frame folders
+    for ref in ("/data/local-files/?d=pair", "/data/local-files/?d=pair/"):
+        with pytest.raises(NotAFile, match="folder"):
+            local.path(ref, folder_ok=False)
+    with pytest.raises(NotAFile):
+        fetcher.path("/data/local-files/?d=pair/", folder_ok=False)
