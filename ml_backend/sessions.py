@@ -15,7 +15,9 @@ Merge rule for a new context group (the clicks of one label on one image, newest
   deleted by the frontend, so the new point is added to them.
 
 Sessions live in memory (the model and its caches are per process too) and expire after
-``ttl`` seconds without a click.
+``ttl`` seconds without a click. A session holds at most :data:`MAX_SESSION_POINTS` points: a
+group, or a lone click, that would take it past that raises :class:`TooManyPoints` (HTTP 422)
+and leaves the session as it was.
 """
 
 from __future__ import annotations
@@ -26,16 +28,37 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 
 from .context import Click
+from .exceptions import RequestError
 
 SessionKey = tuple[Hashable, ...]
+
+#: Most points kept for one object (SAM 2 needs a handful; a long list only costs time).
+#: TODO: a setting MAX_SESSION_POINTS (ml_backend/settings.py is owned by another engineer).
+MAX_SESSION_POINTS = 100
+
+
+class TooManyPoints(RequestError):
+    """More points on one object than :data:`MAX_SESSION_POINTS` (422).
+
+    TODO: move to ml_backend/exceptions.py (owned by another engineer) next to BadPoint.
+    """
+
+    status = 422
 
 
 class SessionStore:
     """Thread-safe TTL store of click lists; at most ``max_sessions`` (oldest dropped first)."""
 
-    def __init__(self, ttl: float, max_sessions: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        max_sessions: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        max_points: int = MAX_SESSION_POINTS,
+    ) -> None:
         self.ttl = ttl
         self.max_sessions = max_sessions
+        self.max_points = max_points
         self._clock = clock
         self._lock = threading.Lock()
         self._data: OrderedDict[SessionKey, tuple[float, list[Click]]] = OrderedDict()
@@ -48,12 +71,18 @@ class SessionStore:
         now = self._clock()
         with self._lock:
             self._expire(now)
-            _, stored = self._data.pop(key, (now, []))
+            _, stored = self._data.get(key, (now, []))
             known = {c.id for c in stored}
             if len(group) == 1 and group[0].id not in known and stored:
                 points = [*stored, group[0]]
             else:
                 points = list(group)
+            if len(points) > self.max_points:
+                raise TooManyPoints(
+                    f"too many points: this object would have {len(points)}, over the {self.max_points} "
+                    "kept per object; remove some points, or start a new object with another label"
+                )
+            self._data.pop(key, None)
             self._data[key] = (now, points)
             while len(self._data) > self.max_sessions:
                 self._data.popitem(last=False)

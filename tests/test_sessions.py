@@ -46,3 +46,24 @@ def test_parse_clicks_groups_by_label_and_page():
     assert newest.positive is False and newest.item_index == 0
     assert [(g.x, g.positive) for g in group] == [(10, True), (40, False)]
     assert newest.pixel(200, 100) == (80.0, 40.0)
+
+
+def test_points_per_session_are_capped():
+    import pytest
+
+    from ml_backend.sessions import MAX_SESSION_POINTS, TooManyPoints
+
+    store = SessionStore(ttl=60)
+    full = [c(f"p{i}") for i in range(MAX_SESSION_POINTS)]
+    assert len(store.merge("k", full)) == MAX_SESSION_POINTS
+    with pytest.raises(TooManyPoints, match="too many points"):
+        store.merge("k", [c("one more")])  # a lone click would extend the session past the cap
+    with pytest.raises(TooManyPoints):
+        store.merge("k", [*full, c("x")])
+    assert [p.id for p in store.get("k")] == [p.id for p in full]  # left as it was
+    for i in range(10_001):  # the 10,001-point session of the report: never grows past the cap
+        try:
+            store.merge("k2", [c(f"q{i}")])
+        except TooManyPoints:
+            pass
+    assert len(store.get("k2")) == MAX_SESSION_POINTS
