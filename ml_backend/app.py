@@ -11,6 +11,9 @@ Routes (the Label Studio ML-backend protocol, payloads in the README):
 - ``GET /exports/<project>`` → the project's export files; ``GET /exports/<project>/<path>`` → one file.
 
 Errors are JSON ``{"error": message}`` with a 4xx status for bad input; the server stays up.
+Bodies over :data:`MAX_REQUEST_BYTES` get a 413 before they are read; JSON nested deeper than
+:data:`MAX_JSON_DEPTH` a 400. An unexpected error is logged with an id and answered with a 500
+that carries only that id (the exception's text can hold secrets).
 With ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` set, every route but ``/health`` needs HTTP basic auth.
 """
 
@@ -18,16 +21,98 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import threading
+import uuid
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .exceptions import BadPayload, MLBackendError, RequestError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Largest request body accepted, in bytes; a larger one is answered 413 before it is read.
+#: TODO: a setting MAX_REQUEST_BYTES (ml_backend/settings.py is owned by another engineer).
+MAX_REQUEST_BYTES = 16 * 1024**2
+
+#: Deepest JSON nesting accepted in a body (Label Studio's payloads nest less than 10 deep).
+MAX_JSON_DEPTH = 100
+
+TOO_DEEP = f"the request body is JSON nested deeper than {MAX_JSON_DEPTH} levels; send a flatter document"
+
+#: What a job id may look like (the ids this package and RQ make).
+JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+#: Largest id accepted in a webhook (a signed 64-bit integer, as Label Studio's database has).
+MAX_ID = 2**63 - 1
+
+
+def json_depth(data: Any) -> int:
+    """How deeply ``data`` nests lists and objects (``1`` for a flat list), without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+# -- webhook ids ------------------------------------------------------------------------------
+def _id(value: Any, where: str) -> int:
+    """``value`` as a positive integer id; :class:`BadPayload` naming ``where`` otherwise."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value) if len(value) <= 19 else MAX_ID + 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        shown = type(value).__name__ if isinstance(value, (dict, list)) else repr(value)[:60]
+        raise BadPayload(f"{where} must be a positive integer id, got {shown}")
+    return value
+
+
+def _id_or_object(value: Any, where: str) -> int:
+    """An id given as itself or as an object with an ``id`` (Label Studio sends both forms)."""
+    if isinstance(value, dict):
+        return _id(value.get("id"), f"{where}.id")
+    return _id(value, where)
+
+
+def clean_webhook(payload: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a webhook ``payload`` whose ids are checked and made ints; the rest unchanged.
+
+    ``project`` (an id or an object with ``id``), ``task`` (the same), ``annotation`` (an object)
+    and its ``id``, ``task`` and ``project``: each that is present must be a positive integer
+    (digits in a string are accepted). Missing ids are left to the job queue, which says which
+    one an action needs. Raises :class:`BadPayload` with the field that is wrong.
+    """
+    cleaned = dict(payload)
+    project = payload.get("project")
+    if project is not None:
+        project_id = _id_or_object(project, "project")
+        cleaned["project"] = dict(project, id=project_id) if isinstance(project, dict) else project_id
+    task = payload.get("task")
+    if task is not None:
+        cleaned["task"] = (
+            dict(task, id=_id_or_object(task, "task")) if isinstance(task, dict) else {"id": _id(task, "task")}
+        )
+    annotation = payload.get("annotation")
+    if annotation is not None:
+        if not isinstance(annotation, dict):
+            raise BadPayload(f"'annotation' must be an object with an 'id', got {type(annotation).__name__}")
+        annotation = dict(annotation)
+        if "id" in annotation:
+            annotation["id"] = _id(annotation["id"], "annotation.id")
+        for key in ("task", "project"):
+            if annotation.get(key) is not None:
+                annotation[key] = _id_or_object(annotation[key], f"annotation.{key}")
+        cleaned["annotation"] = annotation
+    return cleaned
 
 
 def default_segmenter_factory(settings: Settings):
@@ -95,28 +180,34 @@ def create_app(
     if warmup:
         threading.Thread(target=lambda: predictor.segmenter, name="sam2-warmup", daemon=True).start()
 
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+
     @app.before_request
     def _auth() -> Any:
         if not settings.basic_auth_user or request.path == "/health":
             return None
-        auth = request.authorization
-        ok = (
-            auth is not None
-            and auth.type == "basic"
-            and hmac.compare_digest(auth.username or "", settings.basic_auth_user)
-            and hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
-        )
-        if ok:
+        if _credentials_match(request.authorization, settings):
             return None
         response = jsonify(error="HTTP basic auth required (BASIC_AUTH_USER / BASIC_AUTH_PASS)")
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Basic realm="sam2-ml-backend"'
         return response
 
+    @app.before_request
+    def _no_nul() -> Any:
+        if "\x00" in request.path:
+            raise BadPayload("a NUL character (%00) is not allowed in a URL path")
+        return None
+
     def body() -> Any:
-        data = request.get_json(silent=True, force=True)
+        try:
+            data = request.get_json(silent=True, force=True)
+        except RecursionError:
+            raise BadPayload(TOO_DEEP) from None
         if data is None:
             raise BadPayload("the request body is not valid JSON")
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise BadPayload(TOO_DEEP)
         return data
 
     @app.get("/")
@@ -132,7 +223,7 @@ def create_app(
     def setup() -> Any:
         data = body()
         if not isinstance(data, dict):
-            raise BadPayload("the body must be a JSON object")
+            raise BadPayload("the body must be a JSON object with 'project' and 'schema' (the labeling config)")
         predictor.remember_config(data.get("project"), data.get("schema"))
         return jsonify(model_version=predictor.model_version)
 
@@ -145,12 +236,18 @@ def create_app(
         data = body()
         if not isinstance(data, dict) or not isinstance(data.get("action"), str):
             raise BadPayload("a webhook body is a JSON object with an 'action'")
+        data = clean_webhook(data)
         if jobs is None:
             return jsonify(status="ignored", reason="no job queue configured"), 200
         return jsonify(jobs.on_webhook(data))
 
     @app.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Any:
+        if not JOB_ID.fullmatch(job_id):
+            raise BadPayload(
+                f"{job_id[:60]!r} is not a job id: job ids are 1 to 200 letters, digits and _ . : - "
+                "(as /webhook answers them)"
+            )
         if jobs is None:
             return jsonify(error="no job queue configured"), 404
         status = jobs.status(job_id)
@@ -166,17 +263,20 @@ def create_app(
         files = [
             {"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size}
             for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            if _servable(root, p.relative_to(root).as_posix()) is not None
         ]
         return jsonify(files=files)
 
     @app.get("/exports/<int:project>/<path:relpath>")
     def exports_file(project: int, relpath: str) -> Any:
-        from flask import send_from_directory
+        from flask import send_file
 
         if any(part.startswith(".") for part in relpath.split("/")):
             raise BadPayload("hidden files are not served")
-        return send_from_directory(settings.results_root.resolve() / f"project_{project}", relpath, as_attachment=True)
+        path = _servable(settings.results_root / f"project_{project}", relpath)
+        if path is None:
+            return jsonify(error=f"project {project} has no export file {relpath[:200]!r}"), 404
+        return send_file(path, as_attachment=True)
 
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError) -> Any:
@@ -190,11 +290,45 @@ def create_app(
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
+        if isinstance(exc, RequestEntityTooLarge):
+            message = (
+                f"the request body is over {MAX_REQUEST_BYTES // 1024**2} MiB (MAX_REQUEST_BYTES); "
+                "send task files by URL, not inline"
+            )
+            return jsonify(error=message, kind="RequestEntityTooLarge"), 413
         return jsonify(error=exc.description, kind=type(exc).__name__), exc.code or 500
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return jsonify(error=f"internal error: {type(exc).__name__}: {exc}", kind="InternalError"), 500
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("unexpected error %s on %s %s", error_id, request.method, request.path)
+        message = f"internal error {error_id}: the server logged the details under this id"
+        return jsonify(error=message, error_id=error_id, kind="InternalError"), 500
 
     return app
+
+
+def _credentials_match(auth: Any, settings: Settings) -> bool:
+    """True when ``auth`` is basic auth with the configured user and password (any characters)."""
+    if auth is None or auth.type != "basic":
+        return False
+    user = (auth.username or "").encode("utf-8", "surrogatepass")
+    password = (auth.password or "").encode("utf-8", "surrogatepass")
+    user_ok = hmac.compare_digest(user, settings.basic_auth_user.encode())
+    return hmac.compare_digest(password, settings.basic_auth_pass.encode()) and user_ok
+
+
+def _servable(root: Path, relpath: str) -> Path | None:
+    """The file ``relpath`` names inside ``root``, or None: hidden names, links or folders leading
+    out of ``root``, anything not a regular file."""
+    parts = relpath.split("/")
+    if not relpath or any(part.startswith(".") or part in ("", "..") for part in parts):
+        return None
+    try:
+        base = root.resolve()
+        path = (base / relpath).resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if not path.is_relative_to(base) or not path.is_file():
+        return None
+    return path

@@ -40,22 +40,37 @@ class Click:
         return self.x / 100.0 * width, self.y / 100.0 * height
 
 
+def _percent(value: dict[str, Any], key: str, where: str) -> float:
+    """``value[key]`` as a float; :class:`BadPayload` unless it is a number (NaN/inf pass, then
+    fail the 0–100 check)."""
+    number = value.get(key)
+    if isinstance(number, bool) or not isinstance(number, (int, float, str)):
+        raise BadPayload(f"{where}.value needs numeric x and y (percent, 0–100), got {key}={_brief(number)}")
+    try:
+        return float(number)
+    except (ValueError, OverflowError):
+        raise BadPayload(f"{where}.value needs numeric x and y (percent, 0–100), got {key}={_brief(number)}") from None
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut short, for an error message."""
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _click(region: Any, position: int) -> Click:
     where = f"context.result[{position}]"
     if not isinstance(region, dict):
         raise BadPayload(f"{where} must be an object, got {type(region).__name__}")
     if region.get("type") != "keypointlabels":
-        raise BadPayload(f"{where} has type {region.get('type')!r}; only keypointlabels clicks are understood")
+        raise BadPayload(f"{where} has type {_brief(region.get('type'))}; only keypointlabels clicks are understood")
     value = region.get("value")
     if not isinstance(value, dict):
         raise BadPayload(f"{where}.value must be an object with x, y and keypointlabels")
     labels = value.get("keypointlabels")
     if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
         raise BadPayload(f"{where}.value.keypointlabels must name the label of the object clicked")
-    try:
-        x, y = float(value["x"]), float(value["y"])
-    except (KeyError, TypeError, ValueError):
-        raise BadPayload(f"{where}.value needs numeric x and y (percent)") from None
+    x, y = _percent(value, "x", where), _percent(value, "y", where)
     if not (0.0 <= x <= 100.0 and 0.0 <= y <= 100.0):
         raise BadPoint(f"{where} at x={x:g}%, y={y:g}% lies outside the image (0–100 %)")
     for key in ("from_name", "to_name"):
@@ -63,7 +78,7 @@ def _click(region: Any, position: int) -> Click:
             raise BadPayload(f"{where}.{key} is missing")
     item_index = region.get("item_index")
     if item_index is not None and (not isinstance(item_index, int) or isinstance(item_index, bool)):
-        raise BadPayload(f"{where}.item_index must be an integer, got {item_index!r}")
+        raise BadPayload(f"{where}.item_index must be an integer (the 0-based page), got {_brief(item_index)}")
     return Click(
         id=str(region.get("id") or f"anon-{position}"),
         from_name=region["from_name"],

@@ -31,6 +31,9 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Most project configs remembered from ``/setup`` (the oldest is forgotten first).
+MAX_PROJECT_CONFIGS = 1000
+
 
 class InteractivePredictor:
     """Holds the (lazily built) segmenter, the file fetcher, sessions and known project configs.
@@ -69,9 +72,23 @@ class InteractivePredictor:
     def ready(self) -> bool:
         return self._segmenter is not None
 
-    def remember_config(self, project: Any, label_config: str) -> None:
-        if project is not None and isinstance(label_config, str) and label_config.strip():
+    def remember_config(self, project: Any, label_config: Any) -> None:
+        """Keep ``label_config`` for ``project`` (``/setup``) once Label Studio's parser accepts it.
+
+        Raises :class:`BadPayload` for a project or config of the wrong type and
+        :class:`~ml_backend.labelconfig.InvalidLabelConfig` (422) for a config that does not parse.
+        A missing or empty config is nothing to remember.
+        """
+        if project is not None and (isinstance(project, bool) or not isinstance(project, (str, int))):
+            raise BadPayload(f"'project' must be the project id (a string or an integer), got {type(project).__name__}")
+        if label_config is None or (isinstance(label_config, str) and not label_config.strip()):
+            return
+        parse_label_config(label_config, what="schema")
+        if project is not None:
+            self.project_configs.pop(str(project), None)
             self.project_configs[str(project)] = label_config
+            while len(self.project_configs) > MAX_PROJECT_CONFIGS:
+                self.project_configs.pop(next(iter(self.project_configs)))
 
     # -- /predict ---------------------------------------------------------------------------------
     def predict(self, payload: Any) -> dict[str, Any]:
@@ -92,8 +109,12 @@ class InteractivePredictor:
         if len(tasks) != 1:
             raise BadPayload(f"an interactive call carries one task, got {len(tasks)}")
         task = tasks[0]
+        if isinstance(task.get("id"), bool) or not isinstance(task.get("id"), (int, str, type(None))):
+            raise BadPayload(f"the task 'id' must be an integer, got {type(task.get('id')).__name__}")
         newest, group = parse_clicks(context)
-        xml = payload.get("label_config") or self.project_configs.get(str(payload.get("project")))
+        xml = payload.get("label_config")
+        if xml is None or xml == "":
+            xml = self.project_configs.get(str(payload.get("project")))
         config = parse_label_config(xml)
         target = config.brush_for(newest.from_name, newest.to_name, newest.label)
         ref = self._image_ref(task, target.image, newest.item_index)
@@ -101,7 +122,7 @@ class InteractivePredictor:
         key = (str(payload.get("project")), task.get("id"), str(user), newest.to_name, newest.label, newest.item_index)
         clicks = self.sessions.merge(key, group)
 
-        path = self.fetcher.path(ref)
+        path = self.fetcher.path(ref, folder_ok=False)
         stat = path.stat()
         embed_key = (str(path), stat.st_mtime_ns, stat.st_size)
         embedding = self.segmenter.embed(
@@ -131,7 +152,10 @@ class InteractivePredictor:
         """
         if params.get("login"):
             return str(params["login"])
-        for draft in task.get("drafts") or []:
+        drafts = task.get("drafts") or []
+        if not isinstance(drafts, list):
+            raise BadPayload(f"the task's 'drafts' must be a list, got {type(drafts).__name__}")
+        for draft in drafts:
             if isinstance(draft, dict) and (draft.get("user") or draft.get("completed_by")):
                 return f"user-{draft.get('user') or draft.get('completed_by')}"
         return "anonymous"

@@ -15,8 +15,22 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
-from .exceptions import BadPayload, UnknownTag
+from .exceptions import BadPayload, RequestError, UnknownTag
+
+#: Longest labeling config accepted, in characters (parsed configs are cached by their text).
+#: TODO: a setting MAX_LABEL_CONFIG_CHARS (ml_backend/settings.py is owned by another engineer).
+MAX_LABEL_CONFIG_CHARS = 1024**2
+
+
+class InvalidLabelConfig(RequestError):
+    """A labeling config that Label Studio's parser rejects (422).
+
+    TODO: move to ml_backend/exceptions.py (owned by another engineer) next to UnknownTag.
+    """
+
+    status = 422
 
 
 @dataclass(frozen=True)
@@ -69,17 +83,31 @@ class LabelConfig:
         )
 
 
+def parse_label_config(xml: Any, *, what: str = "label_config") -> LabelConfig:
+    """Parse a labeling config (cached by its text); ``what`` names the field in error messages.
+
+    Raises :class:`BadPayload` when ``xml`` is missing or not a string, and
+    :class:`InvalidLabelConfig` when Label Studio's parser rejects it.
+    """
+    if xml is None or (isinstance(xml, str) and not xml.strip()):
+        raise BadPayload(f"the request carries no {what}: send the project's labeling config (XML)")
+    if not isinstance(xml, str):
+        raise BadPayload(f"{what} must be the project's labeling config as an XML string, got {type(xml).__name__}")
+    if len(xml) > MAX_LABEL_CONFIG_CHARS:
+        raise InvalidLabelConfig(
+            f"{what} is {len(xml)} characters long, over the {MAX_LABEL_CONFIG_CHARS} a labeling config may have"
+        )
+    return _parse(xml, what)
+
+
 @functools.lru_cache(maxsize=64)
-def parse_label_config(xml: str) -> LabelConfig:
-    """Parse a labeling config (cached by its text)."""
+def _parse(xml: str, what: str) -> LabelConfig:
     from label_studio_sdk.label_interface import LabelInterface
 
-    if not isinstance(xml, str) or not xml.strip():
-        raise BadPayload("the request carries no label_config")
     try:
         interface = LabelInterface(xml)
     except Exception as exc:
-        raise BadPayload(f"label_config is not a valid Label Studio config: {exc}") from None
+        raise InvalidLabelConfig(f"{what} is not a valid Label Studio config: {exc}") from None
     images: dict[str, ImageTarget] = {}
     for obj in interface.objects:
         if obj.tag.lower() != "image":
