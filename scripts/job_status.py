@@ -7,9 +7,16 @@ python scripts/job_status.py JOB_ID --follow
 
 import sys
 
-from _common import ROOT  # noqa: F401  (puts the repository on sys.path)
+from _common import redis_queue, run  # puts the repository on sys.path
 
-from ml_backend.__main__ import main
+
+def main() -> int:
+    from ml_backend.__main__ import main as ml_backend_main
+
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        redis_queue()  # Redis reachable, or one error line
+    return ml_backend_main(["status", *sys.argv[1:]])
+
 
 if __name__ == "__main__":
-    sys.exit(main(["status", *sys.argv[1:]]))
+    run(main)

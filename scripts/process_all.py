@@ -7,33 +7,23 @@ with progress bars. Same as pressing "Start training" in Label Studio.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
-from _common import add_label_studio_args
+from _common import Parser, add_label_studio_args, client_from, get_project, positive, redis_queue, run
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     add_label_studio_args(parser)
-    parser.add_argument("--project", type=int, required=True)
+    parser.add_argument("--project", type=positive(), required=True)
     parser.add_argument("--wait", action="store_true", help="show progress until every job ends")
     args = parser.parse_args()
 
-    import os
-
     from tqdm import tqdm
 
-    from ml_backend.jobs import JobQueue
-    from ml_backend.settings import Settings
-
-    settings = Settings.from_env({**os.environ, "LABEL_STUDIO_URL": args.url, "LABEL_STUDIO_API_KEY": args.api_key})
-    try:
-        queue = JobQueue.from_settings(settings)
-        ids = queue.enqueue_project(args.project)
-    except Exception as exc:
-        sys.exit(f"error: {exc}")
+    get_project(client_from(args), args.project)
+    queue = redis_queue({"LABEL_STUDIO_URL": args.url, "LABEL_STUDIO_API_KEY": args.api_key})
+    ids = queue.enqueue_project(args.project)
     print(f"queued {len(ids)} job(s)")
     for job_id in ids:
         print(f"  {job_id}")
@@ -57,4 +47,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)
