@@ -260,30 +260,43 @@ def build_task_job(
 
 
 def load_task_job(settings: Any, project_id: int, task_id: int, annotation_id: int) -> TaskJob:
-    """Fetch project, task and annotation with the SDK and build the job."""
+    """Fetch project, task and annotation with the SDK and build the job.
+
+    Label Studio unreachable or answering 5xx is retried with backoff for
+    ``settings.label_studio_retry_seconds`` (a restart); a 4xx is an input error.
+    """
     from label_studio_sdk.core.api_error import ApiError
 
     from . import labelstudio
     from .app import default_fetcher
+    from .backoff import is_transient, with_backoff
     from .exceptions import FetchError
 
-    client = labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
-    try:
-        project = client.projects.get(id=project_id)
-        task = client.tasks.get(id=task_id)
-        annotation = client.annotations.get(id=annotation_id)
-    except ApiError as exc:
-        raise JobError(
-            f"Label Studio has no project {project_id} / task {task_id} / annotation {annotation_id} ({exc.status_code})"
-        ) from None
-    except Exception as exc:  # connection errors
-        raise JobError(f"cannot reach Label Studio at {settings.label_studio_url}: {exc}") from None
+    what = f"Label Studio at {settings.label_studio_url}"
+
+    def get(kind: str, ident: int) -> Any:
+        def call() -> Any:
+            client = labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
+            return getattr(client, kind).get(id=ident)
+
+        try:
+            return with_backoff(call, seconds=settings.label_studio_retry_seconds, what=what)
+        except ApiError as exc:
+            if exc.status_code in (401, 403):
+                raise JobError(f"{what} refused the token ({exc.status_code}): check LABEL_STUDIO_API_KEY") from None
+            raise JobError(f"{what} has no {kind[:-1]} {ident} ({exc.status_code})") from None
+
+    project = get("projects", project_id)
+    task = get("tasks", task_id)
+    annotation = get("annotations", annotation_id)
     fetcher = default_fetcher(settings, max_bytes=64 * 1024**3)  # videos may be large
 
     def fetch_video(ref: str) -> str:
         try:
-            return str(fetcher.path(ref))
+            return str(with_backoff(lambda: fetcher.path(ref), seconds=settings.label_studio_retry_seconds, what=what))
         except FetchError as exc:
+            if is_transient(exc):
+                raise
             raise JobError(f"video {ref}: {exc}") from None
 
     task_dict = task.dict() if hasattr(task, "dict") else dict(task)

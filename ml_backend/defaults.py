@@ -29,7 +29,7 @@ RANDOM_SEED = 0
 #: Label Studio, as the backend reaches it (task files are downloaded from here).
 LABEL_STUDIO_URL = "http://localhost:8080"
 
-#: Redis for the RQ queue and the interactive sessions.
+#: Redis for the RQ queue (interactive click sessions live in the backend process, not in Redis).
 REDIS_URL = "redis://localhost:6379/0"
 
 #: RQ queue the webhook and scripts enqueue propagation jobs on.
@@ -79,12 +79,20 @@ PREFETCH_WORKERS = 0
 #: HTTP port of ``python -m ml_backend serve``.
 PORT = 9090
 
-#: Seconds without a heartbeat after which a running job counts as abandoned (worker killed)
-#: and is retried by the next worker's maintenance pass.
+#: Seconds without a heartbeat after which a running job counts as abandoned (worker killed);
+#: every worker's watchdog then requeues it within a few seconds (``JOB_RETRIES`` permitting).
 JOB_HEARTBEAT_TTL = 120
 
 #: Times a failed or abandoned propagation job is retried.
 JOB_RETRIES = 2
+
+#: Seconds a job keeps retrying, with backoff, when Label Studio is unreachable or answers 5xx
+#: (long enough to cover a restart of Label Studio: a cold start takes about 75 s).
+LABEL_STUDIO_RETRY_SECONDS = 300
+
+#: Seconds every Redis command keeps retrying, with backoff, while Redis is unreachable (a
+#: restart), before the error reaches the caller.
+REDIS_RETRY_SECONDS = 60
 
 #: Write review outputs (overlay WebM per video, contact sheet per object).
 REVIEW_EXPORTS = True

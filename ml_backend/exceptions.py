@@ -13,11 +13,18 @@ The tree::
     │   └── FetchError              a task file that cannot be used                     (4xx)
     │       ├── ForbiddenURL        another host, a ``../`` path, an unknown scheme     (403)
     │       ├── SourceNotFound      404 or unreachable                                  (424)
+    │       │   └── Unavailable     Label Studio unreachable or failing (5xx): transient (424)
     │       ├── NotAnImage          bytes that do not decode as an image                (415)
     │       └── TooLarge            over the byte or pixel limit                        (413)
-    └── JobError                    a propagation job that cannot run; the job FAILS with the message
-        ├── VideoError              missing, corrupt or empty video
-        └── PromptError             prompts that do not fit the video or the objects
+    ├── JobError                    a propagation job that cannot run; the job FAILS with the message
+    │   ├── VideoError              missing, corrupt or empty video
+    │   ├── PromptError             prompts that do not fit the video or the objects
+    │   └── JobRefused              a queued job that is not one of ours (the worker never runs it)
+    └── Superseded                  a job whose annotation is no longer the task's latest: it
+                                    publishes nothing and ends quietly
+
+Errors with ``transient = True`` (Label Studio or Redis briefly away) are retried with backoff
+(``LABEL_STUDIO_RETRY_SECONDS``, ``REDIS_RETRY_SECONDS``); every other error fails at once.
 
 Every message is written for the person who sent the input: say what was wrong and what
 would be right.
@@ -26,6 +33,9 @@ would be right.
 
 class MLBackendError(Exception):
     """Base class of every error raised on purpose by this package."""
+
+    #: True for trouble that goes away by itself (a service restarting): worth retrying.
+    transient = False
 
 
 class ConfigurationError(MLBackendError):
@@ -70,6 +80,12 @@ class SourceNotFound(FetchError):
     status = 424
 
 
+class Unavailable(SourceNotFound):
+    """Label Studio did not answer, or answered 5xx: retried with backoff by jobs."""
+
+    transient = True
+
+
 class NotAnImage(FetchError):
     status = 415
 
@@ -88,3 +104,11 @@ class VideoError(JobError):
 
 class PromptError(JobError):
     """Prompts that do not fit the video (frame out of range) or an object without prompts."""
+
+
+class JobRefused(JobError):
+    """A queued job that names a function this worker does not run (see :mod:`ml_backend.worker`)."""
+
+
+class Superseded(MLBackendError):
+    """The job's annotation is no longer the task's latest: a newer job publishes instead."""

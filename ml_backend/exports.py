@@ -78,6 +78,23 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
     ).astype(bool)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux ``/proc``; 022 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+#: Mode of every published file and folder: what ``open()`` and ``mkdir()`` would give, so the
+#: pickles, PNGs and videos of one export all have the same permissions.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file)`` on a temporary file in ``path``'s folder, fsync it, rename it to
     ``path``: readers see the old file or the whole new one, never a part."""
@@ -88,6 +105,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -196,10 +214,134 @@ def write_pickle_streaming(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: _StreamingPickler(f, protocol=4).dump(obj))
 
 
+class Staging:
+    """Where a job writes its files before they are published, and the publishing.
+
+    Files go to a hidden folder ``out_dir/.staging-<host>-<pid>-<random>/`` (same file system,
+    so publishing is renaming). Nothing there is visible as an export until :meth:`publish`:
+
+    - a **unit** (:meth:`unit`, e.g. the SceneDiff pair) is published as one: its folder is
+      renamed to ``out_dir/.<unit>-<random>/`` and the link ``out_dir/.<unit>`` is switched to it
+      in one atomic rename; each of its files appears as ``out_dir/<file>`` →
+      ``.<unit>/<file>``, so at every instant all of them come from the same job;
+    - every other file is renamed into place on its own (``os.replace``).
+
+    A failed job calls :meth:`abort` and leaves the previous export as it was. Staging folders of
+    killed processes of this host are removed when the next job in ``out_dir`` starts.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        import secrets
+        import socket
+
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40]
+        self._prefix = f".staging-{host}-"
+        self._remove_dead_stagings()
+        self.dir = self.out_dir / f"{self._prefix}{os.getpid()}-{secrets.token_hex(4)}"
+        self.dir.mkdir(mode=DIR_MODE)
+        self.token = secrets.token_hex(6)
+        self._units: dict[str, tuple[str, ...]] = {}
+
+    def _remove_dead_stagings(self) -> None:
+        for stale in self.out_dir.glob(f"{self._prefix}*"):
+            try:
+                pid = int(stale.name[len(self._prefix) :].split("-")[0])
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                shutil.rmtree(stale, ignore_errors=True)
+            except (ValueError, PermissionError, IndexError):
+                continue
+
+    def path(self, relpath: str | Path) -> Path:
+        """Where to write the file that will be published as ``out_dir/relpath``."""
+        return self.dir / relpath
+
+    def unit(self, name: str, order: tuple[str, ...] = ()) -> Path:
+        """A folder whose files are published together (see the class docstring); ``order``
+        names the files listed first, in that order."""
+        folder = self.dir / f".unit-{name}"
+        folder.mkdir(mode=DIR_MODE, exist_ok=True)
+        self._units[name] = order
+        return folder
+
+    def _unit_files(self, name: str) -> list[str]:
+        order = self._units[name]
+        names = [p.name for p in (self.dir / f".unit-{name}").iterdir() if p.is_file()]
+        return sorted(names, key=lambda f: (order.index(f) if f in order else len(order), f))
+
+    def staged(self) -> list[Path]:
+        """Every staged file, as the path it will have once published."""
+        out = [self.out_dir / f for name in self._units for f in self._unit_files(name)]
+        for path in sorted(self.dir.rglob("*")):
+            rel = path.relative_to(self.dir)
+            if path.is_file() and not rel.parts[0].startswith(".unit-"):
+                out.append(self.out_dir / rel)
+        return out
+
+    def publish(self) -> list[Path]:
+        """Move every staged file into ``out_dir``; returns the published paths."""
+        published = []
+        for name in self._units:
+            published.extend(self._publish_unit(name))
+        for path in sorted(self.dir.rglob("*")):
+            rel = path.relative_to(self.dir)
+            if rel.parts[0].startswith(".unit-") or not path.is_file():
+                continue
+            target = self.out_dir / rel
+            target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            os.chmod(path, FILE_MODE)
+            os.replace(path, target)
+            published.append(target)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return published
+
+    def _publish_unit(self, name: str) -> list[Path]:
+        source = self.dir / f".unit-{name}"
+        files = self._unit_files(name)
+        for f in files:
+            os.chmod(source / f, FILE_MODE)
+        version = f".{name}-{self.token}"
+        os.replace(source, self.out_dir / version)
+        link = self.out_dir / f".{name}"
+        _replace_with_symlink(link, version)
+        for f in files:
+            target = self.out_dir / f
+            wanted = f"{link.name}/{f}"
+            if not (target.is_symlink() and os.readlink(target) == wanted):
+                _replace_with_symlink(target, wanted)
+        for old in self.out_dir.glob(f".{name}-*"):
+            if old.name != version:  # the version just replaced, and any left by a crash
+                shutil.rmtree(old, ignore_errors=True)
+        return [self.out_dir / f for f in files]
+
+    def abort(self) -> None:
+        """Drop everything staged; the published export stays as it was."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _replace_with_symlink(path: Path, target: str) -> None:
+    """Make ``path`` a symlink to ``target`` in one atomic rename (whatever ``path`` was)."""
+    import secrets
+
+    tmp = path.parent / f".{path.name}.link-{secrets.token_hex(4)}"
+    os.symlink(target, tmp)
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class SceneDiffExport:
-    """Collects RLE masks per video and object; writes ``segments.pkl`` + ``inference_data.pkl``."""
+    """Collects RLE masks per video and object; writes ``segments.pkl`` + ``inference_data.pkl``
+    into ``out_dir`` (a :meth:`Staging.unit`, so the two are published as one)."""
 
     needs_frames = False
+    FILES = ("segments.pkl", "inference_data.pkl")
 
     def __init__(self, spec: Any, out_dir: Path, image_size: int, spool: MaskSpool) -> None:
         self.spec = spec
@@ -287,19 +429,19 @@ class SceneDiffExport:
 
 
 class GreenScreenExport:
-    """Writes ``frame_XXXXXX_masked.png`` for one segment (see the module docstring)."""
+    """Writes ``frame_XXXXXX_masked.png`` for one segment (see the module docstring) into
+    ``out_dir``, a job's staging folder (:class:`Staging`): files become visible when published."""
 
     needs_frames = True
 
     def __init__(self, out_dir: Path, *, offset: int, count: int, background: tuple[int, int, int]) -> None:
+        if offset < 0 or count < 1:
+            raise ValueError(f"a segment exports frames from a non-negative offset, got {offset} (+{count})")
         self.out_dir = Path(out_dir)
         self.offset = offset
         self.count = count
         self.background = np.array(background, np.uint8)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.out_dir.glob(f".staging-{offset:06d}-*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
-        self.staging = Path(tempfile.mkdtemp(dir=self.out_dir, prefix=f".staging-{offset:06d}-"))
         self.written: list[int] = []
 
     def name(self, frame_idx: int) -> str:
@@ -319,20 +461,25 @@ class GreenScreenExport:
         ok, png = cv2.imencode(".png", cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError("PNG encoding failed")
-        (self.staging / self.name(frame_idx)).write_bytes(png.tobytes())
+        (self.out_dir / self.name(frame_idx)).write_bytes(png.tobytes())
         self.written.append(frame_idx)
 
     def finish(self) -> list[Path]:
-        paths = []
-        for frame_idx in sorted(self.written):
-            target = self.out_dir / self.name(frame_idx)
-            os.replace(self.staging / self.name(frame_idx), target)
-            paths.append(target)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        return paths
+        return [self.out_dir / self.name(i) for i in sorted(self.written)]
 
     def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        """Nothing to do: the staging folder is dropped as a whole."""
+
+
+def video_frame_count(path: Path) -> int:
+    """Frames in a video file as OpenCV reports them (0 when it cannot be read)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) if capture.isOpened() else 0
+    finally:
+        capture.release()
 
 
 def assemble_greenscreen_mp4(
@@ -340,9 +487,12 @@ def assemble_greenscreen_mp4(
 ) -> Path | None:
     """Encode ``greenscreen.mp4`` from the exported frames once every segment's files exist.
 
-    Returns the mp4's path, or None when frames are still missing or ffmpeg is not installed.
-    Deterministic: whichever segment finishes last assembles the video.
+    Returns the mp4's path, or None when frames are still missing, ffmpeg is not installed, or
+    the existing mp4 is longer than this segment list makes (a longer, complete video is never
+    replaced by a shorter one; delete it to rebuild). Whichever segment finishes last assembles
+    the video; two assemblies at once each write their own temporary file.
     """
+    import logging
     import subprocess
 
     if not segment_frames or shutil.which("ffmpeg") is None:
@@ -352,12 +502,25 @@ def assemble_greenscreen_mp4(
     if not all(p.is_file() for p in names):
         return None
     target = Path(out_dir) / "greenscreen.mp4"
-    tmp = Path(out_dir) / ".greenscreen.part.mp4"
+    existing = video_frame_count(target) if target.is_file() else 0
+    if existing > total:
+        logging.getLogger(__name__).warning(
+            "kept %s: it has %d frames, the segment list gives only %d", target, existing, total
+        )
+        return None
+    fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".greenscreen.", suffix=".part.mp4")
+    os.close(fd)
+    tmp = Path(tmp_name)
     cmd = [
         "ffmpeg", "-loglevel", "error", "-y", "-framerate", f"{fps:g}", "-start_number", str(start_frame),
         "-i", str(Path(out_dir) / "frame_%06d_masked.png"), "-frames:v", str(total),
         "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-crf", "20", str(tmp),
     ]  # fmt: skip
-    subprocess.run(cmd, check=True)
-    os.replace(tmp, target)
+    try:
+        subprocess.run(cmd, check=True)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target

@@ -7,8 +7,18 @@ Job functions are importable module-level functions, as RQ wants:
   exported and posted back to the task as a prediction.
 
 Job ids are deterministic: ``p<project>-t<task>-a<annotation>-<fingerprint of the result>``, so
-the same annotation submitted twice makes one job. A newer annotation of a task supersedes a
-queued older one: the older job is cancelled if it has not started, and skips itself if it has.
+the same annotation submitted twice makes one job. A newer annotation of a task supersedes an
+older one: the older job is cancelled if it has not started, and publishes nothing if it has.
+Submitting an earlier state again (R1 → R2 → R1) makes R1 the latest again and runs it again.
+
+**Publishing** (:class:`PublishGate`): a job writes its exports to a hidden staging folder, then,
+holding a per-task Redis lock, checks that its annotation is still the task's latest and that its
+execution still owns the job (a job requeued after its worker was presumed dead is not
+published twice); only then are the files renamed into place and the prediction posted.
+
+**Faults**: Label Studio unreachable or answering 5xx is retried with backoff for
+``LABEL_STUDIO_RETRY_SECONDS`` (:mod:`.backoff`); input errors (:class:`JobError`) fail at once,
+without retries. Progress writes are best-effort: a Redis hiccup never stops a job.
 Progress is kept in ``job.meta["progress"]``: ``{video: {"done": n, "total": N}}``.
 """
 
@@ -29,28 +39,43 @@ LATEST_KEY = "sam2:task-latest:{project}:{task}"
 
 
 class ProgressMeta:
-    """Progress callback that writes ``job.meta["progress"]`` at most every ``interval`` seconds."""
+    """Progress callback that writes ``job.meta["progress"]`` at most every ``interval`` seconds.
 
-    def __init__(self, job: Any, interval: float = 0.5) -> None:
+    Best-effort: when Redis cannot take the write (a restart), the error is logged and the next
+    write waits ``retry_after`` seconds; the job goes on either way.
+    """
+
+    def __init__(self, job: Any, interval: float = 0.5, retry_after: float = 2.0) -> None:
         self.job = job
         self.interval = interval
+        self.retry_after = retry_after
         self._last = 0.0
+        self._blocked_until = 0.0
         if job is not None:
             job.meta.setdefault("progress", {})
+
+    def _save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._blocked_until:
+            return
+        try:
+            self.job.save_meta()
+            self._last = now
+        except Exception as exc:  # Redis away: progress is not worth a failed job
+            self._blocked_until = now + self.retry_after
+            log.warning("could not save the progress of job %s (%s); going on", self.job.id, type(exc).__name__)
 
     def __call__(self, video: str, done: int, total: int) -> None:
         if self.job is None:
             return
         self.job.meta["progress"][video] = {"done": done, "total": total}
-        now = time.monotonic()
-        if done == total or now - self._last >= self.interval:
-            self._last = now
-            self.job.save_meta()
+        if done == total or time.monotonic() - self._last >= self.interval:
+            self._save(force=done == total)
 
     def stage(self, name: str) -> None:
         if self.job is not None:
             self.job.meta["stage"] = name
-            self.job.save_meta()
+            self._save(force=True)
 
 
 def _no_retry_on_bad_input(func):
@@ -76,11 +101,69 @@ def _no_retry_on_bad_input(func):
     return wrapper
 
 
+class PublishGate:
+    """Publish a job's results only while the job is still entitled to (see the module docstring).
+
+    ``latest_key`` is the Redis key naming the task's latest job (None for prompt-file jobs, which
+    only need to own their execution). Use as ``with gate: ...publish...``; entering raises
+    :class:`~ml_backend.exceptions.Superseded` when the job must not publish. The lock is held
+    until the block ends, so a newer job publishes strictly after an older one.
+    """
+
+    #: Seconds the publish lock lives if its holder dies; long enough to post a prediction
+    #: through a Label Studio restart.
+    LOCK_SECONDS = 900
+
+    def __init__(self, connection: Any, job_id: str, scope: str, latest_key: str | None) -> None:
+        self.connection = connection
+        self.job_id = job_id
+        self.latest_key = latest_key
+        self._lock = connection.lock(f"sam2:publish-lock:{scope}", timeout=self.LOCK_SECONDS, blocking_timeout=None)
+
+    def check(self) -> None:
+        """Raise :class:`Superseded` unless this job may publish now."""
+        from .exceptions import Superseded
+        from .worker import OWNER_KEY, current_execution
+
+        if self.latest_key is not None:
+            latest = self.connection.get(self.latest_key)
+            if latest is not None and latest.decode() != self.job_id:
+                raise Superseded(f"a newer annotation of the task is job {latest.decode()}")
+        execution = current_execution()
+        if execution is not None:
+            owner = self.connection.get(OWNER_KEY.format(job_id=self.job_id))
+            if owner is not None and owner.decode() != execution:
+                raise Superseded("the job was requeued and runs elsewhere; that run publishes")
+
+    def __enter__(self) -> PublishGate:
+        self._lock.acquire()
+        try:
+            self.check()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.connection.incr(f"sam2:published:{self.job_id}")
+            self.connection.expire(f"sam2:published:{self.job_id}", 30 * 24 * 3600)
+        self._release()
+
+    def _release(self) -> None:
+        try:
+            self._lock.release()
+        except Exception:  # expired meanwhile: nothing to release
+            log.warning("the publish lock of job %s had expired", self.job_id)
+
+
 def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, progress: ProgressMeta) -> Any:
+    """Propagate and stage the exports (not published yet)."""
     from .models import autocast, resolve_device
-    from .pipeline import run_job
+    from .pipeline import check_job, run_job
     from .worker import get_predictor
 
+    check_job(spec, videos)  # input errors before the model is asked for
     progress.stage("loading model")
     predictor = get_predictor(settings)
     device = resolve_device(settings.device)
@@ -99,8 +182,9 @@ def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, p
         autocast=lambda: autocast(settings, device),
         greenscreen_mp4=settings.greenscreen_mp4,
         greenscreen_fps=settings.greenscreen_fps,
+        publish=False,
     )
-    progress.stage("exported")
+    progress.stage("staged")
     return result
 
 
@@ -114,17 +198,36 @@ def _summary(result: Any) -> dict[str, Any]:
     }
 
 
+def _superseded(job: Any, reason: str) -> dict[str, Any]:
+    log.info("job %s publishes nothing: %s", getattr(job, "id", "?"), reason)
+    return {"status": "superseded", "reason": reason}
+
+
 @_no_retry_on_bad_input
 def propagate_prompts(prompts: dict[str, Any], videos: dict[str, str], out_dir: str) -> dict[str, Any]:
     """RQ job: propagate a prompt document through ``videos`` into ``out_dir``."""
     from rq import get_current_job
 
+    from .exceptions import Superseded
     from .prompts import parse_prompts
     from .worker import current_settings
 
     spec = parse_prompts(prompts)
-    merged = {**spec.videos, **{k: v for k, v in videos.items() if v}}
-    with _run(spec, merged, Path(out_dir), current_settings(), ProgressMeta(get_current_job())) as result:
+    merged = {**spec.videos, **{k: v for k, v in (videos or {}).items() if v}}
+    job = get_current_job()
+    progress = ProgressMeta(job)
+    with _run(spec, merged, Path(out_dir), current_settings(), progress) as result:
+        if job is None:
+            result.publish()
+            return _summary(result)
+        scope = "dir:" + hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
+        try:
+            with PublishGate(job.connection, job.id, scope, latest_key=None):
+                progress.stage("publishing")
+                result.publish()
+        except Superseded as exc:
+            return _superseded(job, str(exc))
+        progress.stage("exported")
         return _summary(result)
 
 
@@ -133,18 +236,21 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
     """RQ job: propagate a Label Studio annotation and post the result back as a prediction."""
     from rq import get_current_job
 
+    from .annotations import load_task_job
+    from .exceptions import Superseded
     from .worker import current_settings
 
     settings = current_settings()
     job = get_current_job()
-    if job is not None:
-        latest = job.connection.get(LATEST_KEY.format(project=project_id, task=task_id))
-        if latest is not None and latest.decode() != job.id:
-            return {"status": "superseded", "by": latest.decode()}
+    latest_key = LATEST_KEY.format(project=project_id, task=task_id)
+    gate = PublishGate(job.connection, job.id, f"task:{project_id}:{task_id}", latest_key) if job else None
+    if gate is not None:
+        try:
+            gate.check()  # not worth propagating: a newer annotation exists already
+        except Superseded as exc:
+            return _superseded(job, str(exc))
     progress = ProgressMeta(job)
     progress.stage("loading task")
-    from .annotations import load_task_job
-
     task_job = load_task_job(settings, project_id, task_id, annotation_id)
     out_dir = (
         settings.results_root
@@ -152,21 +258,36 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
         / ("greenscreen" if task_job.spec.format == "greenscreen" else f"task_{task_id}")
     )
     with _run(task_job.spec, task_job.videos, out_dir, settings, progress) as result:
-        return _finish_task(result, task_job, task_id, settings, job, progress)
+        try:
+            if gate is None:
+                result.publish()
+                return _finish_task(result, task_job, task_id, settings, job, progress)
+            with gate:
+                progress.stage("publishing")
+                result.publish()
+                return _finish_task(result, task_job, task_id, settings, job, progress)
+        except Superseded as exc:
+            return _superseded(job, str(exc))
 
 
 def _finish_task(
     result: Any, task_job: Any, task_id: int, settings: Settings, job: Any, progress: ProgressMeta
 ) -> dict[str, Any]:
     from . import labelstudio
-
-    progress.stage("posting prediction")
+    from .backoff import with_backoff
     from .models import model_version
 
+    progress.stage("posting prediction")
     version = f"{model_version(settings)}-job-{job.id if job else 'local'}"
     prediction = task_job.prediction(result, version)
-    client = labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
-    client.predictions.create(task=task_id, result=prediction, model_version=version, score=1.0)
+    with_backoff(
+        lambda: labelstudio.client(settings.label_studio_url, settings.label_studio_api_key).predictions.create(
+            task=task_id, result=prediction, model_version=version, score=1.0
+        ),
+        seconds=settings.label_studio_retry_seconds,
+        what=f"Label Studio at {settings.label_studio_url}",
+    )
+    progress.stage("exported")
     summary = _summary(result)
     summary["prediction_regions"] = len(prediction)
     return summary
@@ -183,15 +304,30 @@ class JobQueue:
     def __init__(self, connection: Any, settings: Settings) -> None:
         from rq import Queue
 
+        from .worker import SERIALIZER
+
         self.connection = connection
         self.settings = settings
-        self.queue = Queue(settings.queue_name, connection=connection, default_timeout=settings.job_timeout)
+        self.serializer = SERIALIZER
+        self.queue = Queue(
+            settings.queue_name, connection=connection, default_timeout=settings.job_timeout, serializer=SERIALIZER
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobQueue:
-        from redis import Redis
+        from .connection import redis_for
 
-        return cls(Redis.from_url(settings.redis_url), settings)
+        return cls(redis_for(settings), settings)
+
+    def fetch(self, job_id: str) -> Any:
+        """The RQ job ``job_id``, or None."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            return Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:
+            return None
 
     def _retry(self) -> Any:
         from rq import Retry
@@ -214,31 +350,33 @@ class JobQueue:
         )
 
     def enqueue_task(self, project_id: int, task_id: int, annotation_id: int, fp: str) -> tuple[Any, bool]:
-        """``(job, created)``: the job for this annotation version, enqueued unless it exists."""
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job, JobStatus
+        """``(job, created)``: the job for this annotation version, which becomes the task's latest.
+
+        An unfinished job for the same version is reused. A finished one is reused only if it
+        is already the latest (the same submission twice); when another version was submitted
+        in between (R1 → R2 → R1), R1 runs again, since R2's results were published after it.
+        A queued job of another version is cancelled; a running one publishes nothing.
+        """
+        from rq.job import JobStatus
 
         job_id = f"p{project_id}-t{task_id}-a{annotation_id}-{fp}"
         latest_key = LATEST_KEY.format(project=project_id, task=task_id)
-        try:
-            existing = Job.fetch(job_id, connection=self.connection)
+        previous = self.connection.get(latest_key)
+        previous = previous.decode() if previous is not None else None
+        existing = self.fetch(job_id)
+        if existing is not None:
             status = existing.get_status()
-            if status not in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
+            unfinished = status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+            if unfinished or (status == JobStatus.FINISHED and previous == job_id):
                 self.connection.set(latest_key, job_id)
                 return existing, False
             existing.delete()
-        except NoSuchJobError:
-            pass
-        previous = self.connection.get(latest_key)
-        if previous is not None and previous.decode() != job_id:
-            try:
-                old = Job.fetch(previous.decode(), connection=self.connection)
-                if old.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-                    old.meta["superseded_by"] = job_id
-                    old.save_meta()
-                    old.cancel()
-            except NoSuchJobError:
-                pass
+        if previous is not None and previous != job_id:
+            old = self.fetch(previous)
+            if old is not None and old.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                old.meta["superseded_by"] = job_id
+                old.save_meta()
+                old.cancel()
         self.connection.set(latest_key, job_id)
         job = self.queue.enqueue(
             propagate_task,
@@ -257,8 +395,10 @@ class JobQueue:
     def on_webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
         from .exceptions import BadPayload
 
-        action = payload["action"]
-        project = payload.get("project") or {}
+        action = payload.get("action")
+        if not isinstance(action, str):
+            raise BadPayload("a webhook body is a JSON object with an 'action'")
+        project = payload.get("project")
         project_id = project.get("id") if isinstance(project, dict) else project
         if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
             if self.settings.webhook_mode != "auto":
@@ -271,31 +411,38 @@ class JobQueue:
                 raise BadPayload(f"{action} webhook without an annotation")
             if annotation.get("was_cancelled"):
                 return {"status": "ignored", "reason": "skipped task"}
-            task = (
-                annotation.get("task") if annotation.get("task") is not None else (payload.get("task") or {}).get("id")
-            )
+            task = annotation.get("task") if annotation.get("task") is not None else payload.get("task")
             task_id = task.get("id") if isinstance(task, dict) else task
-            project_id = project_id or annotation.get("project")
+            project_id = project_id if project_id is not None else annotation.get("project")
             if task_id is None or project_id is None:
                 raise BadPayload(f"{action} webhook without task or project ids")
             job, created = self.enqueue_task(
-                int(project_id), int(task_id), int(annotation["id"]), fingerprint(annotation)
+                _id(project_id, "project id"),
+                _id(task_id, "task id"),
+                _id(annotation["id"], "annotation id"),
+                fingerprint(annotation),
             )
             return {"status": "queued" if created else "exists", "job_id": job.id}
         if action == "START_TRAINING":
             if project_id is None:
                 raise BadPayload("START_TRAINING webhook without a project id")
-            jobs = self.enqueue_project(int(project_id))
+            jobs = self.enqueue_project(_id(project_id, "project id"))
             return {"status": "queued", "job_ids": jobs}
         return {"status": "ignored", "reason": f"action {action} does not start propagation"}
 
     def enqueue_project(self, project_id: int) -> list[str]:
         """Enqueue the newest annotation of every annotated task of a project ("Process all")."""
         from . import labelstudio
+        from .backoff import with_backoff
 
         client = labelstudio.client(self.settings.label_studio_url, self.settings.label_studio_api_key)
         ids = []
-        for task in client.tasks.list(project=project_id, fields="all"):
+        tasks = with_backoff(
+            lambda: list(client.tasks.list(project=project_id, fields="all")),
+            seconds=min(self.settings.label_studio_retry_seconds, 10),
+            what=f"Label Studio at {self.settings.label_studio_url}",
+        )
+        for task in tasks:
             annotations = [a for a in (getattr(task, "annotations", None) or []) if not _get(a, "was_cancelled")]
             if not annotations:
                 continue
@@ -306,12 +453,8 @@ class JobQueue:
         return ids
 
     def status(self, job_id: str) -> dict[str, Any] | None:
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job
-
-        try:
-            job = Job.fetch(job_id, connection=self.connection)
-        except NoSuchJobError:
+        job = self.fetch(job_id)
+        if job is None:
             return None
         status = job.get_status()
         out: dict[str, Any] = {
@@ -338,6 +481,22 @@ class JobQueue:
         for registry in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
             ids.extend(registry(queue=self.queue).get_job_ids())
         return ids
+
+
+def _id(value: Any, what: str) -> int:
+    """A positive integer id from a webhook (an int, or a string of digits)."""
+    from .exceptions import BadPayload
+
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or not (str(value).strip().isascii() and str(value).strip().isdecimal())
+    ):
+        raise BadPayload(f"the webhook's {what} must be a positive integer, got {value!r:.80}")
+    number = int(str(value).strip())
+    if not 0 < number < 2**63:
+        raise BadPayload(f"the webhook's {what} must be a positive integer, got {value!r:.80}")
+    return number
 
 
 def _get(obj: Any, name: str) -> Any:

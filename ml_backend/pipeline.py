@@ -25,6 +25,7 @@ from .exports import (
     GreenScreenExport,
     MaskSpool,
     SceneDiffExport,
+    Staging,
     greenscreen_offset,
     rle_compress,
     rle_encode,
@@ -40,7 +41,10 @@ Progress = Callable[[str, int, int], None]
 @dataclass
 class JobResult:
     """What a job produced. ``masks[video][obj_id][str(frame)]`` is a COCO RLE (non-empty only),
-    read from the job's mask spool on disk; :meth:`close` deletes the spool."""
+    read from the job's mask spool on disk; :meth:`close` deletes the spool.
+
+    Until :meth:`publish`, the exports sit in ``staging`` (invisible); ``files`` lists what they
+    will be (or, once published, what they are) under ``out_dir``."""
 
     out_dir: Path
     files: list[Path] = field(default_factory=list)
@@ -48,8 +52,26 @@ class JobResult:
     num_frames: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     spool: MaskSpool | None = None
+    staging: Staging | None = None
+    after_publish: list[Callable[[], Path | None]] = field(default_factory=list)
+    published: bool = False
+
+    def publish(self) -> list[Path]:
+        """Make the staged exports visible (see :class:`~ml_backend.exports.Staging`)."""
+        if self.staging is None or self.published:
+            return self.files
+        self.files = self.staging.publish()
+        self.published = True
+        for step in self.after_publish:
+            made = step()
+            if made is not None:
+                self.files.append(made)
+        return self.files
 
     def close(self) -> None:
+        """Drop the mask spool and anything still staged (an unpublished result is discarded)."""
+        if self.staging is not None and not self.published:
+            self.staging.abort()
         if self.spool is not None:
             self.spool.close()
             self.spool = None
@@ -59,6 +81,56 @@ class JobResult:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def video_names(spec: PromptSpec) -> list[str]:
+    """The videos a job reads: ``video1`` for green-screen, else those with a present object."""
+    if spec.format == "greenscreen":
+        return ["video1"]
+    return [v for v in ("video1", "video2") if any(o.in_video.get(v) for o in spec.objects)]
+
+
+def check_job(spec: PromptSpec, videos: dict[str, str | Path], sources: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check that ``spec`` fits ``videos`` before any model work; returns ``{video: (frames, h, w)}``.
+
+    Opens each video (probing its frame count and size, no decoding of the whole video) unless
+    ``sources`` gives open :class:`~ml_backend.frames.FrameSource` objects. Raises
+    :class:`PromptError` or :class:`~ml_backend.exceptions.VideoError` with one readable reason.
+    """
+    shapes = {}
+    for name in video_names(spec):
+        if name not in videos or not videos[name]:
+            raise PromptError(f"objects are present in {name} but no {name} was given")
+    for name in video_names(spec):
+        if sources is not None and name in sources:
+            source = sources[name]
+            shape = (source.num_frames, source.height, source.width)
+        else:
+            with frames.open_frames(videos[name], cache_frames=2) as source:
+                shape = (source.num_frames, source.height, source.width)
+        num, height, width = shape
+        objects = spec.objects_in(name)
+        for obj_id, prompts in objects.items():
+            if not prompts:
+                label = next(o.label for o in spec.objects if o.id == obj_id)
+                raise PromptError(f"object {obj_id} ({label}) is marked present in {name} but has no prompts there")
+        propagation.check_prompts(objects, num, height, width, video=name)
+        if spec.format == "greenscreen":
+            segment_plan(spec, num)
+        shapes[name] = shape
+    return shapes
+
+
+def segment_plan(spec: PromptSpec, num_frames: int) -> tuple[list[int], int, int, int]:
+    """``(segment_frames, index, offset, count)`` of a green-screen job whose segment video has
+    ``num_frames`` frames; raises :class:`PromptError` when the segment list disagrees."""
+    gs = spec.greenscreen
+    frames_list = gs.segment_frames if gs and gs.segment_frames else [num_frames]
+    index = gs.segment_index if gs and gs.segment_frames else 0
+    if frames_list[index] != num_frames:
+        raise PromptError(f"segment {index} has {num_frames} frames but the segment list says {frames_list[index]}")
+    offset, count = greenscreen_offset(frames_list, index, gs.start_frame if gs else 0)
+    return frames_list, index, offset, count
 
 
 class ExportThread:
@@ -112,57 +184,51 @@ def run_job(
     greenscreen_mp4: bool = False,
     greenscreen_fps: float = 30.0,
     device_rle: bool | None = None,
+    publish: bool = True,
 ) -> JobResult:
     """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``.
+
+    Everything is checked (:func:`check_job`) before the model sees a frame. Exports are staged
+    and, with ``publish`` (default), published at the end; with ``publish=False`` the caller
+    decides (:meth:`JobResult.publish`), e.g. only while the job is still the task's latest.
 
     ``device_rle``: find each mask's runs on the model's device in the job thread, so only run
     lengths (not ``H×W`` masks) cross to the CPU and the export thread just compresses them;
     ``None`` means on CUDA only. On the CPU the export thread encodes whole masks instead, off
     the model's thread. Both give byte-identical RLE.
     """
+    import os
     import tempfile
 
     out_dir = Path(out_dir)
+    names = video_names(spec)
+    check_job(spec, videos)
     fd, spool_path = tempfile.mkstemp(prefix="sam2-masks-", suffix=".spool")
-    import os
-
     os.close(fd)
     spool = MaskSpool(Path(spool_path))
     result = JobResult(out_dir, spool=spool)
-    names = (
-        ["video1"]
-        if spec.format == "greenscreen"
-        else [v for v in ("video1", "video2") if any(o.in_video.get(v) for o in spec.objects)]
-    )
-    for name in names:
-        if name not in videos or not videos[name]:
-            raise PromptError(f"objects are present in {name} but no {name} was given")
-    scenediff = SceneDiffExport(spec, out_dir, image_size, spool) if spec.format == "scenediff" else None
     on_device = str(predictor.device).startswith("cuda") if device_rle is None else device_rle
     workers = frames.prefetch_workers(predictor.device, prefetch_workers)
     sources = {}
     try:
+        staging = result.staging = Staging(out_dir)
+        scenediff = (
+            SceneDiffExport(spec, staging.unit("scenediff", SceneDiffExport.FILES), image_size, spool)
+            if spec.format == "scenediff"
+            else None
+        )
         for name in names:
             sources[name] = frames.open_frames(videos[name], cache_frames=max(32, 4 * prefetch, 8 * workers))
+        check_job(spec, videos, sources)  # the same files, as opened for the job
         for name in names:
             source = sources[name]
             objects = spec.objects_in(name)
-            for obj_id, prompts in objects.items():
-                if not prompts:
-                    label = next(o.label for o in spec.objects if o.id == obj_id)
-                    raise PromptError(f"object {obj_id} ({label}) is marked present in {name} but has no prompts there")
             greenscreen = None
             if spec.format == "greenscreen":
+                frames_list, _, offset, count = segment_plan(spec, source.num_frames)
                 gs = spec.greenscreen
-                frames_list = gs.segment_frames if gs and gs.segment_frames else [source.num_frames]
-                index = gs.segment_index if gs and gs.segment_frames else 0
-                if frames_list[index] != source.num_frames:
-                    raise PromptError(
-                        f"segment {index} has {source.num_frames} frames but the segment list says {frames_list[index]}"
-                    )
-                offset, count = greenscreen_offset(frames_list, index, gs.start_frame if gs else 0)
                 greenscreen = GreenScreenExport(
-                    out_dir, offset=offset, count=count, background=gs.background if gs else (0, 255, 0)
+                    staging.dir, offset=offset, count=count, background=gs.background if gs else (0, 255, 0)
                 )
             if scenediff is not None:
                 scenediff.start_video(name, source)
@@ -213,27 +279,25 @@ def run_job(
                     done += 1
                     if progress is not None:
                         progress(name, done, source.num_frames)
-            except BaseException:
-                if greenscreen is not None:
-                    greenscreen.abort()
-                raise
             finally:
                 exporter.close()
                 propagation.close_state(state)
             if greenscreen is not None:
-                result.files.extend(greenscreen.finish())
+                greenscreen.finish()
                 if greenscreen_mp4:
                     from .exports import assemble_greenscreen_mp4
 
-                    gs = spec.greenscreen
-                    mp4 = assemble_greenscreen_mp4(out_dir, frames_list, gs.start_frame if gs else 0, greenscreen_fps)
-                    if mp4 is not None:
-                        result.files.append(mp4)
+                    start_frame = spec.greenscreen.start_frame if spec.greenscreen else 0
+                    result.after_publish.append(
+                        lambda fl=frames_list, sf=start_frame: assemble_greenscreen_mp4(
+                            out_dir, fl, sf, greenscreen_fps
+                        )
+                    )
             result.seconds[name] = time.perf_counter() - started
         for name in names:
             result.masks[name] = spool.view(name)
         if scenediff is not None:
-            result.files.extend(scenediff.finish())
+            scenediff.finish()
         if review:
             from .review import write_review
 
@@ -244,8 +308,11 @@ def run_job(
                     if spec.format == "scenediff"
                     else f"segment_{spec.greenscreen.segment_index if spec.greenscreen else 0:03d}"
                 )
-                result.files.extend(write_review(sources[name], result.masks[name], out_dir / "review", review_name))
+                write_review(sources[name], result.masks[name], staging.path("review"), review_name)
             result.seconds["review"] = time.perf_counter() - started
+        result.files = staging.staged()
+        if publish:
+            result.publish()
     except BaseException:
         result.close()
         raise

@@ -99,29 +99,34 @@ def close_state(state: dict[str, Any]) -> None:
         images.close()
 
 
-def add_prompts(predictor: Any, state: dict[str, Any], objects: dict[int, list[FramePrompt]]) -> None:
-    """Add every object's prompts to ``state``; ``objects`` maps object id → its frame prompts."""
-    num_frames = state["num_frames"]
-    height, width = state["video_height"], state["video_width"]
+def check_prompts(
+    objects: dict[int, list[FramePrompt]], num_frames: int, height: int, width: int, *, video: str = "the video"
+) -> None:
+    """Raise :class:`PromptError` unless every prompt fits a video of ``num_frames`` frames of
+    ``width`` × ``height`` pixels: frames in range, finite points inside the frame with one 0/1
+    label each, masks of the frame's size. Cheap: run it before any model work."""
     for obj_id, prompts in objects.items():
         if not prompts:
-            raise PromptError(f"object {obj_id} has no prompts in this video: add at least one point")
+            raise PromptError(f"object {obj_id} has no prompts in {video}: add at least one point")
         for prompt in prompts:
             if not 0 <= prompt.frame < num_frames:
                 raise PromptError(
-                    f"object {obj_id}: prompt on frame {prompt.frame}, but the video has {num_frames} frames (0–{num_frames - 1})"
+                    f"object {obj_id}: prompt on frame {prompt.frame} of {video}, which has {num_frames} frames "
+                    f"(0–{num_frames - 1})"
                 )
             if prompt.mask is not None:
                 if prompt.mask.shape != (height, width):
                     raise PromptError(
-                        f"object {obj_id}: mask on frame {prompt.frame} is {prompt.mask.shape[::-1]}, video is {width}×{height}"
+                        f"object {obj_id}: the mask on frame {prompt.frame} is {prompt.mask.shape[1]}×"
+                        f"{prompt.mask.shape[0]}, but {video} is {width}×{height}"
                     )
-                predictor.add_new_mask(state, prompt.frame, obj_id, prompt.mask.astype(bool))
                 continue
-            pts = np.asarray(prompt.points, np.float32).reshape(-1, 2)
-            lbl = np.asarray(prompt.labels, np.int32).reshape(-1)
-            if len(pts) == 0 or len(pts) != len(lbl):
-                raise PromptError(f"object {obj_id}: frame {prompt.frame} needs points with one label each")
+            pts = np.asarray(prompt.points, np.float64).reshape(-1, 2)
+            lbl = np.asarray(prompt.labels).reshape(-1)
+            if len(pts) == 0 or len(pts) != len(lbl) or not set(lbl.tolist()) <= {0, 1}:
+                raise PromptError(f"object {obj_id}: frame {prompt.frame} needs points with one label (1 or 0) each")
+            if not np.isfinite(pts).all():
+                raise PromptError(f"object {obj_id}: a point on frame {prompt.frame} is not a finite number")
             if (
                 (pts[:, 0] < 0).any()
                 or (pts[:, 0] > width).any()
@@ -131,6 +136,18 @@ def add_prompts(predictor: Any, state: dict[str, Any], objects: dict[int, list[F
                 raise PromptError(
                     f"object {obj_id}: a point on frame {prompt.frame} lies outside the {width}×{height} frame"
                 )
+
+
+def add_prompts(predictor: Any, state: dict[str, Any], objects: dict[int, list[FramePrompt]]) -> None:
+    """Add every object's prompts to ``state``; ``objects`` maps object id → its frame prompts."""
+    check_prompts(objects, state["num_frames"], state["video_height"], state["video_width"])
+    for obj_id, prompts in objects.items():
+        for prompt in prompts:
+            if prompt.mask is not None:
+                predictor.add_new_mask(state, prompt.frame, obj_id, prompt.mask.astype(bool))
+                continue
+            pts = np.asarray(prompt.points, np.float32).reshape(-1, 2)
+            lbl = np.asarray(prompt.labels, np.int32).reshape(-1)
             predictor.add_new_points_or_box(state, prompt.frame, obj_id, points=pts, labels=lbl)
 
 

@@ -87,7 +87,14 @@ class Settings:
         default="", metadata=_env("BASIC_AUTH_USER", "if set, /predict, /setup, /webhook need HTTP basic auth")
     )
     basic_auth_pass: str = field(default="", metadata=_env("BASIC_AUTH_PASS", "password for BASIC_AUTH_USER"))
-    redis_url: str = field(default=defaults.REDIS_URL, metadata=_env("REDIS_URL", "Redis for jobs and sessions"))
+    redis_url: str = field(
+        default=defaults.REDIS_URL,
+        metadata=_env(
+            "REDIS_URL",
+            "Redis for the job queue (`redis://:PASSWORD@host:port/db`; `rediss://` for TLS); click sessions stay in "
+            "the backend's memory",
+        ),
+    )
     queue_name: str = field(default=defaults.QUEUE_NAME, metadata=_env("RQ_QUEUE", "RQ queue name"))
     embedding_cache_items: int = field(
         default=defaults.EMBEDDING_CACHE_ITEMS,
@@ -150,6 +157,16 @@ class Settings:
     job_retries: int = field(
         default=defaults.JOB_RETRIES, metadata=_env("JOB_RETRIES", "retries of a failed or abandoned job")
     )
+    label_studio_retry_seconds: float = field(
+        default=defaults.LABEL_STUDIO_RETRY_SECONDS,
+        metadata=_env(
+            "LABEL_STUDIO_RETRY_SECONDS", "seconds a job retries, with backoff, while Label Studio is down or failing"
+        ),
+    )
+    redis_retry_seconds: float = field(
+        default=defaults.REDIS_RETRY_SECONDS,
+        metadata=_env("REDIS_RETRY_SECONDS", "seconds a Redis command retries, with backoff, while Redis is down"),
+    )
     review_exports: bool = field(
         default=defaults.REVIEW_EXPORTS,
         metadata=_env("REVIEW_EXPORTS", "write an overlay WebM per video and a contact sheet per object"),
@@ -182,6 +199,10 @@ class Settings:
             raise ConfigurationError(f"WEBHOOK_MODE={self.webhook_mode!r} is not auto or batch")
         if len(self.background_color) != 3 or not all(0 <= c <= 255 for c in self.background_color):
             raise ConfigurationError(f"BACKGROUND_COLOR={self.background_color!r} is not R,G,B in 0..255")
+        if self.job_heartbeat_ttl < 2:
+            raise ConfigurationError(f"JOB_HEARTBEAT_TTL={self.job_heartbeat_ttl} must be at least 2 seconds")
+        if self.label_studio_retry_seconds < 0 or self.redis_retry_seconds < 0:
+            raise ConfigurationError("LABEL_STUDIO_RETRY_SECONDS and REDIS_RETRY_SECONDS must not be negative")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigurationError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
 

@@ -359,4 +359,5 @@ def test_bad_input_is_not_retried(queue, job_settings, redis_conn, tmp_path, mon
     job = queue.enqueue_prompts(bad, {"video1": str(path)}, str(tmp_path / "o"))
     run_worker(job_settings, redis_conn)
     assert queue.status(job.id)["status"] == "failed"
-    assert len(calls) == 1  # one attempt, no retries
+    assert calls == []  # refused before the model was asked for
+    assert len(queue.fetch(job.id).results()) == 1  # one attempt, no retries
