@@ -346,3 +346,60 @@ def test_download_exports_out_is_a_file_or_nothing_to_download(tmp_path: Path) -
         assert tree(tmp_path) == {"file"}
     finally:
         server.shutdown()
+
+
+# -- make system-deps -------------------------------------------------------------------------------
+def system_deps(tmp_path: Path, uid: int, tools: list[str]) -> subprocess.CompletedProcess:
+    """``make system-deps`` with only ``tools`` on PATH, ``id -u`` answering ``uid`` and an apt-get
+    that records its arguments in ``tmp_path/apt.log``."""
+    import shutil
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ["cat", "sha1sum", "cut", *tools]:
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    (bin_dir / "id").write_text(f"#!/bin/sh\necho {uid}\n")
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "apt.log"}\n')
+    for path in (bin_dir / "id", bin_dir / "apt-get"):
+        path.chmod(0o755)
+    return subprocess.run(
+        [make, "-s", "-C", str(ROOT), "system-deps"], env={"PATH": str(bin_dir)}, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("present", "ok", "named"),
+    [
+        (["redis-server", "ffmpeg"], True, ["docker-compose"]),
+        (["redis-server"], True, ["ffmpeg", "docker-compose"]),
+        (["ffmpeg", "docker-compose"], False, ["redis-server"]),
+    ],
+)
+def test_system_deps_as_a_user_names_exactly_what_is_missing(tmp_path, present, ok, named) -> None:
+    import shutil
+
+    if not all(shutil.which(t) for t in present):
+        pytest.skip(f"this machine lacks one of {present}")
+    done = system_deps(tmp_path, 1000, present)
+    out = done.stdout + done.stderr
+    assert (done.returncode == 0) is ok, out
+    assert not (tmp_path / "apt.log").exists()
+    for tool in ("redis-server", "ffmpeg", "docker-compose"):
+        assert (f"apt-get install -y {tool}" in out) is (tool in named), out
+    if not ok:
+        assert (
+            "error: missing redis-server, which make needs; install with: sudo apt-get install -y redis-server" in out
+        )
+
+
+def test_system_deps_as_root_installs_what_is_missing(tmp_path: Path) -> None:
+    import shutil
+
+    if not shutil.which("redis-server"):
+        pytest.skip("this machine lacks redis-server")
+    done = system_deps(tmp_path, 0, ["redis-server"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "apt.log").read_text().splitlines() == ["update -qq", "install -y -qq ffmpeg docker-compose"]
