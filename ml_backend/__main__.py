@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+from . import defaults
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -88,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from redis.exceptions import RedisError
+
+        if not isinstance(exc, RedisError):
+            raise
+        from .connection import redacted
+
+        url = redacted(os.environ.get("REDIS_URL") or defaults.REDIS_URL)
+        print(f"error: Redis at {url} did not answer ({type(exc).__name__}); is redis-server running?", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

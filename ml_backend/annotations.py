@@ -23,6 +23,7 @@ coordinates scaled to the video's pixels; an accepted brush region becomes a mas
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ import numpy as np
 
 from .exceptions import JobError, PromptError
 from .labelconfig import parse_label_config
-from .prompts import GreenScreenSpec, ObjectSpec, PromptSpec, _merge_same_frame
+from .prompts import GreenScreenSpec, ObjectSpec, PromptSpec, _merge_same_frame, parse_greenscreen
 from .propagation import FramePrompt
 
 
@@ -133,89 +134,179 @@ def _text(value: dict[str, Any]) -> str:
     return str(text[0] if isinstance(text, list) and text else text or "").strip()
 
 
+def _percent(value: Any, name: str, where: str) -> float:
+    number = value.get(name) if isinstance(value, dict) else None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise PromptError(f"{where}: '{name}' must be a number in percent (0–100), got {number!r:.40}")
+    if not 0 <= number <= 100:
+        raise PromptError(f"{where}: '{name}' = {number:g} % lies outside the image (0–100 %)")
+    return float(number)
+
+
+@dataclass
+class _Click:
+    """A validated prompt region, before the video is known: a point in percent or a mask."""
+
+    obj_id: int
+    info: VideoImage
+    page: int
+    point: tuple[float, float] | None = None  # percent of the page (x, y)
+    positive: bool = True
+    mask: np.ndarray | None = None
+
+
+def _prompt_region(region: dict[str, Any], info: VideoImage, config: Any, where: str) -> _Click | None:
+    """Validate one keypoint or brush region; None for regions that are not prompts."""
+    from .brush import result_to_mask
+
+    rtype = region.get("type")
+    value = region.get("value")
+    if not isinstance(value, dict):
+        raise PromptError(f"{where}: 'value' must be an object")
+    labels = value.get(rtype)
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
+        raise PromptError(f"{where}: '{rtype}' must name the object's label, e.g. ['Object 1']")
+    obj_id = _object_number(labels[0])
+    if obj_id is None or obj_id < 1:
+        raise PromptError(
+            f"{where}: label {labels[0]!r:.60} does not end in an object number (one label per object: 'Object 1', ...)"
+        )
+    page = region.get("item_index")
+    page = 0 if page is None else page
+    if isinstance(page, bool) or not isinstance(page, int):
+        raise PromptError(f"{where}: 'item_index' must be a page number (0-based integer), got {page!r:.40}")
+    if not 0 <= page < len(info.frame_indices):
+        raise PromptError(f"{where} is on page {page} of '{info.image}', which has {len(info.frame_indices)} pages")
+    for key in ("original_width", "original_height"):
+        size = region.get(key)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 100_000):
+            raise PromptError(f"{where}: '{key}' must be a positive number of pixels, got {size!r:.40}")
+    if region.get("original_height") and region.get("original_width"):
+        info.page_sizes[page] = (region["original_height"], region["original_width"])
+    if rtype == "keypointlabels":
+        if region.get("from_name") not in config.keypoints:
+            return None
+        x, y = _percent(value, "x", where), _percent(value, "y", where)
+        return _Click(obj_id, info, page, point=(x, y), positive=region.get("is_positive") is not False)
+    if not (region.get("original_height") and region.get("original_width")):
+        raise PromptError(f"{where}: a brush region needs 'original_width' and 'original_height'")
+    try:
+        mask = result_to_mask(region)
+    except Exception:  # the SDK's decoder raises anything on garbage
+        raise PromptError(f"{where}: the brush 'rle' is not a Label Studio brush mask of its image size") from None
+    return _Click(obj_id, info, page, mask=mask) if mask.any() else None
+
+
+def _attribute(attrs: dict[int, dict[str, Any]], k: int, field_name: str, value: dict[str, Any], where: str) -> None:
+    if field_name == "name":
+        attrs.setdefault(k, {})["name"] = _text(value)
+    elif field_name == "number":
+        number = value.get("number")
+        if number in (None, ""):
+            number = 1
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number) or number < 1:
+            raise PromptError(f"{where}: obj{k}_number must be a positive whole number, got {number!r:.40}")
+        attrs.setdefault(k, {})["number"] = int(number)
+    elif field_name == "presence":
+        choices = value.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise PromptError(f"{where}: obj{k}_presence must be a list of choices")
+        attrs.setdefault(k, {})["presence"] = set(choices)
+    else:
+        choice = (value.get("choices") or ["rigid"])[0]
+        if choice not in ("rigid", "deformable"):
+            raise PromptError(f"{where}: obj{k}_deformability must be 'rigid' or 'deformable', got {choice!r:.40}")
+        attrs.setdefault(k, {})["deformability"] = choice
+
+
 def build_task_job(
     config_xml: str, task: dict[str, Any], annotation: dict[str, Any], fetch_video: Any, *, background=(0, 255, 0)
 ) -> TaskJob:
     """Turn ``task`` + ``annotation`` into a :class:`TaskJob`.
 
-    ``fetch_video(ref) -> local path`` resolves a task-data video reference (downloading it).
+    Every region and the task data are checked first (one readable :class:`PromptError`, no
+    retry); only then is ``fetch_video(ref) -> local path`` asked for the videos (downloading).
     """
-    from .brush import result_to_mask
     from .frames import open_frames
 
-    data = task.get("data") or {}
+    data = task.get("data")
+    if not isinstance(data, dict):
+        raise PromptError("the task has no data object")
     images = _video_images(config_xml, data)
     by_image = {info.image: info for info in images}
-    videos: dict[str, str] = {}
-    for info in images:
-        path = str(fetch_video(info.video_ref))
-        with open_frames(path, cache_frames=2) as source:
-            info.size = (source.height, source.width)
-            last = source.num_frames - 1
-        bad = [i for i in info.frame_indices if i > last]
-        if bad:
-            raise PromptError(f"{info.key}: frame index {bad[0]} is beyond the last frame {last} of {info.video_ref}")
-        videos[info.key] = path
+    config = parse_label_config(config_xml)
+    results = annotation.get("result")
+    if results is None:
+        results = []
+    if not isinstance(results, list):
+        raise PromptError("the annotation's 'result' must be a list of regions")
 
-    prompts: dict[int, dict[str, list[FramePrompt]]] = {}
+    clicks: list[_Click] = []
     attrs: dict[int, dict[str, Any]] = {}
     scene_type, comments = "", {}
-    config = parse_label_config(config_xml)
-    for region in annotation.get("result") or []:
-        rtype, value = region.get("type"), region.get("value") or {}
-        from_name = region.get("from_name", "")
+    for i, region in enumerate(results):
+        if not isinstance(region, dict):
+            raise PromptError(f"annotation region {i} must be an object, got {type(region).__name__}")
+        rtype, value = region.get("type"), region.get("value")
+        from_name = region.get("from_name")
+        where = f"annotation region {i} ({str(from_name)[:40]})"
+        if not isinstance(from_name, str):
+            raise PromptError(f"annotation region {i} has no 'from_name'")
         if rtype in ("keypointlabels", "brushlabels") and region.get("to_name") in by_image:
-            info = by_image[region["to_name"]]
-            labels = value.get(rtype) or []
-            obj_id = _object_number(labels[0]) if labels else None
-            if obj_id is None:
-                raise PromptError(
-                    f"label {labels!r} does not end in an object number (one label per object: 'Object 1', ...)"
-                )
-            page = int(region.get("item_index") or 0)
-            if not 0 <= page < len(info.frame_indices):
-                raise PromptError(
-                    f"a region on page {page} of '{info.image}', which has {len(info.frame_indices)} pages"
-                )
-            frame = info.frame_indices[page]
-            h, w = info.size
-            if region.get("original_height") and region.get("original_width"):
-                info.page_sizes[page] = (int(region["original_height"]), int(region["original_width"]))
-            if rtype == "keypointlabels":
-                if from_name not in config.keypoints:
-                    continue
-                point = np.array([[float(value["x"]) / 100 * w, float(value["y"]) / 100 * h]], np.float32)
-                label = np.array([0 if region.get("is_positive") is False else 1], np.int32)
-                prompt = FramePrompt(frame, point, label)
-            else:
-                mask = result_to_mask(region)
-                if not mask.any():
-                    continue
-                if mask.shape != (h, w):
-                    import cv2
-
-                    mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-                prompt = FramePrompt(frame, mask=mask)
-            prompts.setdefault(obj_id, {}).setdefault(info.key, []).append(prompt)
+            click = _prompt_region(region, by_image[region["to_name"]], config, where)
+            if click is not None:
+                clicks.append(click)
+            continue
+        if not isinstance(value, dict):
             continue
         match = re.fullmatch(r"obj(\d+)_(name|number|presence|deformability)", from_name)
         if match:
-            k, field_name = int(match.group(1)), match.group(2)
-            if field_name == "name":
-                attrs.setdefault(k, {})["name"] = _text(value)
-            elif field_name == "number":
-                attrs.setdefault(k, {})["number"] = int(value.get("number") or 1)
-            elif field_name == "presence":
-                attrs.setdefault(k, {})["presence"] = set(value.get("choices") or [])
-            else:
-                choice = (value.get("choices") or ["rigid"])[0]
-                attrs.setdefault(k, {})["deformability"] = choice
+            _attribute(attrs, int(match.group(1)), match.group(2), value, where)
         elif from_name == "scene_type":
             scene_type = _text(value)
         elif from_name == "comments":
             text = _text(value)
             if text:
                 comments = {"text": text}
+    gs = None
+    if len(images) == 1:
+        gs = parse_greenscreen(
+            {k: data.get(k) for k in ("segment_index", "segment_frames", "start_frame") if k in data}
+            | {"background": list(background)},
+            where="task data ",
+        )
+    if not clicks:
+        raise PromptError("the annotation has no keypoints or masks: nothing to propagate")
+
+    videos: dict[str, str] = {}
+    for info in images:
+        path = str(fetch_video(info.video_ref))
+        with open_frames(path, cache_frames=2) as source:
+            info.size = (source.height, source.width)
+            num_frames = source.num_frames
+        bad = [i for i in info.frame_indices if i >= num_frames]
+        if bad:
+            raise PromptError(
+                f"{info.key}: frame index {bad[0]} is beyond the last frame {num_frames - 1} of {info.video_ref}"
+            )
+        videos[info.key] = path
+
+    prompts: dict[int, dict[str, list[FramePrompt]]] = {}
+    for click in clicks:
+        info = click.info
+        frame = info.frame_indices[click.page]
+        h, w = info.size
+        if click.point is not None:
+            point = np.array([[click.point[0] / 100 * w, click.point[1] / 100 * h]], np.float32)
+            prompt = FramePrompt(frame, point, np.array([1 if click.positive else 0], np.int32))
+        else:
+            mask = click.mask
+            if mask.shape != (h, w):
+                import cv2
+
+                mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+            prompt = FramePrompt(frame, mask=mask)
+        prompts.setdefault(click.obj_id, {}).setdefault(info.key, []).append(prompt)
 
     objects = []
     for obj_id in sorted(set(prompts) | {k for k, a in attrs.items() if a.get("presence")}):
@@ -243,19 +334,11 @@ def build_task_job(
     if len(images) == 2:
         spec = PromptSpec("scenediff", objects, scene_type=scene_type, comments=comments)
     else:
-        seg_frames = data.get("segment_frames")
-        index = data.get("segment_index", 0)
-        if not isinstance(seg_frames, list) or not seg_frames:
+        if gs is None or not gs.segment_frames:  # one whole video, no segment list
             with open_frames(videos["video1"], cache_frames=2) as source:
-                seg_frames, index = [source.num_frames], 0
-        spec = PromptSpec(
-            "greenscreen",
-            objects,
-            comments=comments,
-            greenscreen=GreenScreenSpec(
-                int(index), [int(n) for n in seg_frames], int(data.get("start_frame", 0)), tuple(background)
-            ),
-        )
+                start = gs.start_frame if gs else 0
+                gs = GreenScreenSpec(0, [source.num_frames], start, tuple(background))
+        spec = PromptSpec("greenscreen", objects, comments=comments, greenscreen=gs)
     return TaskJob(spec, videos, {info.key: info for info in images})
 
 

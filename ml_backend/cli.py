@@ -19,48 +19,81 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _propagate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def check_out_dir(out: str | Path) -> Path:
+    """``out`` as a folder this process can create and write, or :class:`PromptError`."""
+    import os
 
-    from .exceptions import JobError
-    from .models import autocast, build_video_predictor, resolve_device
-    from .pipeline import run_job
-    from .prompts import load_prompts
+    from .exceptions import PromptError
+
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PromptError(f"--out {out} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PromptError(f"--out {out} lies under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PromptError(f"--out {out}: {existing} is not writable by this user")
+    return path
+
+
+def _propagate(args: argparse.Namespace) -> int:
+    from .exceptions import MLBackendError
     from .settings import Settings
 
-    settings = Settings.from_env()
     try:
-        spec = load_prompts(args.prompts)
-        if args.format:
-            spec.format = args.format
-        videos = dict(spec.videos)
-        base = Path(args.prompts).resolve().parent
-        videos = {k: str((base / v) if not Path(v).is_absolute() else v) for k, v in videos.items()}
-        if args.video1:
-            videos["video1"] = args.video1
-        if args.video2:
-            videos["video2"] = args.video2
-        if args.queue:
-            from .jobs import JobQueue
+        return _propagate_checked(args, Settings.from_env())
+    except MLBackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a disk full, a file that vanished: one line, not a traceback
+        print(f"error: {exc.strerror or exc} ({exc.filename or 'output'})", file=sys.stderr)
+        return 1
 
-            job = JobQueue.from_settings(settings).enqueue_prompts(
-                json.loads(Path(args.prompts).read_text()), videos, str(Path(args.out).resolve())
-            )
-            print(f"queued job {job.id}; follow it with: python -m ml_backend status {job.id} --follow")
-            return 0
-        predictor = build_video_predictor(settings)
-        device = resolve_device(settings.device)
-        bars: dict[str, tqdm] = {}
 
-        def progress(video: str, done: int, total: int) -> None:
-            bar = bars.get(video) or bars.setdefault(video, tqdm(total=total, desc=video, unit="frame"))
-            bar.update(done - bar.n)
+def _propagate_checked(args: argparse.Namespace, settings) -> int:
+    """Everything is checked before the model loads: prompts, videos (frame counts, sizes),
+    the output folder; then propagate, with progress bars."""
+    from tqdm import tqdm
 
+    from .models import autocast, build_video_predictor, resolve_device
+    from .pipeline import check_job, run_job
+    from .prompts import load_prompts
+
+    spec = load_prompts(args.prompts)
+    if args.format:
+        spec.format = args.format
+    base = Path(args.prompts).resolve().parent
+    videos = {k: str((base / v) if not Path(v).is_absolute() else v) for k, v in spec.videos.items()}
+    if args.video1:
+        videos["video1"] = args.video1
+    if args.video2:
+        videos["video2"] = args.video2
+    out = check_out_dir(args.out)
+    check_job(spec, videos)
+    if args.queue:
+        from .jobs import JobQueue
+
+        job = JobQueue.from_settings(settings).enqueue_prompts(
+            json.loads(Path(args.prompts).read_text()), videos, str(out.resolve())
+        )
+        print(f"queued job {job.id}; follow it with: python -m ml_backend status {job.id} --follow")
+        return 0
+    predictor = build_video_predictor(settings)
+    device = resolve_device(settings.device)
+    bars: dict[str, tqdm] = {}
+
+    def progress(video: str, done: int, total: int) -> None:
+        bar = bars.get(video) or bars.setdefault(video, tqdm(total=total, desc=video, unit="frame"))
+        bar.update(done - bar.n)
+
+    try:
         result = run_job(
             predictor,
             spec,
             videos,
-            args.out,
+            out,
             image_size=settings.image_size,
             progress=progress,
             review=settings.review_exports and not args.no_review,
@@ -71,11 +104,9 @@ def _propagate(args: argparse.Namespace) -> int:
             greenscreen_mp4=settings.greenscreen_mp4,
             greenscreen_fps=settings.greenscreen_fps,
         )
+    finally:
         for bar in bars.values():
             bar.close()
-    except JobError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     result.close()
     for path in result.files:
         print(path)

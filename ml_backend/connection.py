@@ -53,3 +53,19 @@ def redis_connection(url: str, *, retry_seconds: float = defaults.REDIS_RETRY_SE
 def redis_for(settings: Any) -> Any:
     """:func:`redis_connection` for ``settings.redis_url`` and ``settings.redis_retry_seconds``."""
     return redis_connection(settings.redis_url, retry_seconds=settings.redis_retry_seconds)
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(an unparsable REDIS_URL)"

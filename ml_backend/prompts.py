@@ -20,7 +20,8 @@ Coordinates are **pixels of the original video frame** (x right, y down, origin 
 ``frame`` is the **0-based** index in decode order. ``labels``: 1 positive, 0 negative. A prompt
 may give ``"mask_rle"`` (COCO RLE ``{"size": [h, w], "counts": str}``) instead of points.
 Object ids are positive integers, unique in the file; they become ``original_obj_idx`` in
-``segments.pkl``. ``in_video1``/``in_video2`` default to "has prompts in that video".
+``segments.pkl``; ``number`` (the multiplicity index) is a positive integer too. Numbers must be
+finite (no NaN or infinity). ``in_video1``/``in_video2`` default to "has prompts in that video".
 For green-screen, ``segment_frames`` lists the frame count of every segment in order;
 the frame offset of a segment is derived from it (see :mod:`ml_backend.exports`).
 """
@@ -91,34 +92,92 @@ def _merge_same_frame(prompts: list[FramePrompt]) -> list[FramePrompt]:
     return [by_frame[f] for f in sorted(by_frame)]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mask(raw: Any, where: str) -> np.ndarray:
+    """Decode a COCO RLE ``{"size": [h, w], "counts": str | [int, ...]}`` to an ``H×W`` bool mask."""
+    from pycocotools import mask as mask_utils
+
+    if not isinstance(raw, dict):
+        raise PromptError(f"{where}.mask_rle must be a COCO RLE object {{'size': [h, w], 'counts': ...}}")
+    size, counts = raw.get("size"), raw.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(n) and 0 < n <= 100_000 for n in size)):
+        raise PromptError(f"{where}.mask_rle.size must be [height, width] in pixels, got {size!r:.60}")
+    h, w = size
+    try:
+        if isinstance(counts, str):
+            rle = {"size": [h, w], "counts": counts.encode("ascii")}
+        elif isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts) and sum(counts) == h * w:
+            rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+        else:
+            raise ValueError("counts must be a compressed string or run lengths adding up to height × width")
+        mask = mask_utils.decode(rle)
+        # A malformed compressed string decodes to runs that do not add up to the frame.
+        if (
+            mask.shape != (h, w)
+            or int(mask_utils.area(rle)) != int(mask.sum())
+            or mask_utils.encode(np.asfortranarray(mask))["counts"] != rle["counts"]
+        ):
+            raise ValueError("the runs do not describe a height × width mask")
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise PromptError(f"{where}.mask_rle is not a COCO RLE of a {w}×{h} mask: {exc}") from None
+    return mask.astype(bool)
+
+
 def _prompt(raw: Any, where: str) -> tuple[str, FramePrompt]:
     if not isinstance(raw, dict):
         raise PromptError(f"{where} must be an object")
     video = raw.get("video", "video1")
     if video not in VIDEO_KEYS:
-        raise PromptError(f"{where}.video must be 'video1' or 'video2', got {video!r}")
+        raise PromptError(f"{where}.video must be 'video1' or 'video2', got {video!r:.60}")
     frame = raw.get("frame")
-    if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
-        raise PromptError(f"{where}.frame must be a 0-based frame index, got {frame!r}")
+    if not _is_int(frame) or frame < 0:
+        raise PromptError(f"{where}.frame must be a 0-based frame index, got {frame!r:.60}")
     if raw.get("mask_rle") is not None:
-        from pycocotools import mask as mask_utils
-
-        rle = dict(raw["mask_rle"])
-        if isinstance(rle.get("counts"), str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        try:
-            mask = mask_utils.decode(rle).astype(bool)
-        except Exception as exc:
-            raise PromptError(f"{where}.mask_rle is not a COCO RLE: {exc}") from None
-        return video, FramePrompt(frame, mask=mask)
+        return video, FramePrompt(frame, mask=_mask(raw["mask_rle"], where))
     try:
-        points = np.asarray(raw.get("points"), dtype=np.float32).reshape(-1, 2)
-        labels = np.asarray(raw.get("labels"), dtype=np.int32).reshape(-1)
-    except (TypeError, ValueError):
+        points = np.asarray(raw.get("points"), dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(raw.get("labels"), dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
         raise PromptError(f"{where} needs 'points' [[x, y], ...] and 'labels' [1|0, ...]") from None
+    if not (np.isfinite(points).all() and np.isfinite(labels).all()):
+        raise PromptError(f"{where}: points and labels must be finite numbers (no NaN or infinity)")
     if len(points) == 0 or len(points) != len(labels) or not set(labels.tolist()) <= {0, 1}:
         raise PromptError(f"{where} needs as many labels (1 or 0) as points, and at least one point")
-    return video, FramePrompt(frame, points, labels)
+    return video, FramePrompt(frame, points.astype(np.float32), labels.astype(np.int32))
+
+
+def parse_greenscreen(raw: Any, where: str = "greenscreen.") -> GreenScreenSpec:
+    """Validate a ``greenscreen`` block (``segment_index``, ``segment_frames``, ``start_frame``,
+    ``background``) before any work; ``where`` prefixes the field names in error messages."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PromptError(f"'{where.rstrip('.')}' must be an object with segment_index, segment_frames, start_frame")
+    frames = raw.get("segment_frames") or []
+    if not isinstance(frames, list) or not all(_is_int(n) and n > 0 for n in frames):
+        raise PromptError(f"{where}segment_frames must list positive frame counts, got {frames!r:.80}")
+    if any(n < 2 for n in frames[:-1]):
+        raise PromptError(f"{where}segment_frames: every segment but the last needs at least 2 frames")
+    index = raw.get("segment_index", 0)
+    if not _is_int(index) or (frames and not 0 <= index < len(frames)) or (not frames and index != 0):
+        raise PromptError(
+            f"{where}segment_index must be a 0-based index into segment_frames "
+            f"(0–{max(0, len(frames) - 1)}), got {index!r:.40}"
+        )
+    start = raw.get("start_frame", 0)
+    if not _is_int(start) or not 0 <= start < 10**9:
+        raise PromptError(f"{where}start_frame must be a non-negative frame number, got {start!r:.40}")
+    background = raw.get("background") or (0, 255, 0)
+    if (
+        not isinstance(background, (list, tuple))
+        or len(background) != 3
+        or not all(_is_int(c) and 0 <= c <= 255 for c in background)
+    ):
+        raise PromptError(f"{where}background must be [R, G, B] in 0..255")
+    return GreenScreenSpec(index, list(frames), start, tuple(background))  # type: ignore[arg-type]
 
 
 def parse_prompts(data: Any) -> PromptSpec:
@@ -127,7 +186,7 @@ def parse_prompts(data: Any) -> PromptSpec:
         raise PromptError("the prompt file must hold a JSON object")
     fmt = data.get("format", "scenediff")
     if fmt not in ("scenediff", "greenscreen"):
-        raise PromptError(f"format must be 'scenediff' or 'greenscreen', got {fmt!r}")
+        raise PromptError(f"format must be 'scenediff' or 'greenscreen', got {fmt!r:.40}")
     raw_objects = data.get("objects")
     if not isinstance(raw_objects, list) or not raw_objects:
         raise PromptError("'objects' must be a non-empty list")
@@ -138,51 +197,49 @@ def parse_prompts(data: Any) -> PromptSpec:
         if not isinstance(raw, dict):
             raise PromptError(f"{where} must be an object")
         obj_id = raw.get("id", i + 1)
-        if not isinstance(obj_id, int) or isinstance(obj_id, bool) or obj_id < 0 or obj_id in seen:
-            raise PromptError(f"{where}.id must be a unique non-negative integer, got {obj_id!r}")
+        if not _is_int(obj_id) or obj_id < 1 or obj_id in seen:
+            raise PromptError(f"{where}.id must be a unique positive integer, got {obj_id!r:.40}")
         seen.add(obj_id)
+        raw_prompts = raw.get("prompts") or []
+        if not isinstance(raw_prompts, list):
+            raise PromptError(f"{where}.prompts must be a list")
         prompts: dict[str, list[FramePrompt]] = {}
-        for j, rp in enumerate(raw.get("prompts") or []):
+        for j, rp in enumerate(raw_prompts):
             video, prompt = _prompt(rp, f"{where}.prompts[{j}]")
             prompts.setdefault(video, []).append(prompt)
         prompts = {v: _merge_same_frame(ps) for v, ps in prompts.items()}
         in_video = {}
         for v in VIDEO_KEYS:
             flag = raw.get(f"in_{v}")
-            in_video[v] = bool(prompts.get(v)) if flag is None else bool(flag)
+            if flag is not None and not isinstance(flag, bool):
+                raise PromptError(f"{where}.in_{v} must be true or false, got {flag!r:.40}")
+            in_video[v] = bool(prompts.get(v)) if flag is None else flag
         if not any(in_video.values()):
             raise PromptError(
-                f"object {obj_id} ({raw.get('name', '?')}) has no prompts: click at least one point on it"
+                f"object {obj_id} ({str(raw.get('name', '?'))[:60]}) has no prompts: click at least one point on it"
             )
         deform = raw.get("deformability", "rigid")
         if deform not in ("rigid", "deformable"):
-            raise PromptError(f"{where}.deformability must be 'rigid' or 'deformable', got {deform!r}")
+            raise PromptError(f"{where}.deformability must be 'rigid' or 'deformable', got {deform!r:.40}")
         number = raw.get("number", 1)
-        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
-            raise PromptError(f"{where}.number must be a non-negative integer (multiplicity index)")
+        if not _is_int(number) or number < 1:
+            raise PromptError(f"{where}.number must be a positive integer (multiplicity index), got {number!r:.40}")
+        name = raw.get("name")
+        if name is not None and not isinstance(name, str):
+            raise PromptError(f"{where}.name must be a string")
         objects.append(
             ObjectSpec(
                 id=obj_id,
-                name=str(raw.get("name") or f"object{obj_id}"),
+                name=name or f"object{obj_id}",
                 number=number,
                 in_video=in_video,
                 deformability=deform,
                 prompts=prompts,
             )
         )
-    gs = None
-    if fmt == "greenscreen":
-        raw_gs = data.get("greenscreen") or {}
-        frames = raw_gs.get("segment_frames") or []
-        index = raw_gs.get("segment_index", 0)
-        if frames and (not all(isinstance(n, int) and n > 0 for n in frames) or not 0 <= index < len(frames)):
-            raise PromptError("greenscreen.segment_frames must list positive frame counts and include segment_index")
-        background = tuple(raw_gs.get("background") or (0, 255, 0))
-        if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
-            raise PromptError("greenscreen.background must be [R, G, B] in 0..255")
-        gs = GreenScreenSpec(index, list(frames), int(raw_gs.get("start_frame", 0)), background)  # type: ignore[arg-type]
+    gs = parse_greenscreen(data.get("greenscreen")) if fmt == "greenscreen" else None
     videos = data.get("videos") or {}
-    if not isinstance(videos, dict):
+    if not isinstance(videos, dict) or not all(k in VIDEO_KEYS and isinstance(v, str) for k, v in videos.items()):
         raise PromptError("'videos' must map video1/video2 to paths")
     comments = data.get("comments") or {}
     return PromptSpec(
@@ -190,7 +247,7 @@ def parse_prompts(data: Any) -> PromptSpec:
         objects=objects,
         scene_type=str(data.get("scene_type") or ""),
         comments=comments if isinstance(comments, dict) else {"text": str(comments)},
-        videos={k: str(v) for k, v in videos.items()},
+        videos=dict(videos),
         greenscreen=gs,
     )
 
