@@ -155,6 +155,20 @@ def test_missing_token(ls: FakeLabelStudio) -> None:
     assert ls.calls == []
 
 
+def test_expired_personal_access_token(ls: FakeLabelStudio) -> None:
+    import jwt
+
+    expired = jwt.encode({"exp": 1_000_000_000, "token_type": "refresh"}, "k" * 32, algorithm="HS256")
+    done = script("process_all.py", "--project", "1", url=ls.url, token=expired)
+    assert expired not in assert_error(done, "API key has expired", "LABEL_STUDIO_API_KEY")
+
+
+def test_token_without_permission(ls: FakeLabelStudio) -> None:
+    ls.fail[("POST", "/api/projects")] = 403
+    assert_error(script("create_project.py", "--title", "T", url=ls.url), "refused the token", "HTTP 403")
+    assert ls.projects.keys() == {1}
+
+
 def test_nothing_listens_at_the_url() -> None:
     url = free_url()
     assert_error(script("create_project.py", "--title", "T", url=url), f"cannot reach Label Studio at {url}")
@@ -306,6 +320,14 @@ def test_import_segments_removes_split_frames_when_labelstudio_fails(ls, videos,
 # -- process_all.py, job_status.py ----------------------------------------------------------------
 def test_process_all_unknown_project(ls: FakeLabelStudio) -> None:
     assert_error(script("process_all.py", "--project", "42", url=ls.url), "project 42 does not exist")
+
+
+def test_process_all_labelstudio_fails_listing_tasks(ls: FakeLabelStudio, redis_server) -> None:
+    ls.fail[("GET", "/api/tasks")] = 502
+    done = script(
+        "process_all.py", "--project", "1", url=ls.url, REDIS_URL=redis_server.url, LABEL_STUDIO_RETRY_SECONDS="0"
+    )
+    assert_error(done, "HTTP 502", "try again")
 
 
 def test_redis_unreachable_hides_its_password(ls: FakeLabelStudio) -> None:
