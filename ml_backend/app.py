@@ -200,12 +200,13 @@ def create_app(
         return None
 
     def body() -> Any:
+        raw = request.get_data(cache=True)
         try:
-            data = request.get_json(silent=True, force=True)
+            data = app.json.loads(raw)
         except RecursionError:
             raise BadPayload(TOO_DEEP) from None
-        if data is None:
-            raise BadPayload("the request body is not valid JSON")
+        except ValueError:
+            raise BadPayload("the request body is not valid JSON") from None
         if json_depth(data) > MAX_JSON_DEPTH:
             raise BadPayload(TOO_DEEP)
         return data
