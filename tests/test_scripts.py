@@ -425,3 +425,15 @@ def test_system_deps_as_root_installs_what_is_missing(tmp_path: Path) -> None:
     done = system_deps(tmp_path, 0, ["redis-server"])
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "apt.log").read_text().splitlines() == ["update -qq", "install -y -qq ffmpeg docker-compose"]
+
+
+def test_writable_folder_says_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Tests run as root here, where every folder is writable: ``os.access`` answers no instead.)"""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    monkeypatch.setattr(_common.os, "access", lambda *a: False)
+    with pytest.raises(_common.Fail, match=f"cannot write in {tmp_path} \\(permission denied\\)"):
+        _common.writable_folder(tmp_path / "pairs" / "p")
