@@ -45,7 +45,10 @@ def _serve(args: argparse.Namespace) -> int:
             if not args.no_queue:
                 from .jobs import JobQueue
 
-                jobs = JobQueue.from_settings(settings)
+                # a webhook answers 503 after a few seconds of Redis outage instead of hanging
+                jobs = JobQueue.from_settings(
+                    settings.replace(redis_retry_seconds=min(settings.redis_retry_seconds, 5))
+                )
             return create_app(settings, jobs=jobs, warmup=not args.lazy)
 
     logging.getLogger(__name__).info("serving on %s:%d", args.host, settings.port)

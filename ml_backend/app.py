@@ -11,7 +11,7 @@ Routes (the Label Studio ML-backend protocol, payloads in the README):
 - ``GET /exports/<project>`` → the project's export files; ``GET /exports/<project>/<path>`` → one file.
 
 Errors are JSON ``{"error": message}`` with a 4xx status for bad input; the server stays up.
-Bodies over :data:`MAX_REQUEST_BYTES` get a 413 before they are read; JSON nested deeper than
+Bodies over ``MAX_REQUEST_BYTES`` get a 413 before they are read; JSON nested deeper than
 :data:`MAX_JSON_DEPTH` a 400. An unexpected error is logged with an id and answered with a 500
 that carries only that id (the exception's text can hold secrets).
 With ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` set, every route but ``/health`` needs HTTP basic auth.
@@ -35,9 +35,6 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Largest request body accepted, in bytes; a larger one is answered 413 before it is read.
-#: TODO: a setting MAX_REQUEST_BYTES (ml_backend/settings.py is owned by another engineer).
-MAX_REQUEST_BYTES = 16 * 1024**2
 
 #: Deepest JSON nesting accepted in a body (Label Studio's payloads nest less than 10 deep).
 MAX_JSON_DEPTH = 100
@@ -46,9 +43,6 @@ TOO_DEEP = f"the request body is JSON nested deeper than {MAX_JSON_DEPTH} levels
 
 #: What a job id may look like (the ids this package and RQ make).
 JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
-
-#: Largest id accepted in a webhook (a signed 64-bit integer, as Label Studio's database has).
-MAX_ID = 2**63 - 1
 
 
 def json_depth(data: Any) -> int:
@@ -63,56 +57,6 @@ def json_depth(data: Any) -> int:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
     return deepest
-
-
-# -- webhook ids ------------------------------------------------------------------------------
-def _id(value: Any, where: str) -> int:
-    """``value`` as a positive integer id; :class:`BadPayload` naming ``where`` otherwise."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value) if len(value) <= 19 else MAX_ID + 1
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
-        shown = type(value).__name__ if isinstance(value, (dict, list)) else repr(value)[:60]
-        raise BadPayload(f"{where} must be a positive integer id, got {shown}")
-    return value
-
-
-def _id_or_object(value: Any, where: str) -> int:
-    """An id given as itself or as an object with an ``id`` (Label Studio sends both forms)."""
-    if isinstance(value, dict):
-        return _id(value.get("id"), f"{where}.id")
-    return _id(value, where)
-
-
-def clean_webhook(payload: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a webhook ``payload`` whose ids are checked and made ints; the rest unchanged.
-
-    ``project`` (an id or an object with ``id``), ``task`` (the same), ``annotation`` (an object)
-    and its ``id``, ``task`` and ``project``: each that is present must be a positive integer
-    (digits in a string are accepted). Missing ids are left to the job queue, which says which
-    one an action needs. Raises :class:`BadPayload` with the field that is wrong.
-    """
-    cleaned = dict(payload)
-    project = payload.get("project")
-    if project is not None:
-        project_id = _id_or_object(project, "project")
-        cleaned["project"] = dict(project, id=project_id) if isinstance(project, dict) else project_id
-    task = payload.get("task")
-    if task is not None:
-        cleaned["task"] = (
-            dict(task, id=_id_or_object(task, "task")) if isinstance(task, dict) else {"id": _id(task, "task")}
-        )
-    annotation = payload.get("annotation")
-    if annotation is not None:
-        if not isinstance(annotation, dict):
-            raise BadPayload(f"'annotation' must be an object with an 'id', got {type(annotation).__name__}")
-        annotation = dict(annotation)
-        if "id" in annotation:
-            annotation["id"] = _id(annotation["id"], "annotation.id")
-        for key in ("task", "project"):
-            if annotation.get(key) is not None:
-                annotation[key] = _id_or_object(annotation[key], f"annotation.{key}")
-        cleaned["annotation"] = annotation
-    return cleaned
 
 
 def default_segmenter_factory(settings: Settings):
@@ -180,7 +124,7 @@ def create_app(
     if warmup:
         threading.Thread(target=lambda: predictor.segmenter, name="sam2-warmup", daemon=True).start()
 
-    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
 
     @app.before_request
     def _auth() -> Any:
@@ -237,8 +181,10 @@ def create_app(
         data = body()
         if not isinstance(data, dict) or not isinstance(data.get("action"), str):
             raise BadPayload("a webhook body is a JSON object with an 'action'")
-        data = clean_webhook(data)
         if jobs is None:
+            from .jobs import clean_webhook
+
+            clean_webhook(data)  # a malformed webhook is a 400 with or without a queue
             return jsonify(status="ignored", reason="no job queue configured"), 200
         return jsonify(jobs.on_webhook(data))
 
@@ -289,11 +235,19 @@ def create_app(
         log.warning("failed %s %s: %s", request.method, request.path, exc)
         return jsonify(error=str(exc), kind=type(exc).__name__), 503
 
+    from redis.exceptions import RedisError
+
+    @app.errorhandler(RedisError)
+    def redis_error(exc: RedisError) -> Any:
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+        message = "the job queue (Redis) is unavailable right now; try again in a minute"
+        return jsonify(error=message, kind="QueueUnavailable"), 503
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
         if isinstance(exc, RequestEntityTooLarge):
             message = (
-                f"the request body is over {MAX_REQUEST_BYTES // 1024**2} MiB (MAX_REQUEST_BYTES); "
+                f"the request body is over {settings.max_request_bytes / 1024**2:g} MiB (MAX_REQUEST_BYTES); "
                 "send task files by URL, not inline"
             )
             return jsonify(error=message, kind="RequestEntityTooLarge"), 413

@@ -47,6 +47,12 @@ DOWNLOAD_CACHE_BYTES = 2 * 1024**3
 #: Largest image accepted for a preview, in pixels (width x height).
 MAX_IMAGE_PIXELS = 40_000_000
 
+#: Largest HTTP request body the backend reads, in bytes; larger bodies get 413 unread.
+MAX_REQUEST_BYTES = 16 * 1024**2
+
+#: Most click points one interactive session (one object on one page) keeps; more is a 422.
+MAX_SESSION_POINTS = 100
+
 #: Largest download accepted, in bytes.
 MAX_DOWNLOAD_BYTES = 200 * 1024**2
 

@@ -8,13 +8,16 @@ The tree::
     ├── RequestError                a request that cannot be answered; HTTP 4xx (``status``)
     │   ├── BadPayload              malformed JSON, missing fields, wrong types        (400)
     │   ├── UnknownTag              a tag name that the label config does not have      (422)
+    │   ├── InvalidLabelConfig      a label config Label Studio's parser rejects        (422)
     │   ├── BadPoint                a keypoint outside the image                        (422)
+    │   ├── TooManyPoints           more clicks on one object than a session keeps      (422)
     │   ├── ItemIndexOutOfRange     ``item_index`` past the end of a multi-image list   (422)
     │   └── FetchError              a task file that cannot be used                     (4xx)
     │       ├── ForbiddenURL        another host, a ``../`` path, an unknown scheme     (403)
     │       ├── SourceNotFound      404 or unreachable                                  (424)
     │       │   └── Unavailable     Label Studio unreachable or failing (5xx): transient (424)
     │       ├── NotAnImage          bytes that do not decode as an image                (415)
+    │       ├── NotAFile            a folder where one image file is needed             (422)
     │       └── TooLarge            over the byte or pixel limit                        (413)
     ├── JobError                    a propagation job that cannot run; the job FAILS with the message
     │   ├── VideoError              missing, corrupt or empty video
@@ -60,7 +63,19 @@ class UnknownTag(RequestError):
     status = 422
 
 
+class InvalidLabelConfig(RequestError):
+    """A labeling config that Label Studio's parser rejects."""
+
+    status = 422
+
+
 class BadPoint(RequestError):
+    status = 422
+
+
+class TooManyPoints(RequestError):
+    """More points on one object than a click session keeps (``MAX_SESSION_POINTS``)."""
+
     status = 422
 
 
@@ -88,6 +103,12 @@ class Unavailable(SourceNotFound):
 
 class NotAnImage(FetchError):
     status = 415
+
+
+class NotAFile(FetchError):
+    """A task file reference that names a folder where one file is needed."""
+
+    status = 422
 
 
 class TooLarge(FetchError):

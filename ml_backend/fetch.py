@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import numpy as np
 
-from .exceptions import FetchError, ForbiddenURL, NotAnImage, SourceNotFound, TooLarge
+from .exceptions import FetchError, ForbiddenURL, NotAFile, NotAnImage, SourceNotFound, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,6 @@ def _names_folder(url: str | Path) -> bool:
         and not parts.query
         or any(key == "d" and value.endswith("/") for key, value in parse_qsl(parts.query))
     )
-
-
-class NotAFile(FetchError):
-    """A task file reference that names a folder where one file is needed (422)."""
-
-    # TODO: move to ml_backend/exceptions.py (owned by another engineer) next to NotAnImage.
-    status = 422
 
 
 class FileFetcher:
@@ -221,6 +214,8 @@ class FileFetcher:
                     raise SourceNotFound(f"Label Studio has no file at {url} (404)")
                 if response.status_code in (401, 403):
                     raise FetchError(f"Label Studio refused {url} ({response.status_code}): check LABEL_STUDIO_API_KEY")
+                if response.status_code >= 500 or response.status_code in (408, 429):
+                    raise Unavailable(f"Label Studio answered {response.status_code} for {url}; try again")
                 if response.status_code != 200:
                     raise FetchError(f"Label Studio answered {response.status_code} for {url}")
                 declared = int(response.headers.get("content-length") or 0)
@@ -240,7 +235,7 @@ class FileFetcher:
                     Path(tmp).unlink(missing_ok=True)
                     raise
         except httpx.HTTPError as exc:
-            raise SourceNotFound(f"cannot reach Label Studio for {url}: {exc}") from None
+            raise Unavailable(f"cannot reach Label Studio for {url}: {exc}") from None
         self.downloads += 1
         self._trim()
 

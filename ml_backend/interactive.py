@@ -52,7 +52,7 @@ class InteractivePredictor:
     ) -> None:
         self.settings = settings
         self.fetcher = fetcher
-        self.sessions = sessions or SessionStore(settings.session_ttl)
+        self.sessions = sessions or SessionStore(settings.session_ttl, max_points=settings.max_session_points)
         self.model_version = model_version(settings)
         self._factory = segmenter_factory
         self._segmenter: Any = None

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 LATEST_KEY = "sam2:task-latest:{project}:{task}"
 
+#: Largest id accepted from a webhook (Label Studio ids are 64-bit).
+MAX_ID = 2**63 - 1
+
 
 class ProgressMeta:
     """Progress callback that writes ``job.meta["progress"]`` at most every ``interval`` seconds.
@@ -398,6 +401,7 @@ class JobQueue:
         action = payload.get("action")
         if not isinstance(action, str):
             raise BadPayload("a webhook body is a JSON object with an 'action'")
+        payload = clean_webhook(payload)
         project = payload.get("project")
         project_id = project.get("id") if isinstance(project, dict) else project
         if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
@@ -416,17 +420,12 @@ class JobQueue:
             project_id = project_id if project_id is not None else annotation.get("project")
             if task_id is None or project_id is None:
                 raise BadPayload(f"{action} webhook without task or project ids")
-            job, created = self.enqueue_task(
-                _id(project_id, "project id"),
-                _id(task_id, "task id"),
-                _id(annotation["id"], "annotation id"),
-                fingerprint(annotation),
-            )
+            job, created = self.enqueue_task(project_id, task_id, annotation["id"], fingerprint(annotation))
             return {"status": "queued" if created else "exists", "job_id": job.id}
         if action == "START_TRAINING":
             if project_id is None:
                 raise BadPayload("START_TRAINING webhook without a project id")
-            jobs = self.enqueue_project(_id(project_id, "project id"))
+            jobs = self.enqueue_project(project_id)
             return {"status": "queued", "job_ids": jobs}
         return {"status": "ignored", "reason": f"action {action} does not start propagation"}
 
@@ -483,20 +482,57 @@ class JobQueue:
         return ids
 
 
-def _id(value: Any, what: str) -> int:
-    """A positive integer id from a webhook (an int, or a string of digits)."""
+def _id(value: Any, where: str) -> int:
+    """``value`` as a positive integer id; :class:`BadPayload` naming ``where`` otherwise."""
     from .exceptions import BadPayload
 
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, str))
-        or not (str(value).strip().isascii() and str(value).strip().isdecimal())
-    ):
-        raise BadPayload(f"the webhook's {what} must be a positive integer, got {value!r:.80}")
-    number = int(str(value).strip())
-    if not 0 < number < 2**63:
-        raise BadPayload(f"the webhook's {what} must be a positive integer, got {value!r:.80}")
-    return number
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value) if len(value) <= 19 else MAX_ID + 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        shown = type(value).__name__ if isinstance(value, (dict, list)) else repr(value)[:60]
+        raise BadPayload(f"{where} must be a positive integer id, got {shown}")
+    return value
+
+
+def _id_or_object(value: Any, where: str) -> int:
+    """An id given as itself or as an object with an ``id`` (Label Studio sends both forms)."""
+    if isinstance(value, dict):
+        return _id(value.get("id"), f"{where}.id")
+    return _id(value, where)
+
+
+def clean_webhook(payload: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a webhook ``payload`` whose ids are checked and made ints; the rest unchanged.
+
+    ``project`` (an id or an object with ``id``), ``task`` (the same), ``annotation`` (an object)
+    and its ``id``, ``task`` and ``project``: each that is present must be a positive integer
+    (digits in a string are accepted). Missing ids are left to the job queue, which says which
+    one an action needs. Raises :class:`BadPayload` with the field that is wrong.
+    """
+    from .exceptions import BadPayload
+
+    cleaned = dict(payload)
+    project = payload.get("project")
+    if project is not None:
+        project_id = _id_or_object(project, "project")
+        cleaned["project"] = dict(project, id=project_id) if isinstance(project, dict) else project_id
+    task = payload.get("task")
+    if task is not None:
+        cleaned["task"] = (
+            dict(task, id=_id_or_object(task, "task")) if isinstance(task, dict) else {"id": _id(task, "task")}
+        )
+    annotation = payload.get("annotation")
+    if annotation is not None:
+        if not isinstance(annotation, dict):
+            raise BadPayload(f"'annotation' must be an object with an 'id', got {type(annotation).__name__}")
+        annotation = dict(annotation)
+        if "id" in annotation:
+            annotation["id"] = _id(annotation["id"], "annotation.id")
+        for key in ("task", "project"):
+            if annotation.get(key) is not None:
+                annotation[key] = _id_or_object(annotation[key], f"annotation.{key}")
+        cleaned["annotation"] = annotation
+    return cleaned
 
 
 def _get(obj: Any, name: str) -> Any:

@@ -17,20 +17,11 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from .exceptions import BadPayload, RequestError, UnknownTag
+from .exceptions import BadPayload, InvalidLabelConfig, UnknownTag
 
 #: Longest labeling config accepted, in characters (parsed configs are cached by their text).
 #: TODO: a setting MAX_LABEL_CONFIG_CHARS (ml_backend/settings.py is owned by another engineer).
 MAX_LABEL_CONFIG_CHARS = 1024**2
-
-
-class InvalidLabelConfig(RequestError):
-    """A labeling config that Label Studio's parser rejects (422).
-
-    TODO: move to ml_backend/exceptions.py (owned by another engineer) next to UnknownTag.
-    """
-
-    status = 422
 
 
 @dataclass(frozen=True)

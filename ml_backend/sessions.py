@@ -27,23 +27,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 
+from . import defaults
 from .context import Click
-from .exceptions import RequestError
+from .exceptions import TooManyPoints
 
 SessionKey = tuple[Hashable, ...]
 
 #: Most points kept for one object (SAM 2 needs a handful; a long list only costs time).
-#: TODO: a setting MAX_SESSION_POINTS (ml_backend/settings.py is owned by another engineer).
-MAX_SESSION_POINTS = 100
-
-
-class TooManyPoints(RequestError):
-    """More points on one object than :data:`MAX_SESSION_POINTS` (422).
-
-    TODO: move to ml_backend/exceptions.py (owned by another engineer) next to BadPoint.
-    """
-
-    status = 422
+MAX_SESSION_POINTS = defaults.MAX_SESSION_POINTS
 
 
 class SessionStore:

@@ -112,6 +112,14 @@ class Settings:
         default=defaults.MAX_IMAGE_PIXELS,
         metadata=_env("MAX_IMAGE_PIXELS", "largest image accepted (width x height)"),
     )
+    max_request_bytes: int = field(
+        default=defaults.MAX_REQUEST_BYTES,
+        metadata=_env("MAX_REQUEST_BYTES", "largest request body read, bytes (larger: 413 before reading)"),
+    )
+    max_session_points: int = field(
+        default=defaults.MAX_SESSION_POINTS,
+        metadata=_env("MAX_SESSION_POINTS", "most click points kept for one object on one page (more: 422)"),
+    )
     max_download_bytes: int = field(
         default=defaults.MAX_DOWNLOAD_BYTES,
         metadata=_env("MAX_DOWNLOAD_BYTES", "largest task file accepted, bytes"),

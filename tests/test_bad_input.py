@@ -446,7 +446,7 @@ def test_basic_auth_still_accepts_the_right_password(auth_client):
 def test_body_over_the_limit_is_refused_unread(client):
     import io
 
-    from ml_backend.app import MAX_REQUEST_BYTES
+    from ml_backend.settings import Settings
 
     class Stream(io.BytesIO):
         read_bytes = 0
@@ -456,7 +456,7 @@ def test_body_over_the_limit_is_refused_unread(client):
             Stream.read_bytes += len(data)
             return data
 
-    assert MAX_REQUEST_BYTES == 16 * 1024**2
+    assert Settings().max_request_bytes == 16 * 1024**2
     response = client.post(
         "/predict",
         input_stream=Stream(b"{" * 1024),
