@@ -120,28 +120,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
-    """A ``redis-server`` on a free loopback port, append-only file in ``directory``."""
-    import redis
-
+def start_redis(directory: Path, port: int) -> subprocess.Popen:
+    """A ``redis-server`` on loopback ``port``, append-only file in ``directory``."""
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit("error: redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
          "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
+
+
+def wait_for_redis(url: str) -> None:
+    import redis
+
     client = redis.Redis.from_url(url)
     for _ in range(200):
         try:
             client.ping()
-            return proc, url
+            return
         except redis.ConnectionError:
             time.sleep(0.05)
-    proc.kill()
     sys.exit("error: redis-server did not start")
 
 
@@ -433,7 +433,7 @@ class Kill:
     at: float  # wall time of the SIGKILL
     worker: str
     job_id: str | None  # the job it was running, if any
-    requeued_after: float | None = None  # seconds until it was seen queued again (or started elsewhere)
+    requeued_after: float | None = None  # seconds until RQ put it back on the queue
     restarted_after: float | None = None  # until its next execution started
     finished_after: float | None = None
 
@@ -457,19 +457,23 @@ class Killer:
         return worker.get_current_job_id() if worker is not None else None
 
     def __call__(self, found: dict[str, Any]) -> None:
-        now = time.time()
         for kill in self.kills:
-            self.follow(kill, found.get(kill.job_id), now)
-        while self.due and self.due[0] <= time.monotonic():
-            self.due.pop(0)
-            self.ctx.log(f"  t={now - self.ctx.chaos_t0:5.1f} s: replacement {self.fleet.start()} started")
-            self.replacements += 1
+            self.follow(kill, found.get(kill.job_id))
+        self.start_due_replacements()
         if time.monotonic() < self.next_at or all(status_of(j) in TERMINAL for j in found.values()):
             return
         self.next_at += self.every
-        self.kill_one(now)
+        self.kill_one()
+        self.start_due_replacements()
 
-    def kill_one(self, now: float) -> None:
+    def start_due_replacements(self) -> None:
+        while self.due and self.due[0] <= time.monotonic():
+            self.due.pop(0)
+            name = self.fleet.start()
+            self.replacements += 1
+            self.ctx.log(f"  t={time.time() - self.ctx.chaos_t0:5.1f} s: replacement {name} started")
+
+    def kill_one(self) -> None:
         live = self.fleet.live()
         if not live:
             return
@@ -479,16 +483,17 @@ class Killer:
         self.fleet.kill(victim)
         self.kills.append(Kill(time.time(), victim, job_id))
         self.due.append(time.monotonic() + self.ctx.args.replace_after)
-        self.ctx.log(f"  t={now - self.ctx.chaos_t0:5.1f} s: kill -9 {victim} (job {job_id or 'none'})")
+        self.ctx.log(f"  t={time.time() - self.ctx.chaos_t0:5.1f} s: kill -9 {victim} (job {job_id or 'none'})")
 
     @staticmethod
-    def follow(kill: Kill, job: Any, now: float) -> None:
+    def follow(kill: Kill, job: Any) -> None:
         if job is None:
             return
         status = status_of(job)
         elsewhere = job.worker_name != kill.worker
-        if kill.requeued_after is None and (status != "started" or elsewhere):
-            kill.requeued_after = now - kill.at
+        enqueued = epoch(job.enqueued_at)
+        if kill.requeued_after is None and enqueued is not None and enqueued > kill.at:
+            kill.requeued_after = enqueued - kill.at  # RQ stamps enqueued_at again when it requeues
         if kill.restarted_after is None and (status == "started" and elsewhere or status == "finished"):
             kill.restarted_after = epoch(job.started_at) - kill.at  # the next execution's own start time
         if kill.finished_after is None and status == "finished":
@@ -644,7 +649,10 @@ class Context:
         from ml_backend.jobs import JobQueue
         from ml_backend.settings import Settings
 
-        self.redis_proc, self.redis_url = start_redis(self.tmp / "redis")
+        port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        self.redis_proc = start_redis(self.tmp / "redis", port)  # kept at once: close() stops it
+        wait_for_redis(self.redis_url)
         self.env = worker_env(self.redis_url, self.tmp / "data", self.spool_dir)
         self.settings = Settings.from_env(self.env)
         self.jobs = JobQueue(Redis.from_url(self.redis_url), self.settings)
