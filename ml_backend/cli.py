@@ -131,7 +131,7 @@ def _status(args: argparse.Namespace) -> int:
     while True:
         info = queue.status(args.job_id)
         if info is None:
-            print(f"no job {args.job_id}", file=sys.stderr)
+            print(f"error: no job {args.job_id}", file=sys.stderr)
             return 1
         for video, p in info["progress"].items():
             bar = bars.get(video) or bars.setdefault(video, tqdm(total=p["total"], desc=video, unit="frame"))

@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ml_backend.connection import redacted  # noqa: E402 - after the path set-up
+
 LS_VERSION = "1.23.2"
 SCENEDIFF_TITLE = "SceneDiff demo"
 GREENSCREEN_TITLE = "Green-screen demo"
@@ -171,8 +173,19 @@ class Stack:
         return f"http://{self.config.host}:{self.backend_port}"
 
     @property
+    def redis_password(self) -> str:
+        """The stack's Redis password: made once, kept in ``<state>/redis/password`` (0600)."""
+        path = self.state_dir / "redis" / "password"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(24))
+        return path.read_text().strip()
+
+    @property
     def redis_url(self) -> str:
-        return f"redis://{self.config.host}:{self.redis_port}/0"
+        return f"redis://:{self.redis_password}@{self.config.host}:{self.redis_port}/0"
 
     @property
     def results_root(self) -> Path:
@@ -315,10 +328,14 @@ class Stack:
             )
         directory = self.state_dir / "redis"
         directory.mkdir(parents=True, exist_ok=True)
+        conf = directory / "redis.conf"  # the password goes in a 0600 file, not on the command line
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {self.redis_password}\n")
         child = self._spawn(
             "redis",
-            [binary, "--port", str(self.redis_port), "--bind", self.config.host, "--dir", str(directory),
-             "--appendonly", "yes", "--protected-mode", "no", "--daemonize", "no"],
+            [binary, str(conf), "--port", str(self.redis_port), "--bind", self.config.host, "--dir", str(directory),
+             "--appendonly", "yes", "--daemonize", "no"],
             dict(os.environ),
         )  # fmt: skip
         import redis
@@ -409,7 +426,10 @@ class Stack:
             self._pick_ports()
             self.ensure_label_studio()
             t0 = time.monotonic()
-            self.say(f"redis-server on {self.redis_url} (append-only file in {self.state_dir / 'redis'})")
+            self.say(
+                f"redis-server on {redacted(self.redis_url)} (password in {self.state_dir / 'redis' / 'password'}, "
+                f"append-only file in {self.state_dir / 'redis'})"
+            )
             self.start_redis()
             self.say(f"Label Studio {LS_VERSION} starting on {self.ls_url} (a fresh database takes ~75 s)")
             self.start_label_studio()
@@ -623,7 +643,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"login              {stack.username}",
             f"password           {stack.password}",
             f"API token          {stack.token}   (legacy token: 'Authorization: Token <key>')",
-            f"ML backend         {stack.backend_url}   (worker on {stack.redis_url})",
+            f"ML backend         {stack.backend_url}   (worker on {redacted(stack.redis_url)})",
         ]
         for key, title in (("scenediff", SCENEDIFF_TITLE), ("greenscreen", GREENSCREEN_TITLE)):
             if key in demo:

@@ -14,7 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
-SECRETS = {"LABEL_STUDIO_PASSWORD": "test-password", "LABEL_STUDIO_USER_TOKEN": "0123456789abcdef"}
+SECRETS = {
+    "LABEL_STUDIO_PASSWORD": "test-password",
+    "LABEL_STUDIO_USER_TOKEN": "0123456789abcdef",
+    "REDIS_PASSWORD": "redis-secret-42",
+}
 
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -33,8 +37,10 @@ def test_compose_file_validates() -> None:
 
 
 def test_compose_requires_the_admin_secrets() -> None:
-    done = compose("config", "-q")
-    assert done.returncode != 0 and "LABEL_STUDIO_PASSWORD" in done.stderr + done.stdout
+    assert compose("config", "-q").returncode != 0
+    for secret in SECRETS:  # each one is required on its own, and the message names it
+        done = compose("config", "-q", env={k: v for k, v in SECRETS.items() if k != secret})
+        assert done.returncode != 0 and secret in done.stderr + done.stdout, secret
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +69,14 @@ def test_services_healthchecks_and_volumes(config: dict) -> None:
 
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert redis["command"][redis["command"].index("--requirepass") + 1] == SECRETS["REDIS_PASSWORD"]
     assert any(v.endswith(":/data") or ":/data:" in v for v in _volumes(redis))
 
     for name in ("ml-backend", "worker"):
         service = services[name]
         env = service["environment"]
-        assert env["REDIS_URL"] == "redis://redis:6379/0" and env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
+        assert env["REDIS_URL"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+        assert env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
         assert env["LABEL_STUDIO_API_KEY"] == SECRETS["LABEL_STUDIO_USER_TOKEN"]
         targets = {v.split(":")[1] for v in _volumes(service)}
         assert {"/checkpoints", "/data", "/results", "/label-studio/files"} <= targets, (name, targets)
