@@ -281,3 +281,20 @@ def test_a_full_disk_leaves_the_previous_pair_intact(tmp_path):
         == os.path.realpath(out / "inference_data.pkl").rsplit("/", 1)[0]
     )
     assert len(list(out.glob(".scenediff-*"))) == 1 and not list(out.glob(".staging-*"))
+
+
+def test_published_files_share_one_mode(tmp_path):
+    from ml_backend.pipeline import run_job
+    from ml_backend.prompts import parse_prompts
+
+    video = moving_shapes(num_frames=4, height=48, width=64)
+    path = video.write(tmp_path / "v.mkv")
+    out = tmp_path / "out"
+    with run_job(ColorVideoPredictor(), parse_prompts(prompts_for(video)), {"video1": path}, out, image_size=64):
+        pass
+    files = [out / "segments.pkl", out / "inference_data.pkl", *sorted((out / "review").iterdir())]
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in files}
+    assert len(set(modes.values())) == 1, modes
+    umask = os.umask(0)
+    os.umask(umask)
+    assert set(modes.values()) == {oct(0o666 & ~umask)}
