@@ -224,7 +224,8 @@ class Staging:
       renamed to ``out_dir/.<unit>-<random>/`` and the link ``out_dir/.<unit>`` is switched to it
       in one atomic rename; each of its files appears as ``out_dir/<file>`` →
       ``.<unit>/<file>``, so at every instant all of them come from the same job;
-    - every other file is renamed into place on its own (``os.replace``).
+    - every other file is renamed into place on its own (``os.replace``), except private files
+      (:meth:`private`, e.g. the job's mask spool), which stay until :meth:`abort`.
 
     A failed job calls :meth:`abort` and leaves the previous export as it was. Staging folders of
     killed processes of this host are removed when the next job in ``out_dir`` starts.
@@ -258,6 +259,12 @@ class Staging:
         """Where to write the file that will be published as ``out_dir/relpath``."""
         return self.dir / relpath
 
+    def private(self, name: str) -> Path:
+        """A file of the job's own that is never published (removed with the staging folder)."""
+        folder = self.dir / ".private"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder / name
+
     def unit(self, name: str, order: tuple[str, ...] = ()) -> Path:
         """A folder whose files are published together (see the class docstring); ``order``
         names the files listed first, in that order."""
@@ -276,7 +283,7 @@ class Staging:
         out = [self.out_dir / f for name in self._units for f in self._unit_files(name)]
         for path in sorted(self.dir.rglob("*")):
             rel = path.relative_to(self.dir)
-            if path.is_file() and not rel.parts[0].startswith(".unit-"):
+            if path.is_file() and not rel.parts[0].startswith("."):
                 out.append(self.out_dir / rel)
         return out
 
@@ -287,14 +294,13 @@ class Staging:
             published.extend(self._publish_unit(name))
         for path in sorted(self.dir.rglob("*")):
             rel = path.relative_to(self.dir)
-            if rel.parts[0].startswith(".unit-") or not path.is_file():
+            if rel.parts[0].startswith(".") or not path.is_file():  # units (above) and private files
                 continue
             target = self.out_dir / rel
             target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             os.chmod(path, FILE_MODE)
             os.replace(path, target)
             published.append(target)
-        shutil.rmtree(self.dir, ignore_errors=True)
         return published
 
     def _publish_unit(self, name: str) -> list[Path]:

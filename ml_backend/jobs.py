@@ -335,7 +335,8 @@ class JobQueue:
     def _retry(self) -> Any:
         from rq import Retry
 
-        return Retry(max=self.settings.job_retries) if self.settings.job_retries > 0 else None
+        # a retried job (its worker died, or Label Studio stayed away) goes to the front of the queue
+        return Retry(max=self.settings.job_retries, enqueue_at_front=True) if self.settings.job_retries > 0 else None
 
     def enqueue_prompts(
         self, prompts: dict[str, Any], videos: dict[str, str], out_dir: str, job_id: str | None = None

@@ -69,12 +69,12 @@ class JobResult:
         return self.files
 
     def close(self) -> None:
-        """Drop the mask spool and anything still staged (an unpublished result is discarded)."""
-        if self.staging is not None and not self.published:
-            self.staging.abort()
+        """Drop the mask spool and what is left of the staging folder (all of it, unpublished)."""
         if self.spool is not None:
             self.spool.close()
             self.spool = None
+        if self.staging is not None:
+            self.staging.abort()
 
     def __enter__(self) -> JobResult:
         return self
@@ -197,21 +197,17 @@ def run_job(
     ``None`` means on CUDA only. On the CPU the export thread encodes whole masks instead, off
     the model's thread. Both give byte-identical RLE.
     """
-    import os
-    import tempfile
-
     out_dir = Path(out_dir)
     names = video_names(spec)
     check_job(spec, videos)
-    fd, spool_path = tempfile.mkstemp(prefix="sam2-masks-", suffix=".spool")
-    os.close(fd)
-    spool = MaskSpool(Path(spool_path))
-    result = JobResult(out_dir, spool=spool)
+    result = JobResult(out_dir)
     on_device = str(predictor.device).startswith("cuda") if device_rle is None else device_rle
     workers = frames.prefetch_workers(predictor.device, prefetch_workers)
     sources = {}
     try:
         staging = result.staging = Staging(out_dir)
+        # the mask spool is private to the staging folder: a killed job's spool goes with it
+        spool = result.spool = MaskSpool(staging.private("masks.spool"))
         scenediff = (
             SceneDiffExport(spec, staging.unit("scenediff", SceneDiffExport.FILES), image_size, spool)
             if spec.format == "scenediff"

@@ -97,3 +97,4 @@ def test_kill_9_mid_job_then_retry(small_settings, redis_server, redis_conn, tmp
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     assert (out / "segments.pkl").is_file() and (out / "inference_data.pkl").is_file()
+    assert not list(out.glob(".staging-*"))  # the killed run's staging folder and mask spool are gone
