@@ -298,3 +298,23 @@ def test_published_files_share_one_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert set(modes.values()) == {oct(0o666 & ~umask)}
+
+
+def test_a_complete_greenscreen_mp4_is_never_replaced_by_a_shorter_one(tmp_path):
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from ml_backend.exports import assemble_greenscreen_mp4, video_frame_count
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (the mp4 is only assembled with it)")
+    for i in range(12):
+        cv2.imwrite(str(tmp_path / f"frame_{i:06d}_masked.png"), np.full((16, 16, 3), i * 20, np.uint8))
+    full = assemble_greenscreen_mp4(tmp_path, [7, 6])  # 6 + 6 frames: the whole video
+    assert full is not None and video_frame_count(full) == 12
+    before = full.read_bytes()
+    assert assemble_greenscreen_mp4(tmp_path, [9]) is None  # a shorter segment list
+    assert full.read_bytes() == before
+    assert not list(tmp_path.glob(".greenscreen.*"))
