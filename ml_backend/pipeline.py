@@ -90,11 +90,10 @@ def video_names(spec: PromptSpec) -> list[str]:
     return [v for v in ("video1", "video2") if any(o.in_video.get(v) for o in spec.objects)]
 
 
-def check_job(spec: PromptSpec, videos: dict[str, str | Path], sources: dict[str, Any] | None = None) -> dict[str, Any]:
+def check_job(spec: PromptSpec, videos: dict[str, str | Path]) -> dict[str, Any]:
     """Check that ``spec`` fits ``videos`` before any model work; returns ``{video: (frames, h, w)}``.
 
-    Opens each video (probing its frame count and size, no decoding of the whole video) unless
-    ``sources`` gives open :class:`~ml_backend.frames.FrameSource` objects. Raises
+    Opens each video to probe its frame count and size (no decoding of the whole video). Raises
     :class:`PromptError` or :class:`~ml_backend.exceptions.VideoError` with one readable reason.
     """
     shapes = {}
@@ -102,12 +101,8 @@ def check_job(spec: PromptSpec, videos: dict[str, str | Path], sources: dict[str
         if name not in videos or not videos[name]:
             raise PromptError(f"objects are present in {name} but no {name} was given")
     for name in video_names(spec):
-        if sources is not None and name in sources:
-            source = sources[name]
+        with frames.open_frames(videos[name], cache_frames=2) as source:
             shape = (source.num_frames, source.height, source.width)
-        else:
-            with frames.open_frames(videos[name], cache_frames=2) as source:
-                shape = (source.num_frames, source.height, source.width)
         num, height, width = shape
         objects = spec.objects_in(name)
         for obj_id, prompts in objects.items():
@@ -215,7 +210,6 @@ def run_job(
         )
         for name in names:
             sources[name] = frames.open_frames(videos[name], cache_frames=max(32, 4 * prefetch, 8 * workers))
-        check_job(spec, videos, sources)  # the same files, as opened for the job
         for name in names:
             source = sources[name]
             objects = spec.objects_in(name)
