@@ -1,0 +1,114 @@
+"""Our job path: ``ml_backend.pipeline.run_job`` on the MP4, measured like the stock path.
+
+``run_job`` with a SceneDiff prompt spec (objects prompted on the middle frame, so it propagates
+forward and backward), ``review=False``. Its progress callback samples time, RSS and the bytes of
+COCO RLE produced so far at every frame, and stops the job at an optional time bound or RSS limit
+(the ``--long`` run). The parity check calls it in-process with the stock path's predictor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.runner import autocast_factory, build, curve, gpu_peak, median_step, peak_rss_bytes, rss_bytes, sync
+from bench.video import MiB, prompt_spec
+
+
+def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) -> dict[str, Any]:
+    """Our job path: run_job on the video with a SceneDiff prompt spec."""
+    from ml_backend import pipeline
+    from ml_backend.pipeline import run_job
+    from ml_backend.prompts import parse_prompts
+
+    # Count the bytes of the COCO RLE strings the job produces for segments.pkl (measurement only:
+    # the job's own encoder is called unchanged), to tell output growth from other growth.
+    # Both encoders are wrapped: on CUDA the job finds runs on the GPU and only compresses them.
+    rle_held = [0]
+
+    def counting(encode: Any) -> Any:
+        def wrapper(mask: Any) -> dict[str, Any]:
+            rle = encode(mask)
+            rle_held[0] += len(rle["counts"])
+            return rle
+
+        return wrapper
+
+    pipeline.rle_encode = counting(pipeline.rle_encode)
+    pipeline.rle_compress = counting(pipeline.rle_compress)
+    if predictor is None:
+        settings, predictor = build(cfg)
+    baseline = rss_bytes()
+    spec = parse_prompts(prompt_spec(cfg["objects"], cfg["prompt_frame"]))
+    samples: list[tuple[int, float, int, int]] = []
+    out_dir = Path(cfg["out_dir"])
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+    class TimeBound(Exception):
+        pass
+
+    class MemoryBound(Exception):
+        pass
+
+    time_bound = cfg.get("time_bound")
+    rss_limit = cfg.get("rss_limit")
+    started = time.perf_counter()
+    cpu0 = time.process_time()
+
+    def progress(_video: str, done: int, _total: int) -> None:
+        now = time.perf_counter() - started
+        rss = rss_bytes()
+        samples.append((done, now, rss, rle_held[0]))
+        if rss_limit and rss > rss_limit:
+            raise MemoryBound(f"RSS {rss / MiB:.0f} MiB above the limit after {done} frames")
+        if time_bound and now > time_bound:
+            raise TimeBound
+
+    stopped = None
+    sync(predictor)
+    try:
+        result = run_job(
+            predictor,
+            spec,
+            {"video1": cfg["video"]},
+            out_dir,
+            image_size=predictor.image_size,
+            review=False,
+            progress=progress,
+            autocast=autocast_factory(settings, predictor),
+        )
+        frames = result.num_frames["video1"]
+        masks = None
+        if cfg.get("return_masks"):  # read back before the job's mask store is released
+            masks = {obj_id: dict(per_frame) for obj_id, per_frame in result.masks["video1"].items()}
+        close = getattr(result, "close", None)  # JobResult.close() deletes the job's mask spool
+        if close is not None:
+            close()
+    except TimeBound:
+        stopped = "time bound"
+        frames, masks = (samples[-1][0] if samples else 0), None
+    except MemoryBound as exc:
+        stopped = str(exc)
+        frames, masks = (samples[-1][0] if samples else 0), None
+    sync(predictor)
+    seconds = time.perf_counter() - started
+    out = {
+        "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu0,
+        "frames": frames,
+        "processed": samples[-1][0] if samples else 0,
+        "median_step": median_step([s[1] for s in samples]),
+        "baseline_rss": baseline,
+        "peak_rss": peak_rss_bytes(),
+        "gpu_peak": gpu_peak(predictor),
+        "curve": curve(samples),
+        "rle_bytes": rle_held[0],
+        "stopped": stopped,
+    }
+    if cfg.get("long"):
+        out["samples"] = samples[:: max(1, len(samples) // 200)] + samples[-1:]
+    if cfg.get("return_masks"):
+        out["masks"] = masks
+    return out
