@@ -1,9 +1,11 @@
-"""One propagation job: prompts + videos → masks → exports, with progress.
+"""One propagation job: prompts + videos → masks → every export format, with progress.
 
-:func:`run_job` opens each video lazily, builds one SAM 2 state per video holding every object
-present in it, propagates forward and backward (:mod:`.propagation`), and hands each frame's
-masks to an export thread, so RLE encoding and PNG writing never block the model. Exports are
-published atomically at the end (:mod:`.exports`).
+:func:`run_job` checks the job (:func:`check_job`), then for each video opens it lazily, builds one
+SAM 2 state holding every object present in it, propagates forward and backward
+(:mod:`.propagation`), and hands each frame's masks to an export thread that spools them as RLE
+and feeds the per-frame exporters, so encoding and file writing never block the model. When all
+videos are done, each exporter (:mod:`.exporter`) finishes from the spool; the staged files are
+then published atomically (:class:`~ml_backend.exports.Staging`).
 """
 
 from __future__ import annotations
@@ -21,16 +23,9 @@ import numpy as np
 
 from . import frames, propagation
 from .exceptions import PromptError
-from .exports import (
-    GreenScreenExport,
-    MaskSpool,
-    SceneDiffExport,
-    Staging,
-    greenscreen_offset,
-    rle_compress,
-    rle_encode,
-    rle_encode_tensor,
-)
+from .exporter import ExportJob, choose_exports, exporter_class
+from .exports import MaskSpool, Staging, rle_compress, rle_encode, rle_encode_tensor
+from .greenscreen import segment_plan
 from .prompts import PromptSpec
 
 log = logging.getLogger(__name__)
@@ -53,7 +48,7 @@ class JobResult:
     seconds: dict[str, float] = field(default_factory=dict)
     spool: MaskSpool | None = None
     staging: Staging | None = None
-    after_publish: list[Callable[[], Path | None]] = field(default_factory=list)
+    after_publish: list[Callable[[], list[Path]]] = field(default_factory=list)
     published: bool = False
 
     def publish(self) -> list[Path]:
@@ -63,9 +58,7 @@ class JobResult:
         self.files = self.staging.publish()
         self.published = True
         for step in self.after_publish:
-            made = step()
-            if made is not None:
-                self.files.append(made)
+            self.files.extend(step())
         return self.files
 
     def close(self) -> None:
@@ -116,18 +109,6 @@ def check_job(spec: PromptSpec, videos: dict[str, str | Path]) -> dict[str, Any]
     return shapes
 
 
-def segment_plan(spec: PromptSpec, num_frames: int) -> tuple[list[int], int, int, int]:
-    """``(segment_frames, index, offset, count)`` of a green-screen job whose segment video has
-    ``num_frames`` frames; raises :class:`PromptError` when the segment list disagrees."""
-    gs = spec.greenscreen
-    frames_list = gs.segment_frames if gs and gs.segment_frames else [num_frames]
-    index = gs.segment_index if gs and gs.segment_frames else 0
-    if frames_list[index] != num_frames:
-        raise PromptError(f"segment {index} has {num_frames} frames but the segment list says {frames_list[index]}")
-    offset, count = greenscreen_offset(frames_list, index, gs.start_frame if gs else 0)
-    return frames_list, index, offset, count
-
-
 class ExportThread:
     """Runs ``handler(*item)`` on a background thread for each ``put(*item)``, through a bounded
     queue (the model blocks only when the exporter falls ``maxsize`` frames behind)."""
@@ -169,6 +150,7 @@ def run_job(
     out_dir: str | Path,
     *,
     image_size: int,
+    exports: list[str] | tuple[str, ...] = (),
     progress: Progress | None = None,
     review: bool = True,
     prefetch: int = 8,
@@ -183,130 +165,111 @@ def run_job(
 ) -> JobResult:
     """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``.
 
-    Everything is checked (:func:`check_job`) before the model sees a frame. Exports are staged
-    and, with ``publish`` (default), published at the end; with ``publish=False`` the caller
-    decides (:meth:`JobResult.publish`), e.g. only while the job is still the task's latest.
+    Writes the job's own format, ``review`` (when on), and the formats in ``spec.exports`` and
+    ``exports`` (:func:`~ml_backend.exporter.choose_exports`). Everything is checked before the
+    model sees a frame. With ``publish`` (default) the exports are published at the end; with
+    ``publish=False`` the caller decides (:meth:`JobResult.publish`), e.g. only while the job is
+    still the task's latest. ``device_rle``: see :func:`propagate_video`.
+    """
+    check_job(spec, videos)
+    job_exports = choose_exports(spec, exports, review=review)
+    result = JobResult(Path(out_dir))
+    exporters: list[Any] = []
+    try:
+        result.staging = Staging(result.out_dir)
+        result.spool = MaskSpool(result.staging.private("masks.spool"))  # removed with the staging
+        job = ExportJob(spec, result.staging, image_size, greenscreen_mp4, greenscreen_fps)
+        exporters = [exporter_class(name)(job) for name in job_exports]
+        for name in video_names(spec):
+            started = time.perf_counter()
+            result.num_frames[name] = propagate_video(
+                predictor, name, videos[name], spec.objects_in(name), result.spool, exporters,
+                progress=progress, prefetch=prefetch, prefetch_workers=prefetch_workers,
+                offload_state_to_cpu=offload_state_to_cpu, autocast=autocast, bounded=bounded, device_rle=device_rle,
+            )  # fmt: skip
+            result.seconds[name] = time.perf_counter() - started
+        result.masks = {name: result.spool.view(name) for name in video_names(spec)}
+        for exporter in exporters:
+            started = time.perf_counter()
+            exporter.finish(result.masks)
+            result.seconds[exporter.name] = time.perf_counter() - started
+        result.after_publish = [exporter.published for exporter in exporters]
+        result.files = result.staging.staged()
+        if publish:
+            result.publish()
+    except BaseException:
+        for exporter in exporters:
+            exporter.abort()
+        result.close()
+        raise
+    return result
+
+
+def propagate_video(
+    predictor: Any,
+    name: str,
+    path: str | Path,
+    objects: dict[int, list[Any]],
+    spool: MaskSpool,
+    exporters: list[Any],
+    *,
+    progress: Progress | None = None,
+    prefetch: int = 8,
+    prefetch_workers: int = 0,
+    offload_state_to_cpu: bool = False,
+    autocast: Callable[[], Any] | None = None,
+    bounded: bool = True,
+    device_rle: bool | None = None,
+) -> int:
+    """Track ``objects`` (``{obj_id: prompts}``) through video ``name`` at ``path``; spool every
+    non-empty mask and feed the exporters. Returns the number of frames.
 
     ``device_rle``: find each mask's runs on the model's device in the job thread, so only run
     lengths (not ``H×W`` masks) cross to the CPU and the export thread just compresses them;
     ``None`` means on CUDA only. On the CPU the export thread encodes whole masks instead, off
-    the model's thread. Both give byte-identical RLE.
+    the model's thread. Both give byte-identical RLE. Masks cross to the CPU anyway when an
+    exporter takes every frame (``per_frame``).
     """
-    out_dir = Path(out_dir)
-    names = video_names(spec)
-    check_job(spec, videos)
-    result = JobResult(out_dir)
     on_device = str(predictor.device).startswith("cuda") if device_rle is None else device_rle
     workers = frames.prefetch_workers(predictor.device, prefetch_workers)
-    sources = {}
-    try:
-        staging = result.staging = Staging(out_dir)
-        # the mask spool is private to the staging folder: a killed job's spool goes with it
-        spool = result.spool = MaskSpool(staging.private("masks.spool"))
-        scenediff = (
-            SceneDiffExport(spec, staging.unit("scenediff", SceneDiffExport.FILES), image_size, spool)
-            if spec.format == "scenediff"
-            else None
+    streaming = [e for e in exporters if e.per_frame]
+    want_frames = any(e.needs_frames for e in streaming)
+    with frames.open_frames(path, cache_frames=max(32, 4 * prefetch, 8 * workers)) as source:
+        spool.declare(name, list(objects))
+        for exporter in exporters:
+            exporter.start_video(name, source)
+
+        def handle(frame_idx: int, frame: Any, masks: dict[int, np.ndarray] | None, runs: dict | None) -> None:
+            if runs is not None:
+                for obj_id, rle in runs.items():
+                    if len(rle["counts"]) > 1:  # one count: the whole frame is background
+                        spool.add(name, obj_id, frame_idx, rle_compress(rle))
+            else:
+                for obj_id, mask in masks.items():
+                    if mask.any():
+                        spool.add(name, obj_id, frame_idx, rle_encode(mask))
+            for exporter in streaming:
+                exporter.add(name, frame_idx, masks, frame)
+
+        state = propagation.new_state(
+            predictor, source, prefetch=prefetch, workers=workers, offload_state_to_cpu=offload_state_to_cpu
         )
-        for name in names:
-            sources[name] = frames.open_frames(videos[name], cache_frames=max(32, 4 * prefetch, 8 * workers))
-        for name in names:
-            source = sources[name]
-            objects = spec.objects_in(name)
-            greenscreen = None
-            if spec.format == "greenscreen":
-                frames_list, _, offset, count = segment_plan(spec, source.num_frames)
-                gs = spec.greenscreen
-                greenscreen = GreenScreenExport(
-                    staging.dir, offset=offset, count=count, background=gs.background if gs else (0, 255, 0)
-                )
-            if scenediff is not None:
-                scenediff.start_video(name, source)
-            spool.declare(name, list(objects))
-            result.num_frames[name] = source.num_frames
-
-            def handle(
-                frame_idx: int,
-                frame: Any,
-                masks: dict[int, np.ndarray] | None,
-                runs: dict[int, dict[str, Any]] | None,
-                _name=name,
-                _gs=greenscreen,
-            ) -> None:
-                if runs is not None:
-                    for obj_id, rle in runs.items():
-                        if len(rle["counts"]) > 1:  # one count: the whole frame is background
-                            spool.add(_name, obj_id, frame_idx, rle_compress(rle))
-                elif masks is not None:
-                    for obj_id, m in masks.items():
-                        if m.any():
-                            spool.add(_name, obj_id, frame_idx, rle_encode(m))
-                if _gs is not None and masks is not None:
-                    _gs.add(frame_idx, frame, masks)
-
-            started = time.perf_counter()
-            state = propagation.new_state(
-                predictor,
-                source,
-                prefetch=prefetch,
-                workers=workers,
-                offload_state_to_cpu=offload_state_to_cpu,
-            )
-            exporter = ExportThread(handle)
-            try:
-                propagation.add_prompts(predictor, state, objects)
-                done = 0
-                for frame_idx, obj_ids, tensor in propagation.propagate_tensors(
-                    predictor, state, bounded=bounded, autocast=autocast
-                ):
-                    runs = dict(zip(obj_ids, rle_encode_tensor(tensor), strict=True)) if on_device else None
-                    masks = None
-                    if runs is None or greenscreen is not None:
-                        array = tensor.cpu().numpy()
-                        masks = {obj_id: array[i] for i, obj_id in enumerate(obj_ids)}
-                    frame = source.read(frame_idx) if greenscreen is not None else None
-                    exporter.put(frame_idx, frame, masks, runs)
-                    done += 1
-                    if progress is not None:
-                        progress(name, done, source.num_frames)
-            finally:
-                exporter.close()
-                propagation.close_state(state)
-            if greenscreen is not None:
-                greenscreen.finish()
-                if greenscreen_mp4:
-                    from .exports import assemble_greenscreen_mp4
-
-                    start_frame = spec.greenscreen.start_frame if spec.greenscreen else 0
-                    result.after_publish.append(
-                        lambda fl=frames_list, sf=start_frame: assemble_greenscreen_mp4(
-                            out_dir, fl, sf, greenscreen_fps
-                        )
-                    )
-            result.seconds[name] = time.perf_counter() - started
-        for name in names:
-            result.masks[name] = spool.view(name)
-        if scenediff is not None:
-            scenediff.finish()
-        if review:
-            from .review import write_review
-
-            started = time.perf_counter()
-            for name in names:
-                review_name = (
-                    name
-                    if spec.format == "scenediff"
-                    else f"segment_{spec.greenscreen.segment_index if spec.greenscreen else 0:03d}"
-                )
-                write_review(sources[name], result.masks[name], staging.path("review"), review_name)
-            result.seconds["review"] = time.perf_counter() - started
-        result.files = staging.staged()
-        if publish:
-            result.publish()
-    except BaseException:
-        result.close()
-        raise
-    finally:
-        for source in sources.values():
-            source.close()
-    return result
+        exporter_thread = ExportThread(handle)
+        try:
+            propagation.add_prompts(predictor, state, objects)
+            for done, (frame_idx, obj_ids, tensor) in enumerate(
+                propagation.propagate_tensors(predictor, state, bounded=bounded, autocast=autocast), start=1
+            ):
+                runs = dict(zip(obj_ids, rle_encode_tensor(tensor), strict=True)) if on_device else None
+                masks = None
+                if runs is None or streaming:
+                    array = tensor.cpu().numpy()
+                    masks = {obj_id: array[i] for i, obj_id in enumerate(obj_ids)}
+                frame = source.read(frame_idx) if want_frames else None
+                exporter_thread.put(frame_idx, frame, masks, runs)
+                if progress is not None:
+                    progress(name, done, source.num_frames)
+        finally:
+            exporter_thread.close()
+            propagation.close_state(state)
+        return source.num_frames

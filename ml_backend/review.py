@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .exporter import Exporter, ExportJob
 from .exports import atomic_write_bytes, rle_decode
 
 PALETTE = [
@@ -129,3 +131,24 @@ def write_review(
         atomic_write_bytes(path, png.tobytes())
         paths.append(path)
     return paths
+
+
+class ReviewExport(Exporter):
+    """``review/<video>_overlay.webm`` and ``review/<video>_obj<id>_contact.png`` per video,
+    made at the end from the spool and one more sequential decode of each video."""
+
+    name = "review"
+
+    def __init__(self, job: ExportJob) -> None:
+        super().__init__(job)
+        self.paths: dict[str, Any] = {}
+
+    def start_video(self, video: str, source: Any) -> None:
+        self.paths[video] = source.path
+
+    def finish(self, masks: Mapping[str, Any]) -> None:
+        from .frames import open_frames
+
+        for video, path in self.paths.items():
+            with open_frames(path) as source:
+                write_review(source, masks[video], self.job.staging.path("review"), self.job.video_label(video))

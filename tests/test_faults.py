@@ -306,7 +306,7 @@ def test_a_complete_greenscreen_mp4_is_never_replaced_by_a_shorter_one(tmp_path)
     import cv2
     import numpy as np
 
-    from ml_backend.exports import assemble_greenscreen_mp4, video_frame_count
+    from ml_backend.greenscreen import assemble_greenscreen_mp4, video_frame_count
 
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed (the mp4 is only assembled with it)")
