@@ -23,6 +23,7 @@ coordinates scaled to the video's pixels; an accepted brush region becomes a mas
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from .exceptions import JobError, PromptError
 from .labelconfig import parse_label_config
 from .prompts import GreenScreenSpec, ObjectSpec, PromptSpec, _merge_same_frame, parse_greenscreen
 from .propagation import FramePrompt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -384,4 +387,33 @@ def load_task_job(settings: Any, project_id: int, task_id: int, annotation_id: i
 
     task_dict = task.dict() if hasattr(task, "dict") else dict(task)
     ann_dict = annotation.dict() if hasattr(annotation, "dict") else dict(annotation)
-    return build_task_job(project.label_config, task_dict, ann_dict, fetch_video, background=settings.background_color)
+    job = build_task_job(project.label_config, task_dict, ann_dict, fetch_video, background=settings.background_color)
+    job.spec.exports = [*job.spec.exports, *project_exports(settings, project_id)]
+    return job
+
+
+def project_exports(settings: Any, project_id: int) -> list[str]:
+    """The export formats a project asks for: ``"exports"`` (a list, or a comma-separated string)
+    in the **extra params** of the project's ML backend connection in Label Studio (Settings →
+    Model → Extra params, e.g. ``{"exports": ["davis", "mots"]}``)."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    from . import labelstudio
+    from .backoff import with_backoff
+    from .prompts import parse_exports
+
+    def call() -> Any:
+        return labelstudio.client(settings.label_studio_url, settings.label_studio_api_key).ml.list(project=project_id)
+
+    try:
+        backends = with_backoff(call, seconds=settings.label_studio_retry_seconds, what="Label Studio")
+    except ApiError as exc:  # e.g. no permission to list ML backends: the project asks for nothing
+        log.warning("cannot read project %s's ML backends (%s); no extra exports", project_id, exc.status_code)
+        return []
+    names: list[str] = []
+    for backend in backends:
+        extra = getattr(backend, "extra_params", None)
+        if isinstance(extra, dict) and extra.get("exports"):
+            where = f"project {project_id}'s ML backend extra params 'exports'"
+            names.extend(n for n in parse_exports(extra["exports"], where) if n not in names)
+    return names

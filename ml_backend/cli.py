@@ -57,6 +57,7 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
     the output folder; then propagate, with progress bars."""
     from tqdm import tqdm
 
+    from .exporter import choose_exports
     from .models import autocast, build_video_predictor, resolve_device
     from .pipeline import check_job, run_job
     from .prompts import load_prompts
@@ -72,6 +73,7 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
         videos["video2"] = args.video2
     out = check_out_dir(args.out)
     check_job(spec, videos)
+    choose_exports(spec, [*settings.export_list, *(args.export or [])], review=not args.no_review)
     if args.queue:
         from .jobs import JobQueue
 
@@ -95,6 +97,7 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
             videos,
             out,
             image_size=settings.image_size,
+            exports=[*settings.export_list, *(args.export or [])],
             progress=progress,
             review=settings.review_exports and not args.no_review,
             prefetch=settings.prefetch_frames,
@@ -157,6 +160,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     prop.add_argument("--prompts", required=True, help="prompt JSON file (format in the README)")
     prop.add_argument("--out", required=True, help="output folder")
     prop.add_argument("--format", choices=["scenediff", "greenscreen"], help="override the prompt file's format")
+    prop.add_argument(
+        "--export",
+        action="append",
+        metavar="FORMAT",
+        help="also write this format (davis, ytvis, mots); repeat for several",
+    )
     prop.add_argument("--no-review", action="store_true", help="skip overlay videos and contact sheets")
     prop.add_argument("--queue", action="store_true", help="enqueue on Redis for a worker instead of running here")
     prop.set_defaults(func=_propagate)

@@ -100,6 +100,11 @@ LABEL_STUDIO_RETRY_SECONDS = 300
 #: restart), before the error reaches the caller.
 REDIS_RETRY_SECONDS = 60
 
+#: Export formats written by every job beside its own (SceneDiff or green-screen), comma-separated:
+#: ``davis``, ``ytvis``, ``mots``. A prompt file's ``"exports"``, ``--export`` and a project's
+#: choice in Label Studio add to these.
+EXPORTS = ""
+
 #: Write review outputs (overlay WebM per video, contact sheet per object).
 REVIEW_EXPORTS = True
 

@@ -177,6 +177,7 @@ def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, p
         videos,
         out_dir,
         image_size=settings.image_size,
+        exports=settings.export_list,
         progress=progress,
         review=settings.review_exports,
         prefetch=settings.prefetch_frames,

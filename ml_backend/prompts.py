@@ -13,7 +13,8 @@
          ]}
       ],
       "greenscreen": {"segment_index": 0, "segment_frames": [301, 301, 120],
-                      "start_frame": 0, "background": [0, 255, 0]}
+                      "start_frame": 0, "background": [0, 255, 0]},
+      "exports": ["davis", "ytvis", "mots"]       # optional: formats beside the job's own
     }
 
 Coordinates are **pixels of the original video frame** (x right, y down, origin top-left);
@@ -71,6 +72,7 @@ class PromptSpec:
     comments: dict[str, Any] = field(default_factory=dict)
     videos: dict[str, str] = field(default_factory=dict)
     greenscreen: GreenScreenSpec | None = None
+    exports: list[str] = field(default_factory=list)
 
     def objects_in(self, video: str) -> dict[int, list[FramePrompt]]:
         """``{object id: prompts}`` for the objects present in ``video``."""
@@ -242,6 +244,7 @@ def parse_prompts(data: Any) -> PromptSpec:
     if not isinstance(videos, dict) or not all(k in VIDEO_KEYS and isinstance(v, str) for k, v in videos.items()):
         raise PromptError("'videos' must map video1/video2 to paths")
     comments = data.get("comments") or {}
+    exports = parse_exports(data.get("exports"), "'exports'")
     return PromptSpec(
         format=fmt,
         objects=objects,
@@ -249,7 +252,23 @@ def parse_prompts(data: Any) -> PromptSpec:
         comments=comments if isinstance(comments, dict) else {"text": str(comments)},
         videos=dict(videos),
         greenscreen=gs,
+        exports=exports,
     )
+
+
+def parse_exports(value: Any, where: str) -> list[str]:
+    """A list of export format names (a list, or a comma-separated string); checks each name."""
+    from .exporter import REGISTRY
+
+    if value in (None, "", []):
+        return []
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise PromptError(f'{where} must be a list of export format names, e.g. ["davis", "mots"]')
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise PromptError(f"{where}: unknown export format {unknown[0]!r:.40}; choose from {', '.join(REGISTRY)}")
+    return names
 
 
 def load_prompts(path: str | Path) -> PromptSpec:

@@ -175,6 +175,10 @@ class Settings:
         default=defaults.REDIS_RETRY_SECONDS,
         metadata=_env("REDIS_RETRY_SECONDS", "seconds a Redis command retries, with backoff, while Redis is down"),
     )
+    exports: str = field(
+        default=defaults.EXPORTS,
+        metadata=_env("EXPORTS", "formats every job writes beside its own, comma-separated: davis, ytvis, mots"),
+    )
     review_exports: bool = field(
         default=defaults.REVIEW_EXPORTS,
         metadata=_env("REVIEW_EXPORTS", "write an overlay WebM per video and a contact sheet per object"),
@@ -207,6 +211,14 @@ class Settings:
             raise ConfigurationError(f"WEBHOOK_MODE={self.webhook_mode!r} is not auto or batch")
         if len(self.background_color) != 3 or not all(0 <= c <= 255 for c in self.background_color):
             raise ConfigurationError(f"BACKGROUND_COLOR={self.background_color!r} is not R,G,B in 0..255")
+        if self.export_list:
+            from .exporter import REGISTRY
+
+            unknown = [n for n in self.export_list if n not in REGISTRY]
+            if unknown:
+                raise ConfigurationError(
+                    f"EXPORTS names an unknown format {unknown[0]!r}; choose from {', '.join(REGISTRY)}"
+                )
         if self.job_heartbeat_ttl < 2:
             raise ConfigurationError(f"JOB_HEARTBEAT_TTL={self.job_heartbeat_ttl} must be at least 2 seconds")
         if self.label_studio_retry_seconds < 0 or self.redis_retry_seconds < 0:
@@ -228,6 +240,11 @@ class Settings:
         from .models import checkpoint_name
 
         return self.checkpoint_dir / checkpoint_name(self.model_size)
+
+    @property
+    def export_list(self) -> list[str]:
+        """``EXPORTS`` as a list of names."""
+        return [n.strip() for n in self.exports.split(",") if n.strip()]
 
     @property
     def results_root(self) -> Path:

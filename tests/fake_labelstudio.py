@@ -1,6 +1,6 @@
 """A small HTTP server posing as the parts of Label Studio's API a propagation job uses.
 
-Serves ``GET /api/projects/<id>/``, ``/api/tasks/<id>/``, ``/api/annotations/<id>/``,
+Serves ``GET /api/projects/<id>/``, ``/api/tasks/<id>/``, ``/api/annotations/<id>/``, ``/api/ml/``,
 ``POST /api/predictions/`` and task files under ``/data/local-files/?d=<path>``, checking the
 legacy token. It can be taken down and brought back on the same port (``stop`` / ``start``), and
 records the predictions it receives. The real Label Studio 1.23.2 answers the same calls in the
@@ -24,6 +24,7 @@ class FakeLabelStudio:
         self.tasks: dict[int, dict[str, Any]] = {}
         self.annotations: dict[int, dict[str, Any]] = {}
         self.predictions: list[dict[str, Any]] = []
+        self.ml_backends: list[dict[str, Any]] = []  # GET /api/ml/?project=<id>
         self.fail_with: int | None = None  # answer every API call with this status (e.g. 502)
         self.requests = 0
         with socket.socket() as s:
@@ -56,6 +57,9 @@ class FakeLabelStudio:
                 body = request.get_json(force=True)
                 self.predictions.append(body)
                 return reply({"id": len(self.predictions), **body}, 201)
+            if parts == ["api", "ml"]:
+                project = request.args.get("project", type=int)
+                return reply([b for b in self.ml_backends if project is None or b["project"] == project])
             if len(parts) == 3 and parts[0] == "api" and parts[2].isdigit():
                 store = {"projects": self.projects, "tasks": self.tasks, "annotations": self.annotations}.get(parts[1])
                 if store is not None and int(parts[2]) in store:

@@ -99,3 +99,18 @@ def test_status_of_an_unknown_job_is_an_error_line(redis_server, monkeypatch, ca
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     assert entry.main(["status", "no-such-job"]) == 1
     assert capsys.readouterr().err.strip() == "error: no job no-such-job"
+
+
+def test_export_flag_adds_formats(workdir, monkeypatch, capsys):
+    from .fakes import ColorVideoPredictor
+
+    monkeypatch.setattr(models, "build_video_predictor", lambda settings: ColorVideoPredictor())
+    video = moving_shapes(num_frames=N, height=H, width=W)
+    x, y = video.shapes["disc"].center(2 / (N - 1))
+    (workdir / "prompts.json").write_text(json.dumps(doc(prompt={"points": [[x, y]]})))
+    argv = ["propagate", "--prompts", str(workdir / "prompts.json"), "--video1", str(workdir / "v.mkv")]
+    out = workdir / "out"
+    assert entry.main([*argv, "--out", str(out), "--export", "davis", "--export", "ytvis", "--no-review"]) == 0
+    assert len(list((out / "davis" / "video1").glob("*.png"))) == N and (out / "ytvis.json").is_file()
+    assert entry.main([*argv, "--out", str(workdir / "o2"), "--export", "gif"]) == 1
+    assert "unknown export format 'gif'" in capsys.readouterr().err

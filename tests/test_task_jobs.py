@@ -345,3 +345,26 @@ def test_good_green_screen_output_survives_bad_task_data(queue, settings, redis_
     assert {p.name: p.read_bytes() for p in published(settings)} == before
     out = settings.results_root / f"project_{PROJECT}" / "greenscreen"
     assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_the_projects_export_choice_in_label_studio(queue, settings, redis_conn, ls, video, predictor):
+    """The ML backend connection's extra params (Settings → Model) choose more formats per project."""
+    ls.ml_backends = [
+        {"id": 1, "project": PROJECT, "url": "http://backend:9090", "title": "SAM 2", "extra_params": {"exports": ["davis", "mots"]}},
+        {"id": 2, "project": PROJECT + 1, "url": "http://other", "title": "x", "extra_params": {"exports": "ytvis"}},
+    ]  # fmt: skip
+    ls.start()
+    reply = submit(queue, ls, 1, [point(video, "disc", 0, 0)])
+    run(settings, redis_conn)
+    assert queue.status(reply["job_id"])["status"] == "finished"
+    out = settings.results_root / f"project_{PROJECT}" / "greenscreen"
+    assert len(list((out / "davis" / "segment_000").glob("*.png"))) == N
+    assert (out / "mots" / "segment_000.txt").is_file() and not (out / "ytvis.json").exists()
+
+
+def test_an_unknown_format_in_the_projects_choice_fails_the_job_once(queue, settings, redis_conn, ls, video, predictor):
+    ls.ml_backends = [
+        {"id": 1, "project": PROJECT, "url": "http://b", "title": "t", "extra_params": {"exports": "gif"}}
+    ]
+    ls.start()
+    _assert_fails_once(queue, settings, redis_conn, ls, [point(video, "disc", 0, 0)], "unknown export format 'gif'")
