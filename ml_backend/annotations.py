@@ -322,6 +322,12 @@ def build_task_job(
         missing = [v for v, present in in_video.items() if present and not per_video.get(v)]
         if missing:
             raise PromptError(f"object {obj_id} is marked present in {missing[0]} but has no points or mask there")
+        stray = [v for v, present in in_video.items() if not present and per_video.get(v)]
+        if stray:
+            raise PromptError(
+                f"object {obj_id} has points or a mask in {stray[0]} but is not marked present there: "
+                f"remove them, or tick in_{stray[0]} in obj{obj_id}_presence"
+            )
         objects.append(
             ObjectSpec(
                 id=obj_id,

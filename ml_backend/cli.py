@@ -65,12 +65,13 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
     spec = load_prompts(args.prompts)
     if args.format:
         spec.format = args.format
+    # One rule: a path written in a file is relative to that file, a path typed on the command line
+    # to the current folder; both are made absolute here (a queued job runs elsewhere).
     base = Path(args.prompts).resolve().parent
-    videos = {k: str((base / v) if not Path(v).is_absolute() else v) for k, v in spec.videos.items()}
-    if args.video1:
-        videos["video1"] = args.video1
-    if args.video2:
-        videos["video2"] = args.video2
+    videos = {k: str((base / Path(v).expanduser()).resolve()) for k, v in spec.videos.items()}
+    for key in ("video1", "video2"):
+        if getattr(args, key):
+            videos[key] = str(Path(getattr(args, key)).expanduser().resolve())
     out = check_out_dir(args.out)
     check_job(spec, videos)
     choose_exports(spec, [*settings.export_list, *(args.export or [])], review=not args.no_review)

@@ -17,6 +17,10 @@
       "exports": ["davis", "ytvis", "mots"]       # optional: formats beside the job's own
     }
 
+Paths: a relative path in ``"videos"`` is relative to the prompt file's folder; ``--video1`` /
+``--video2`` on the command line are relative to the current folder (and win over the file).
+Both are made absolute before a job runs or is queued.
+
 Coordinates are **pixels of the original video frame** (x right, y down, origin top-left);
 ``frame`` is the **0-based** index in decode order. ``labels``: 1 positive, 0 negative. A prompt
 may give ``"mask_rle"`` (COCO RLE ``{"size": [h, w], "counts": str}``) instead of points.
@@ -216,6 +220,10 @@ def parse_prompts(data: Any) -> PromptSpec:
             if flag is not None and not isinstance(flag, bool):
                 raise PromptError(f"{where}.in_{v} must be true or false, got {flag!r:.40}")
             in_video[v] = bool(prompts.get(v)) if flag is None else flag
+            if flag is False and prompts.get(v):
+                raise PromptError(
+                    f"object {obj_id} has prompts in {v} but in_{v} is false: remove those prompts or set in_{v} true"
+                )
         if not any(in_video.values()):
             raise PromptError(
                 f"object {obj_id} ({str(raw.get('name', '?'))[:60]}) has no prompts: click at least one point on it"

@@ -10,9 +10,12 @@ Files ``segments.pkl`` and ``inference_data.pkl``::
                   'original_obj_idx': int, 'deformability': 'rigid' | 'deformable'}],
      'comments': dict}
 
-``inference_data.pkl`` holds, per video, ``obj_idx_to_id``, ``point_inputs_per_obj`` ``{obj_idx:
-{frame_idx: {'point_coords': float32 [1, N, 2], 'point_labels': int32 [1, N]}}}`` as numpy arrays
-(CPU), ``mask_inputs_per_obj`` for mask prompts, ``frames_dir``, ``frame_names``, plus
+``inference_data.pkl`` holds, per video, ``obj_idx_to_id`` (``{obj_idx: object id}``: ``obj_idx``
+is the object's 0-based index in SAM 2's state for that video, in prompt-file order of the
+objects present there), ``point_inputs_per_obj`` ``{obj_idx: {frame_idx: {'point_coords': float32
+[1, N, 2], 'point_labels': int32 [1, N]}}}`` as numpy arrays (CPU), ``mask_inputs_per_obj``
+(``{obj_idx: {frame_idx: H×W bool}}``) for mask prompts, ``frames_dir`` + ``frame_names`` for a
+folder of frames (None for a video file, whose path is in ``video_path``), ``num_frames``, plus
 ``objects``, ``scene_type``, ``comments``. ``point_coords`` are in **SAM 2's input space**, as the
 original tool stored them: pixel x × S / width, y × S / height with S = ``image_size`` (1024 for
 released checkpoints); ``video_size`` ``(h, w)`` and ``image_size`` are stored beside them.
@@ -45,11 +48,19 @@ class SceneDiffExport(Exporter):
         self.videos: dict[str, dict[str, Any]] = {}
 
     def start_video(self, video: str, source: Any) -> None:
-        """Remember ``video``'s frames folder (or file) and size."""
+        """Remember where ``video``'s frames are, and its size.
+
+        A folder of frames gives ``frames_dir`` + ``frame_names`` (joined, they name each frame's
+        image, as SceneDiff tools read them). A video file has no frame files: ``frames_dir`` and
+        ``frame_names`` are None and ``video_path`` names the file (frame ``i`` = the ``i``-th
+        decoded frame), so a tool that joins them fails loudly instead of opening a wrong path.
+        """
         files = getattr(source, "files", None)
         self.videos[video] = {
-            "frames_dir": str(source.path),
-            "frame_names": [f.name for f in files] if files else [f"{i:05d}" for i in range(source.num_frames)],
+            "frames_dir": str(source.path) if files else None,
+            "frame_names": [f.name for f in files] if files else None,
+            "video_path": None if files else str(source.path),
+            "num_frames": source.num_frames,
             "video_size": (source.height, source.width),
         }
 
@@ -82,23 +93,21 @@ class SceneDiffExport(Exporter):
             points: dict[int, dict[int, dict[str, np.ndarray]]] = {}
             masks: dict[int, dict[int, np.ndarray]] = {}
             present = [o for o in self.spec.objects if o.in_video.get(video)]
-            for o in present:
+            for idx, o in enumerate(present):  # obj_idx: the object's index in SAM 2's state
                 for p in o.prompts.get(video, []):
                     if p.mask is not None:
-                        masks.setdefault(o.id, {})[p.frame] = p.mask.copy()
+                        masks.setdefault(idx, {})[p.frame] = p.mask.copy()
                         continue
                     scale = np.array([self.image_size / w, self.image_size / h], np.float32)
-                    points.setdefault(o.id, {})[p.frame] = {
+                    points.setdefault(idx, {})[p.frame] = {
                         "point_coords": (np.asarray(p.points, np.float32) * scale)[None],
                         "point_labels": np.asarray(p.labels, np.int32)[None],
                     }
             data[video] = {
-                "obj_idx_to_id": {o.id: o.id for o in present},
+                "obj_idx_to_id": {idx: o.id for idx, o in enumerate(present)},
                 "point_inputs_per_obj": points,
                 "mask_inputs_per_obj": masks,
-                "frames_dir": info["frames_dir"],
-                "frame_names": info["frame_names"],
-                "video_size": info["video_size"],
+                **info,
                 "image_size": self.image_size,
             }
         return data

@@ -323,7 +323,7 @@ def check_export(folder: Path, frames: int) -> dict[str, Any]:
         out["problem"] = "a mask has the wrong size"
     elif [o["original_obj_idx"] for o in inference.get("objects", [])] != [OBJ_ID]:
         out["problem"] = "inference_data.pkl lists other objects"
-    elif len(inference.get("video1", {}).get("frame_names", [])) != frames:
+    elif inference.get("video1", {}).get("num_frames") != frames:
         out["problem"] = "inference_data.pkl lists another number of frames"
     elif extra:
         out["problem"] = f"unexpected files {extra}"

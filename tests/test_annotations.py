@@ -151,3 +151,14 @@ def test_empty_annotation_is_refused(pair_task):
     v1, v2, task, root = pair_task
     with pytest.raises(PromptError, match="nothing to propagate"):
         build_task_job(CONFIG, task, {"result": [text("scene_type", "x")]}, lambda ref: root / ref.split("d=")[1])
+
+
+def test_points_in_a_video_the_object_is_not_marked_present_in_are_refused(pair_task):
+    v1, v2, task, root = pair_task
+    result = [
+        kp("image1", 0, 10, 10, (48, 64), "Object 1"),
+        kp("image2", 0, 10, 10, (40, 56), "Object 1"),
+        choices("obj1_presence", ["in_video1"]),
+    ]
+    with pytest.raises(PromptError, match="has points or a mask in video2 but is not marked present there"):
+        build_task_job(CONFIG, task, {"result": result}, lambda ref: root / ref.split("d=")[1])

@@ -114,3 +114,25 @@ def test_export_flag_adds_formats(workdir, monkeypatch, capsys):
     assert len(list((out / "davis" / "video1").glob("*.png"))) == N and (out / "ytvis.json").is_file()
     assert entry.main([*argv, "--out", str(workdir / "o2"), "--export", "gif"]) == 1
     assert "unknown export format 'gif'" in capsys.readouterr().err
+
+
+def test_paths_in_the_file_are_relative_to_it_and_on_the_command_line_to_the_cwd(
+    workdir, monkeypatch, redis_server, redis_conn
+):
+    """With --queue the job is only queued: its recorded video paths show how each was resolved."""
+    from ml_backend.jobs import JobQueue
+    from ml_backend.settings import Settings
+
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("RQ_QUEUE", "test-paths")
+    sub = workdir / "prompts"
+    sub.mkdir()
+    (sub / "p.json").write_text(json.dumps(doc(videos={"video1": "../v.mkv"})))
+    monkeypatch.chdir(workdir)
+    assert entry.main(["propagate", "--prompts", "prompts/p.json", "--out", "out", "--queue"]) == 0
+    moving_shapes(num_frames=N, height=H, width=W).write(sub / "v.mkv")
+    monkeypatch.chdir(sub)
+    assert entry.main(["propagate", "--prompts", "p.json", "--video1", "v.mkv", "--out", "out", "--queue"]) == 0
+    queue = JobQueue.from_settings(Settings.from_env())
+    recorded = [queue.fetch(job_id).args[1]["video1"] for job_id in queue.queue.job_ids[-2:]]
+    assert recorded == [str(workdir / "v.mkv"), str(sub / "v.mkv")]

@@ -272,10 +272,8 @@ def test_a_full_disk_leaves_the_previous_pair_intact(tmp_path):
     assert third.returncode == 0, third.stderr[-2000:]
     segments = pickle.loads((out / "segments.pkl").read_bytes())
     inference = pickle.loads((out / "inference_data.pkl").read_bytes())
-    assert sorted(segments["video1_objects"]) == [1, 2] and sorted(inference["video1"]["point_inputs_per_obj"]) == [
-        1,
-        2,
-    ]
+    assert sorted(segments["video1_objects"]) == [1, 2]
+    assert inference["video1"]["obj_idx_to_id"] == {0: 1, 1: 2}  # both from the new job
     assert (
         os.path.realpath(out / "segments.pkl").rsplit("/", 1)[0]
         == os.path.realpath(out / "inference_data.pkl").rsplit("/", 1)[0]

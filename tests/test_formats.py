@@ -229,3 +229,28 @@ def test_overlapping_masks_go_to_the_smaller_id_in_davis_and_mots(tmp_path):
     rows = {obj: mask for _, obj, _, mask in read_mots(tmp_path / "out" / "mots" / "video1.txt")}
     assert sorted(rows) == [1002, 2005]  # class 1 = "b" (first name), class 2 = "a"
     assert (rows[1002] == a).all() and (rows[2005] == (b & ~a)).all()
+
+
+def test_a_prompt_file_that_contradicts_itself_is_refused():
+    data = doc(objects=[{"id": 1, "in_video2": False, "prompts": [
+        {"video": "video1", "frame": 0, "points": [[1, 1]], "labels": [1]},
+        {"video": "video2", "frame": 0, "points": [[1, 1]], "labels": [1]}]}])  # fmt: skip
+    with pytest.raises(PromptError, match="has prompts in video2 but in_video2 is false"):
+        parse_prompts(data)
+
+
+def test_inference_data_names_the_frame_files_of_a_frames_folder(tmp_path):
+    import os
+
+    from ml_backend.synthetic import moving_shapes
+
+    video = moving_shapes(num_frames=4, height=48, width=64)
+    folder = video.write(tmp_path / "frames")  # a folder of PNG frames
+    x, y = center(video, "disc", 1)
+    spec = parse_prompts(doc(objects=[{"id": 4, "prompts": [{"frame": 1, "points": [[x, y]], "labels": [1]}]}]))
+    with run_job(ColorVideoPredictor(), spec, {"video1": folder}, tmp_path / "out", image_size=64, review=False):
+        pass
+    inference = pickle.loads((tmp_path / "out" / "inference_data.pkl").read_bytes())["video1"]
+    paths = [os.path.join(inference["frames_dir"], name) for name in inference["frame_names"]]
+    assert len(paths) == 4 and all(os.path.isfile(p) for p in paths) and inference["video_path"] is None
+    assert inference["obj_idx_to_id"] == {0: 4} and list(inference["point_inputs_per_obj"]) == [0]

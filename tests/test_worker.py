@@ -100,10 +100,16 @@ def test_scenediff_job_with_real_sam2(queue, job_settings, redis_conn, pair, tmp
                 mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
                 assert mask.shape == (h, w) and mask.any()
     inf = pickle.loads((tmp_path / "out" / "inference_data.pkl").read_bytes())
-    coords = inf["video1"]["point_inputs_per_obj"][3][6]["point_coords"]
+    # obj_idx = the object's index in SAM 2's state for that video (objects present there, in order)
+    assert inf["video1"]["obj_idx_to_id"] == {0: 1, 1: 3} and inf["video2"]["obj_idx_to_id"] == {0: 2, 1: 3}
+    assert sorted(inf["video1"]["point_inputs_per_obj"]) == [0, 1]
+    coords = inf["video1"]["point_inputs_per_obj"][1][6]["point_coords"]  # object 3 (ball)
     assert isinstance(coords, np.ndarray) and coords.shape == (1, 2, 2)
     assert np.allclose(coords[0, 0], np.array(center(v1, "ball", 6)) * [256 / 128, 256 / 96])
-    assert inf["video1"]["point_inputs_per_obj"][3][6]["point_labels"].tolist() == [[1, 0]]
+    assert inf["video1"]["point_inputs_per_obj"][1][6]["point_labels"].tolist() == [[1, 0]]
+    # video-file inputs: no frame files to name; the video's path instead
+    assert inf["video1"]["frames_dir"] is None and inf["video1"]["frame_names"] is None
+    assert inf["video1"]["video_path"] == str(p1) and inf["video1"]["num_frames"] == 10
     assert inf["scene_type"] == "office" and len(inf["objects"]) == 3
     assert (tmp_path / "out" / "review" / "video1_overlay.webm").stat().st_size > 0
     assert (tmp_path / "out" / "review" / "video2_obj3_contact.png").is_file()
