@@ -42,24 +42,33 @@ class MOTSExport(Exporter):
     def start_video(self, video: str, source: Any) -> None:
         self.sizes[video] = (source.num_frames, source.height, source.width)
 
+    def _order(self, item: tuple[int, str]) -> int:
+        return self.class_of[item[0]] * 1000 + item[0]
+
+    @staticmethod
+    def _exclusive(rles: dict[int, dict[str, Any]], shape: tuple[int, int]) -> dict[int, str]:
+        """``{obj_id: RLE counts}`` without overlaps. When no two masks overlap (measured on the
+        RLEs, no decoding), each keeps its RLE as it is; otherwise the frame is decoded and the
+        smaller object id keeps the shared pixels."""
+        from pycocotools import mask as mask_utils
+
+        coco = {obj: {"size": r["size"], "counts": r["counts"].encode()} for obj, r in rles.items()}
+        if len(coco) > 1:
+            union = int(mask_utils.area(mask_utils.merge(list(coco.values()), intersect=False)))
+            if union != sum(int(mask_utils.area(r)) for r in coco.values()):
+                labels = label_map({obj: rle_decode(r) for obj, r in rles.items()}, shape)
+                return {obj: rle_encode(labels == obj)["counts"] for obj in rles if (labels == obj).any()}
+        return {obj: r["counts"] for obj, r in rles.items()}
+
     def finish(self, masks: Mapping[str, Mapping[int, Mapping[str, dict[str, Any]]]]) -> None:
         for video, (num_frames, height, width) in self.sizes.items():
             per_object = masks[video]
 
             def write(f, per_object=per_object, num_frames=num_frames, h=height, w=width) -> None:
                 for t in range(num_frames):
-                    present = {
-                        obj: rle_decode(frames[str(t)]) for obj, frames in per_object.items() if str(t) in frames
-                    }
-                    if not present:
-                        continue
-                    labels = label_map(present, (h, w))
-                    for obj in sorted(present, key=lambda o: self.class_of[o] * 1000 + o):
-                        mask = labels == obj
-                        if not mask.any():
-                            continue
+                    rles = {obj: frames[str(t)] for obj, frames in per_object.items() if str(t) in frames}
+                    for obj, counts in sorted(self._exclusive(rles, (h, w)).items(), key=self._order):
                         cls = self.class_of[obj]
-                        counts = rle_encode(mask)["counts"]
                         f.write(f"{t} {cls * 1000 + obj} {cls} {h} {w} {counts}\n".encode())
 
             atomic_write(self.job.staging.path("mots") / f"{self.job.video_label(video)}.txt", write)

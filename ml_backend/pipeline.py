@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,10 +190,8 @@ def run_job(
             )  # fmt: skip
             result.seconds[name] = time.perf_counter() - started
         result.masks = {name: result.spool.view(name) for name in video_names(spec)}
-        for exporter in exporters:
-            started = time.perf_counter()
-            exporter.finish(result.masks)
-            result.seconds[exporter.name] = time.perf_counter() - started
+        with ThreadPoolExecutor(max(1, len(exporters)), thread_name_prefix="export-finish") as pool:
+            result.seconds.update(pool.map(lambda e: _timed(e.name, e.finish, result.masks), exporters))
         result.after_publish = [exporter.published for exporter in exporters]
         result.files = result.staging.staged()
         if publish:
@@ -203,6 +202,12 @@ def run_job(
         result.close()
         raise
     return result
+
+
+def _timed(name: str, call: Callable[..., Any], *args: Any) -> tuple[str, float]:
+    started = time.perf_counter()
+    call(*args)
+    return name, time.perf_counter() - started
 
 
 def propagate_video(

@@ -119,6 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--skip-stock-above", type=int, default=0, help="skip the stock path for N above this (0: never skip)"
     )
+    p.add_argument(
+        "--all-exports",
+        action="store_true",
+        help="also run our job with every export on (scenediff, review, davis, ytvis, mots) and compare it",
+    )
     p.add_argument("--workdir", default="/tmp/bench_video", help="cache for videos, exports and per-child logs")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -16,6 +16,9 @@ from typing import Any
 from bench.runner import autocast_factory, build, curve, gpu_peak, median_step, peak_rss_bytes, rss_bytes, sync
 from bench.video import MiB, prompt_spec
 
+#: With ``--all-exports``: the formats written beside the job's own SceneDiff pair and ``review``.
+ALL_EXPORTS = ("davis", "ytvis", "mots")
+
 
 def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) -> dict[str, Any]:
     """Our job path: run_job on the video with a SceneDiff prompt spec."""
@@ -75,7 +78,8 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
             {"video1": cfg["video"]},
             out_dir,
             image_size=predictor.image_size,
-            review=False,
+            review=bool(cfg.get("all_exports")),
+            exports=ALL_EXPORTS if cfg.get("all_exports") else (),
             progress=progress,
             autocast=autocast_factory(settings, predictor),
         )
