@@ -20,15 +20,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from .exceptions import PromptError
 from .exporter import Exporter, ExportJob, label_map
-from .exports import atomic_write, rle_decode, rle_encode
+from .exports import MaskSpool, atomic_write, rle_encode
 
 
 class MOTSExport(Exporter):
-    """Written at the end from the spool, frame by frame in order."""
+    """Overlaps are found frame by frame on the export thread (masks that overlap are made
+    exclusive there and kept in a private spool); the text is written at the end, in frame
+    order, from the job's spool for every frame without overlaps."""
 
     name = "mots"
+    per_frame = True
 
     def __init__(self, job: ExportJob) -> None:
         super().__init__(job)
@@ -38,37 +43,43 @@ class MOTSExport(Exporter):
         categories = job.categories()
         self.class_of = {o.id: categories[o.name] for o in job.spec.objects}
         self.sizes: dict[str, tuple[int, int, int]] = {}
+        self.exclusive = MaskSpool(job.staging.private("mots.spool"))  # overlapping frames only
+        self.overlapping: set[tuple[str, int]] = set()
 
     def start_video(self, video: str, source: Any) -> None:
         self.sizes[video] = (source.num_frames, source.height, source.width)
 
-    def _order(self, item: tuple[int, str]) -> int:
-        return self.class_of[item[0]] * 1000 + item[0]
-
-    @staticmethod
-    def _exclusive(rles: dict[int, dict[str, Any]], shape: tuple[int, int]) -> dict[int, str]:
-        """``{obj_id: RLE counts}`` without overlaps. When no two masks overlap (measured on the
-        RLEs, no decoding), each keeps its RLE as it is; otherwise the frame is decoded and the
-        smaller object id keeps the shared pixels."""
-        from pycocotools import mask as mask_utils
-
-        coco = {obj: {"size": r["size"], "counts": r["counts"].encode()} for obj, r in rles.items()}
-        if len(coco) > 1:
-            union = int(mask_utils.area(mask_utils.merge(list(coco.values()), intersect=False)))
-            if union != sum(int(mask_utils.area(r)) for r in coco.values()):
-                labels = label_map({obj: rle_decode(r) for obj, r in rles.items()}, shape)
-                return {obj: rle_encode(labels == obj)["counts"] for obj in rles if (labels == obj).any()}
-        return {obj: r["counts"] for obj, r in rles.items()}
+    def add(self, video: str, frame_idx: int, masks: dict[int, np.ndarray], frame: np.ndarray | None) -> None:
+        present = {obj: mask for obj, mask in masks.items() if mask.any()}
+        if len(present) < 2:
+            return
+        union = np.logical_or.reduce(list(present.values()))
+        if int(union.sum()) == sum(int(mask.sum()) for mask in present.values()):
+            return  # no pixel in two masks
+        labels = label_map(present, union.shape)
+        self.overlapping.add((video, frame_idx))
+        for obj in present:
+            mask = labels == obj
+            if mask.any():
+                self.exclusive.add(video, obj, frame_idx, rle_encode(mask))
 
     def finish(self, masks: Mapping[str, Mapping[int, Mapping[str, dict[str, Any]]]]) -> None:
         for video, (num_frames, height, width) in self.sizes.items():
-            per_object = masks[video]
+            per_object, exclusive = masks[video], self.exclusive.view(video)
 
-            def write(f, per_object=per_object, num_frames=num_frames, h=height, w=width) -> None:
-                for t in range(num_frames):
-                    rles = {obj: frames[str(t)] for obj, frames in per_object.items() if str(t) in frames}
-                    for obj, counts in sorted(self._exclusive(rles, (h, w)).items(), key=self._order):
+            def write(f, per_object=per_object, exclusive=exclusive, video=video, n=num_frames, h=height, w=width):
+                for t in range(n):
+                    frames = exclusive if (video, t) in self.overlapping else per_object
+                    key = str(t)
+                    for obj in sorted((o for o in frames if key in frames[o]), key=self._code):
                         cls = self.class_of[obj]
-                        f.write(f"{t} {cls * 1000 + obj} {cls} {h} {w} {counts}\n".encode())
+                        f.write(f"{t} {self._code(obj)} {cls} {h} {w} {frames[obj][key]['counts']}\n".encode())
 
             atomic_write(self.job.staging.path("mots") / f"{self.job.video_label(video)}.txt", write)
+        self.abort()
+
+    def _code(self, obj: int) -> int:
+        return self.class_of[obj] * 1000 + obj
+
+    def abort(self) -> None:
+        self.exclusive.close()

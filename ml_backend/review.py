@@ -1,9 +1,12 @@
 """Review outputs: an overlay video per input video and a contact sheet per object.
 
-Both are made after propagation from the stored RLE masks and one more sequential decode of
-the video, so they cost no memory during tracking and frames arrive in order. The overlay video
-is VP9 WebM (browsers play it; ffmpeg's realtime VP9 when ffmpeg is installed, else OpenCV's),
-scaled to at most ``max_height`` pixels high.
+Rendered while the video propagates, on the job's export thread: each frame is scaled to the
+review size (at most ``max_height`` pixels high) and the masks are blended in at that size. The
+frame is then stored (JPEG, quality 95) in the job's private staging area, because frames arrive
+in propagation order (forward from the first prompt, then backward). When the job finishes, the
+frames are encoded in order into a VP9 WebM (browsers play it; ffmpeg's realtime VP9 when ffmpeg
+is installed, else OpenCV's). Memory stays flat; the temporary store takes about 100 KB per
+frame on disk.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .exporter import Exporter, ExportJob
-from .exports import atomic_write_bytes, rle_decode
+from .exports import atomic_write_bytes
 
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -80,75 +83,118 @@ class _WebmWriter:
             self.cv.release()
 
 
-def write_review(
-    source: Any,
-    masks: dict[int, dict[str, dict[str, Any]]],
-    out_dir: Path,
-    name: str,
-    *,
-    max_height: int = 480,
-    samples: int = 8,
-) -> list[Path]:
-    """Write ``<name>_overlay.webm`` and ``<name>_obj<id>_contact.png`` into ``out_dir``.
+class _FrameStore:
+    """JPEG frames (quality 95) by index in one private file, written by one thread and read
+    after. The review video is VP9 at CRF 40, far lossier than this intermediate step."""
 
-    ``source`` is a :class:`~ml_backend.frames.FrameSource`; ``masks`` maps object id → frame
-    index (str) → COCO RLE.
-    """
-    import cv2
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "w+b")  # noqa: SIM115 - closed in close()
+        self.index: dict[int, tuple[int, int]] = {}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = source.num_frames
-    width, height = _scaled(source.width, source.height, max_height)
-    video_path = out_dir / f"{name}_overlay.webm"
-    tmp_video = out_dir / f".{name}_overlay.part.webm"
-    writer = _WebmWriter(tmp_video, width, height, source.fps)
-    sample_idx = sorted({int(round(i * (n - 1) / max(1, samples - 1))) for i in range(min(samples, n))})
-    thumbs: dict[int, list[np.ndarray]] = {obj_id: [] for obj_id in masks}
-    thumb_h = min(160, height)
-    thumb_w = max(2, int(round(width * thumb_h / height)))
-    try:
-        for i in range(n):
-            frame = source.read(i)
-            frame_masks = {obj_id: rle_decode(per[str(i)]) for obj_id, per in masks.items() if str(i) in per}
-            shown = overlay(frame, frame_masks)
-            writer.write(cv2.resize(shown, (width, height), interpolation=cv2.INTER_AREA))
-            if i in sample_idx:
-                for obj_id in masks:
-                    one = overlay(frame, {obj_id: frame_masks[obj_id]} if obj_id in frame_masks else {})
-                    thumb = cv2.resize(one, (thumb_w, thumb_h), interpolation=cv2.INTER_AREA)
-                    cv2.putText(thumb, f"#{i}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
-                    thumbs[obj_id].append(thumb)
-    finally:
-        writer.close()
-    tmp_video.replace(video_path)
-    paths = [video_path]
-    for obj_id, row in thumbs.items():
-        if not row:
-            continue
-        sheet = np.concatenate(row, axis=1)
-        ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-        path = out_dir / f"{name}_obj{obj_id}_contact.png"
-        atomic_write_bytes(path, png.tobytes())
-        paths.append(path)
-    return paths
+    def put(self, i: int, rgb: np.ndarray) -> None:
+        import cv2
+
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        self._file.seek(0, 2)
+        self.index[i] = (self._file.tell(), len(jpeg))
+        self._file.write(jpeg.tobytes())
+
+    def get(self, i: int) -> np.ndarray:
+        import cv2
+
+        offset, size = self.index[i]
+        self._file.seek(offset)
+        data = np.frombuffer(self._file.read(size), np.uint8)
+        return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _VideoReview:
+    """One video's review: the scaled overlay frames, and thumbnails of the sampled frames."""
+
+    def __init__(self, source: Any, label: str, store: Path, max_height: int, samples: int) -> None:
+        n = source.num_frames
+        self.label, self.num_frames, self.fps = label, n, source.fps
+        self.size = _scaled(source.width, source.height, max_height)
+        self.samples = sorted({int(round(i * (n - 1) / max(1, samples - 1))) for i in range(min(samples, n))})
+        thumb_h = min(160, self.size[1])
+        self.thumb_size = (max(2, int(round(self.size[0] * thumb_h / self.size[1]))), thumb_h)
+        self.thumbs: dict[int, dict[int, np.ndarray]] = {}  # frame -> object -> thumbnail
+        self.frames = _FrameStore(store)
+
+    def add(self, i: int, frame: np.ndarray, masks: dict[int, np.ndarray]) -> None:
+        import cv2
+
+        small = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+        small_masks = {
+            obj_id: cv2.resize(mask.view(np.uint8), self.size, interpolation=cv2.INTER_NEAREST) > 0
+            for obj_id, mask in masks.items()
+            if mask.any()
+        }
+        self.frames.put(i, overlay(small, small_masks))
+        if i in self.samples:
+            self.thumbs[i] = {}
+            for obj_id in masks:
+                one = overlay(small, {obj_id: small_masks[obj_id]} if obj_id in small_masks else {})
+                thumb = cv2.resize(one, self.thumb_size, interpolation=cv2.INTER_AREA)
+                cv2.putText(thumb, f"#{i}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+                self.thumbs[i][obj_id] = thumb
+
+    def write(self, out_dir: Path, objects: list[int]) -> None:
+        """``<label>_overlay.webm`` (every frame, in order) and ``<label>_obj<id>_contact.png``."""
+        import cv2
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        video_path = out_dir / f"{self.label}_overlay.webm"
+        tmp_video = out_dir / f".{self.label}_overlay.part.webm"
+        writer = _WebmWriter(tmp_video, *self.size, self.fps)
+        try:
+            for i in range(self.num_frames):
+                writer.write(self.frames.get(i))
+        finally:
+            writer.close()
+        tmp_video.replace(video_path)
+        for obj_id in objects:
+            row = [self.thumbs[i][obj_id] for i in self.samples if obj_id in self.thumbs.get(i, {})]
+            if row:
+                ok, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate(row, axis=1), cv2.COLOR_RGB2BGR))
+                atomic_write_bytes(out_dir / f"{self.label}_obj{obj_id}_contact.png", png.tobytes())
 
 
 class ReviewExport(Exporter):
-    """``review/<video>_overlay.webm`` and ``review/<video>_obj<id>_contact.png`` per video,
-    made at the end from the spool and one more sequential decode of each video."""
+    """``review/<video>_overlay.webm`` and ``review/<video>_obj<id>_contact.png`` per video (see
+    the module docstring)."""
 
     name = "review"
+    per_frame = True
+    needs_frames = True
 
-    def __init__(self, job: ExportJob) -> None:
+    def __init__(self, job: ExportJob, *, max_height: int = 480, samples: int = 8) -> None:
         super().__init__(job)
-        self.paths: dict[str, Any] = {}
+        self.max_height, self.samples = max_height, samples
+        self.videos: dict[str, _VideoReview] = {}
 
     def start_video(self, video: str, source: Any) -> None:
-        self.paths[video] = source.path
+        store = self.job.staging.private(f"review-{video}.frames")
+        self.videos[video] = _VideoReview(source, self.job.video_label(video), store, self.max_height, self.samples)
+
+    def add(self, video: str, frame_idx: int, masks: dict[int, np.ndarray], frame: np.ndarray | None) -> None:
+        self.videos[video].add(frame_idx, frame, masks)
 
     def finish(self, masks: Mapping[str, Any]) -> None:
-        from .frames import open_frames
+        try:
+            for video, review in self.videos.items():
+                review.write(self.job.staging.path("review"), list(masks[video]))
+        finally:
+            self.abort()
 
-        for video, path in self.paths.items():
-            with open_frames(path) as source:
-                write_review(source, masks[video], self.job.staging.path("review"), self.job.video_label(video))
+    def abort(self) -> None:
+        for review in self.videos.values():
+            review.frames.close()

@@ -221,7 +221,8 @@ def test_overlapping_masks_go_to_the_smaller_id_in_davis_and_mots(tmp_path):
     davis, mots = DavisExport(job), MOTSExport(job)
     for exporter in (davis, mots):
         exporter.start_video("video1", source)
-    davis.add("video1", 0, {2: a, 5: b}, None)
+    for exporter in (davis, mots):
+        exporter.add("video1", 0, {2: a, 5: b}, None)
     mots.finish({"video1": {2: {"0": rle_encode(a)}, 5: {"0": rle_encode(b)}}})
     staging.publish()
     labels = np.array(Image.open(tmp_path / "out" / "davis" / "video1" / "00000.png"))
