@@ -192,6 +192,9 @@ def test_submitted_annotation_is_propagated_exported_and_predicted(stack_alive: 
     stack = stack_alive
     client = LabelStudio(base_url=stack.ls_url, api_key=stack.token, timeout=120)
     project, task = pair["project"], pair["task"]
+    # the project asks for DAVIS and YouTube-VIS beside its SceneDiff pair: the ML backend's extra params
+    extra = {"url": stack.backend_url, "project": project, "extra_params": {"exports": ["davis", "ytvis"]}}
+    assert api(stack, "PATCH", f"/api/ml/{pair['ml']}", extra)["extra_params"] == extra["extra_params"]
     annotation = client.annotations.create(id=task, result=annotation_result(), lead_time=3.0)
 
     # the webhook (ANNOTATION_CREATED) made a job; follow it in Redis, fail fast if it fails
@@ -244,6 +247,10 @@ def test_submitted_annotation_is_propagated_exported_and_predicted(stack_alive: 
                 n_masks += 1
     assert n_masks > 0
     assert (out_dir / "inference_data.pkl").is_file()
+    assert len(list((out_dir / "davis" / "video1").glob("*.png"))) == 12  # the project's own choice
+    assert len(list((out_dir / "davis" / "video2").glob("*.png"))) == 10
+    ytvis = json.loads((out_dir / "ytvis.json").read_text())
+    assert [v["length"] for v in ytvis["videos"]] == [12, 10] and len(ytvis["annotations"]) == 4
 
     # the prediction is on the task in Label Studio
     def job_prediction() -> Any:
