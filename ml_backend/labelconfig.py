@@ -20,7 +20,6 @@ from typing import Any
 from .exceptions import BadPayload, InvalidLabelConfig, UnknownTag
 
 #: Longest labeling config accepted, in characters (parsed configs are cached by their text).
-#: TODO: a setting MAX_LABEL_CONFIG_CHARS (ml_backend/settings.py is owned by another engineer).
 MAX_LABEL_CONFIG_CHARS = 1024**2
 
 
