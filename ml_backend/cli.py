@@ -127,9 +127,14 @@ def _status(args: argparse.Namespace) -> int:
     if not args.job_id:
         for job_id in queue.jobs():
             info = queue.status(job_id) or {}
-            done = sum(p["done"] for p in info.get("progress", {}).values())
-            total = sum(p["total"] for p in info.get("progress", {}).values())
-            print(f"{job_id:50s} {info.get('status', '?'):10s} {done}/{total} {info.get('error', '')}")
+            frames = info.get("frames") or {}
+            eta = info.get("eta_seconds")
+            speed = f"{info['fps']:.2f} fps" if info.get("fps") else ""
+            speed += f", ETA {eta:.0f} s" if eta else ""
+            print(
+                f"{job_id:50s} {info.get('status', '?'):10s} {frames.get('done', 0)}/{frames.get('total', 0)} "
+                f"({frames.get('percent', 0):g} %) {speed} {info.get('error', '')}".rstrip()
+            )
         return 0
     bars: dict[str, tqdm] = {}
     while True:

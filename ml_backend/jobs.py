@@ -68,6 +68,16 @@ class ProgressMeta:
             self._blocked_until = now + self.retry_after
             log.warning("could not save the progress of job %s (%s); going on", self.job.id, type(exc).__name__)
 
+    def declare(self, totals: dict[str, int]) -> None:
+        """Every video's frame count before the first frame, so progress counts all videos and
+        the clock for frames per second starts now (``meta["propagation_started"]``, epoch s)."""
+        if self.job is None:
+            return
+        for video, total in totals.items():
+            self.job.meta["progress"].setdefault(video, {"done": 0, "total": total})
+        self.job.meta["propagation_started"] = time.time()
+        self._save(force=True)
+
     def __call__(self, video: str, done: int, total: int) -> None:
         if self.job is None:
             return
@@ -166,11 +176,12 @@ def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, p
     from .pipeline import check_job, run_job
     from .worker import get_predictor
 
-    check_job(spec, videos)  # input errors before the model is asked for
+    shapes = check_job(spec, videos)  # input errors before the model is asked for
     progress.stage("loading model")
     predictor = get_predictor(settings)
     device = resolve_device(settings.device)
     progress.stage("propagating")
+    progress.declare({video: shape[0] for video, shape in shapes.items()})
     result = run_job(
         predictor,
         spec,
@@ -467,6 +478,7 @@ class JobQueue:
             "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
             "ended_at": job.ended_at.isoformat() if job.ended_at else None,
         }
+        out.update(_speed(out["progress"], job.meta.get("propagation_started"), out["status"]))
         if job.meta.get("superseded_by"):
             out["superseded_by"] = job.meta["superseded_by"]
         if out["status"] == "finished":
@@ -535,6 +547,23 @@ def clean_webhook(payload: dict[str, Any]) -> dict[str, Any]:
                 annotation[key] = _id_or_object(annotation[key], f"annotation.{key}")
         cleaned["annotation"] = annotation
     return cleaned
+
+
+def _speed(progress: dict[str, Any], started: float | None, status: str, now: float | None = None) -> dict[str, Any]:
+    """``frames`` (done, total and percent over every video of the job), ``fps`` since
+    propagation started, and ``eta_seconds`` while the job runs (None until a frame is done)."""
+    done = sum(int(p.get("done", 0)) for p in progress.values())
+    total = sum(int(p.get("total", 0)) for p in progress.values())
+    out: dict[str, Any] = {
+        "frames": {"done": done, "total": total, "percent": round(100.0 * done / total, 1) if total else 0.0},
+        "fps": None,
+        "eta_seconds": None,
+    }
+    if started and done:
+        elapsed = max(1e-6, (now if now is not None else time.time()) - float(started))
+        out["fps"] = round(done / elapsed, 3)
+        out["eta_seconds"] = round((total - done) / (done / elapsed), 1) if status == "started" else 0.0
+    return out
 
 
 def _get(obj: Any, name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -367,3 +368,36 @@ def test_bad_input_is_not_retried(queue, job_settings, redis_conn, tmp_path, mon
     assert queue.status(job.id)["status"] == "failed"
     assert calls == []  # refused before the model was asked for
     assert len(queue.fetch(job.id).results()) == 1  # one attempt, no retries
+
+
+def test_status_counts_every_video_with_fps_and_eta(queue, job_settings, redis_conn, pair, tmp_path, monkeypatch):
+    """Mid-job, status counts the frames of both videos and shows frames per second and an ETA."""
+    v1, v2, p1, p2 = pair
+    seen = []
+
+    class Watched(ColorVideoPredictor):
+        def propagate_in_video(self, *args, **kwargs):
+            for i, item in enumerate(super().propagate_in_video(*args, **kwargs)):
+                if i == 2 and not seen:
+                    time.sleep(0.6)  # so the next frame's progress is written (every 0.5 s at most)
+                if i == 4 and not seen:
+                    seen.append(queue.status(job.id))
+                yield item
+
+    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: Watched())
+    job = queue.enqueue_prompts(pair_prompts(v1, v2), {"video1": str(p1), "video2": str(p2)}, str(tmp_path / "out"))
+    run_worker(job_settings, redis_conn)
+    (running,) = seen
+    assert running["status"] == "started" and running["frames"]["total"] == 10 + 8
+    assert 0 < running["frames"]["done"] < 18 and running["fps"] > 0 and running["eta_seconds"] > 0
+    done = queue.status(job.id)
+    assert done["frames"] == {"done": 18, "total": 18, "percent": 100.0} and done["eta_seconds"] == 0.0
+
+
+def test_speed_arithmetic():
+    from ml_backend.jobs import _speed
+
+    progress = {"video1": {"done": 30, "total": 40}, "video2": {"done": 0, "total": 60}}
+    out = _speed(progress, started=100.0, status="started", now=110.0)
+    assert out == {"frames": {"done": 30, "total": 100, "percent": 30.0}, "fps": 3.0, "eta_seconds": 23.3}
+    assert _speed({}, None, "queued")["eta_seconds"] is None
