@@ -41,6 +41,13 @@ EMBEDDING_CACHE_ITEMS = 64
 #: Most bytes of image embeddings kept in the LRU cache (tiny at 1024 px is ~17 MiB each).
 EMBEDDING_CACHE_BYTES = 2 * 1024**3
 
+#: Embed a task's annotation frames in the background when Label Studio opens the task (its
+#: ``/predict`` call without clicks), so the first click on a page costs only the mask decoder.
+PREFETCH_EMBEDDINGS = True
+
+#: Most recently opened tasks whose frames are prefetched (newest first; older ones are dropped).
+PREFETCH_TASKS = 4
+
 #: Most bytes of downloaded task files kept on disk under ``DATA_DIR/downloads``.
 DOWNLOAD_CACHE_BYTES = 2 * 1024**3
 

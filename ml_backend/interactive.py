@@ -58,6 +58,15 @@ class InteractivePredictor:
         self._segmenter: Any = None
         self._build_lock = threading.Lock()
         self.project_configs: dict[str, str] = {}
+        self._clicks = 0  # clicks being answered; the prefetcher waits while there are any
+        self._clicks_lock = threading.Lock()
+        self.prefetcher = None
+        if settings.prefetch_embeddings:
+            from .prefetch import Prefetcher
+
+            self.prefetcher = Prefetcher(
+                self._prefetch_one, lambda: self._clicks > 0, max_tasks=settings.prefetch_tasks
+            )
 
     @property
     def segmenter(self) -> Any:
@@ -104,8 +113,20 @@ class InteractivePredictor:
         if context is None:
             # Batch call (no clicks; Label Studio also makes one whenever a task is opened).
             # Propagated masks reach the task from the worker; answering an empty result per
-            # task would store an empty prediction on every opened task, so answer none.
+            # task would store an empty prediction on every opened task, so answer none. The
+            # annotator is about to click: embed the task's frames meanwhile.
+            if self.prefetcher is not None and len(tasks) == 1 and isinstance(tasks[0].get("id"), (int, str)):
+                self._open_task(payload, tasks[0])
             return {"results": []}
+        with self._clicks_lock:
+            self._clicks += 1
+        try:
+            return self._click(payload, tasks, params, context)
+        finally:
+            with self._clicks_lock:
+                self._clicks -= 1
+
+    def _click(self, payload: dict[str, Any], tasks: list[Any], params: dict[str, Any], context: Any) -> dict[str, Any]:
         if len(tasks) != 1:
             raise BadPayload(f"an interactive call carries one task, got {len(tasks)}")
         task = tasks[0]
@@ -122,12 +143,9 @@ class InteractivePredictor:
         key = (str(payload.get("project")), task.get("id"), str(user), newest.to_name, newest.label, newest.item_index)
         clicks = self.sessions.merge(key, group)
 
-        path = self.fetcher.path(ref, folder_ok=False)
-        stat = path.stat()
-        embed_key = (str(path), stat.st_mtime_ns, stat.st_size)
-        embedding = self.segmenter.embed(
-            embed_key, lambda: decode_image(path.read_bytes(), max_pixels=self.settings.max_image_pixels, name=ref)
-        )
+        embed_key, embedding = self._embedding(ref)
+        if self.prefetcher is not None:
+            self.prefetcher.touch((str(payload.get("project")), task.get("id")), embed_key)
         height, width = embedding.orig_hw
         points = np.array([c.pixel(width, height) for c in clicks], dtype=np.float32)
         labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int32)
@@ -141,6 +159,44 @@ class InteractivePredictor:
             score=score,
         )
         return {"results": [{"result": [result], "score": score, "model_version": self.model_version}]}
+
+    def _embedding(self, ref: str, protected: set[Any] | None = None) -> tuple[Any, Any]:
+        """``(cache key, embedding)`` of the image ``ref`` names (embedding None: see
+        :meth:`~ml_backend.segmenter.ImageSegmenter.embed`)."""
+        path = self.fetcher.path(ref, folder_ok=False)
+        stat = path.stat()
+        embed_key = (str(path), stat.st_mtime_ns, stat.st_size)
+        embedding = self.segmenter.embed(
+            embed_key,
+            lambda: decode_image(path.read_bytes(), max_pixels=self.settings.max_image_pixels, name=ref),
+            protected=protected,
+        )
+        return embed_key, embedding
+
+    def _prefetch_one(self, ref: str, protected: set[Any]) -> Any:
+        key, embedding = self._embedding(ref, protected)
+        return key if embedding is not None else None
+
+    def _open_task(self, payload: dict[str, Any], task: dict[str, Any]) -> None:
+        """Queue the opened task's click targets for prefetching (see :mod:`.prefetch`)."""
+        from .prefetch import page_order
+
+        xml = payload.get("label_config") or self.project_configs.get(str(payload.get("project")))
+        data = task.get("data")
+        if not isinstance(xml, str) or not isinstance(data, dict):
+            return
+        try:
+            config = parse_label_config(xml)
+        except Exception:  # the batch call is not the place to complain about the config
+            return
+        images = {image for image, _ in config.keypoints.values() if image in config.images}
+        lists = []
+        for name in sorted(images, key=list(config.images).index):
+            value = data.get(config.images[name].data_key)
+            lists.append(value if isinstance(value, list) else [value])
+        refs = page_order(lists)
+        if refs:
+            self.prefetcher.open_task((str(payload.get("project")), task.get("id")), refs)
 
     @staticmethod
     def _user(params: dict[str, Any], task: dict[str, Any]) -> str:

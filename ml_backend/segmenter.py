@@ -68,19 +68,37 @@ class EmbeddingCache:
             self.hits += 1
             return item
 
-    def put(self, key: Hashable, item: Embedding) -> None:
+    def put(self, key: Hashable, item: Embedding, protected: set[Hashable] | None = None) -> bool:
+        """Store ``item``, evicting least recently used entries to stay in bounds; True if stored.
+
+        With ``protected`` (a prefetch), no key in it is evicted: when the bounds cannot be
+        kept otherwise, ``item`` is not stored.
+        """
         size = item.nbytes
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self.nbytes -= old.nbytes
             if size > self.max_bytes or self.max_items <= 0:
-                return
+                return False
+            if protected is not None and not self._room(size, protected):
+                return False
             self._items[key] = item
             self.nbytes += size
+            victims = (k for k in list(self._items) if k != key and (protected is None or k not in protected))
             while len(self._items) > self.max_items or self.nbytes > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
+                dropped = self._items.pop(next(victims))
                 self.nbytes -= dropped.nbytes
+            return True
+
+    def has_room(self, size: int, protected: set[Hashable]) -> bool:
+        """Whether an entry of ``size`` bytes fits without evicting a key in ``protected``."""
+        with self._lock:
+            return self._room(size, protected)
+
+    def _room(self, size: int, protected: set[Hashable]) -> bool:
+        kept = [self._items[k] for k in self._items if k in protected]
+        return len(kept) + 1 <= self.max_items and sum(e.nbytes for e in kept) + size <= self.max_bytes
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -101,7 +119,11 @@ class ImageSegmenter:
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         self.settings = settings
-        self.cache = cache or EmbeddingCache(settings.embedding_cache_items, settings.embedding_cache_bytes)
+        self.cache = (
+            cache
+            if cache is not None
+            else EmbeddingCache(settings.embedding_cache_items, settings.embedding_cache_bytes)
+        )
         self._predictor = SAM2ImagePredictor(model)
         size = settings.image_size
         # SAM2ImagePredictor assumes 1024 px; its feature sizes must follow the model's size.
@@ -111,12 +133,15 @@ class ImageSegmenter:
         self._key_locks: dict[Hashable, threading.Lock] = {}
         self._key_locks_guard = threading.Lock()
         self.encodes = 0
+        self._last_nbytes = 0
 
-    def embed(self, key: Hashable, image: np.ndarray | Any) -> Embedding:
+    def embed(self, key: Hashable, image: np.ndarray | Any, *, protected: set[Hashable] | None = None) -> Any:
         """The cached embedding for ``key``, computing it from ``image`` on a miss.
 
         ``image`` may be a zero-argument callable returning the array, so that a hit never
-        decodes the image. Concurrent misses on one key encode once.
+        decodes the image. Concurrent misses on one key encode once: a click on a frame being
+        prefetched waits for that encoding. With ``protected`` (a prefetch) nothing in it is
+        evicted, and None is returned without encoding when there is no room.
         """
         cached = self.cache.get(key)
         if cached is not None:
@@ -125,10 +150,13 @@ class ImageSegmenter:
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
+            if protected is not None and self._last_nbytes and not self.cache.has_room(self._last_nbytes, protected):
+                return None
             array = image() if callable(image) else image
             embedding = self._encode(array)
-            self.cache.put(key, embedding)
-            return embedding
+            self._last_nbytes = embedding.nbytes
+            stored = self.cache.put(key, embedding, protected)
+            return embedding if stored or protected is None else None
 
     def _lock_for(self, key: Hashable) -> threading.Lock:
         with self._key_locks_guard:

@@ -104,6 +104,14 @@ class Settings:
         default=defaults.EMBEDDING_CACHE_BYTES,
         metadata=_env("EMBEDDING_CACHE_BYTES", "most bytes of image embeddings kept in memory"),
     )
+    prefetch_embeddings: bool = field(
+        default=defaults.PREFETCH_EMBEDDINGS,
+        metadata=_env("PREFETCH_EMBEDDINGS", "embed a task's frames in the background when it is opened"),
+    )
+    prefetch_tasks: int = field(
+        default=defaults.PREFETCH_TASKS,
+        metadata=_env("PREFETCH_TASKS", "most recently opened tasks whose frames are prefetched"),
+    )
     download_cache_bytes: int = field(
         default=defaults.DOWNLOAD_CACHE_BYTES,
         metadata=_env("DOWNLOAD_CACHE_BYTES", "most bytes of downloaded task files kept on disk"),

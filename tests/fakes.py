@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,21 +10,40 @@ import numpy as np
 
 class DiscSegmenter:
     """Image segmenter stand-in: the mask is the union of discs around positive points minus
-    discs around negative points. Implements ``embed`` / ``predict`` like ``ImageSegmenter``."""
+    discs around negative points. Implements ``embed`` / ``predict`` like ``ImageSegmenter``:
+    one model lock, each key encoded once (a second caller waits for the first), and an optional
+    ``encode_seconds`` of work per encode so timing rules can be tested."""
 
-    def __init__(self, radius: float = 15.0) -> None:
+    def __init__(self, radius: float = 15.0, encode_seconds: float = 0.0) -> None:
         self.radius = radius
+        self.encode_seconds = encode_seconds
         self.encodes = 0
+        self.encoded: list = []  # keys in encode order
         self._cache: dict = {}
+        self._model_lock = threading.Lock()
+        self._key_locks: dict = {}
+        self._guard = threading.Lock()
 
-    def embed(self, key, image):
-        if key not in self._cache:
-            array = image() if callable(image) else image
-            self.encodes += 1
-            self._cache[key] = SimpleNamespace(orig_hw=array.shape[:2])
+    def embed(self, key, image, *, protected=None):
+        import time
+
+        if key in self._cache:
+            return self._cache[key]
+        with self._guard:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._cache:
+                array = image() if callable(image) else image
+                with self._model_lock:
+                    time.sleep(self.encode_seconds)
+                    self.encodes += 1
+                    self.encoded.append(key)
+                self._cache[key] = SimpleNamespace(orig_hw=array.shape[:2])
         return self._cache[key]
 
     def predict(self, embedding, points_xy, labels):
+        with self._model_lock:  # a click waits for an encode in progress, as with the real model
+            pass
         h, w = embedding.orig_hw
         yy, xx = np.mgrid[:h, :w]
         mask = np.zeros((h, w), bool)
