@@ -456,6 +456,67 @@ def concurrency(args: argparse.Namespace, settings: Any, model: Any, root: Path,
 
 
 # -- main ------------------------------------------------------------------------------------------
+def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Path, work: Path) -> dict:
+    """Clicks after Label Studio opened the task: ``/predict`` without clicks first (the task is
+    opened), then, after a think time long enough for the prefetcher, one click on each page.
+    Also: a click while the prefetcher is embedding another frame of the same task, and a click
+    in one annotator's (embedded) task while another annotator's task is being prefetched."""
+    import httpx
+
+    server, predictor = build_backend(settings, model, root, work / "dl3")
+    seg = predictor.segmenter
+    refs = {t: [f"/data/local-files/?d=bench/task{t}_{k}.png" for k in range(args.pages)] for t in range(4)}
+    http = httpx.Client(base_url=server.url, timeout=600.0)
+
+    def open_task(t: int) -> None:
+        body = predict_payload([], task_id=500 + t, frames=refs[t], login=f"a{t}")
+        body["params"]["context"] = None
+        assert http.post("/predict", json=body).status_code == 200
+
+    def click(t: int, page: int, x: float = 40.0, y: float = 40.0) -> float:
+        body = predict_payload([keypoint(x, y, item_index=page)], task_id=500 + t, frames=refs[t], login=f"a{t}")
+        started = time.perf_counter()
+        response = http.post("/predict", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"/predict answered {response.status_code}: {response.text[:200]}")
+        return time.perf_counter() - started
+
+    try:
+        Client(server.url, task_id=999, frame_ref="/data/local-files/?d=bench/warmup.png", login="w").click(50, 50)
+        before = seg.encodes
+        think = time.perf_counter()
+        open_task(0)
+        predictor.prefetcher.wait_idle(600)
+        think = time.perf_counter() - think
+        after_open = [click(0, page) for page in range(args.pages)]
+        encodes_open = seg.encodes - before
+        during: list[float] = []
+        for t in (1, 2):  # a click on the last page while the first is being embedded
+            open_task(t)
+            time.sleep(0.2)
+            during.append(click(t, args.pages - 1))
+            predictor.prefetcher.wait_idle(600)
+        open_task(3)  # another annotator's task is being prefetched …
+        time.sleep(0.2)
+        other = click(0, 0, 60.0, 50.0)  # … while this one clicks a page of an embedded task
+        predictor.prefetcher.wait_idle(600)
+        encodes_total = seg.encodes - before
+        stats = seg.cache.stats()
+    finally:
+        http.close()
+        server.close()
+    return {
+        "after_open": after_open,
+        "think": think,
+        "during": during,
+        "other": other,
+        "encodes_open": encodes_open,
+        "encodes_total": encodes_total,
+        "frames_total": 4 * args.pages,
+        "stats": stats,
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Interactive /predict latency (first/repeat click vs re-encode baseline), "
@@ -472,6 +533,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-items", type=int, help="embedding cache items in the concurrency phase (default 4)")
     p.add_argument("--cache-bytes", type=int, help="embedding cache bytes in the concurrency phase (default 2 GiB)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--pages", type=int, default=4, help="pages of a task in the prefetch phase (default 4)")
     p.add_argument("--quick", action="store_true", help="smoke run: 256 px and a handful of clicks")
     args = p.parse_args(argv)
     full = {
@@ -537,6 +599,11 @@ def main(argv: list[str] | None = None) -> int:
         one = single_client(args, settings, model, root, work)
         print("phase 2: concurrent clients …", file=sys.stderr)
         many = concurrency(args, settings, model, root, work)
+        print("phase 3: tasks opened before their clicks (prefetch) …", file=sys.stderr)
+        for t in range(4):
+            for k in range(args.pages):
+                Image.fromarray(make_frame(1000 + 10 * t + k)).save(root / "bench" / f"task{t}_{k}.png")
+        early = prefetch_phase(args, settings, model, root, work)
 
     ms = 1000.0
     first_p50, first_p95 = pct(one["first"], 50) * ms, pct(one["first"], 95) * ms
@@ -571,6 +638,11 @@ def main(argv: list[str] | None = None) -> int:
         ("baseline: set_image + predict per click (in process, no HTTP)", f"n={len(one['baseline'])}", base_p50, base_p95, ""),
         (f"{args.clients} concurrent clients x {args.clicks_per_client} clicks (cache {stats['max_items']} items)", f"n={n_con}", con_p50, con_p95, ""),
     ]  # fmt: skip
+    rows += [
+        (f"first click on a page of an opened task (prefetched; think time {early['think']:.1f} s)", f"n={len(early['after_open'])}", pct(early["after_open"], 50) * ms, pct(early["after_open"], 95) * ms, ""),
+        ("click on a new page while the prefetcher embeds another", f"n={len(early['during'])}", pct(early["during"], 50) * ms, pct(early["during"], 95) * ms, ""),
+        ("click in an embedded task while another task is prefetched", "n=1", early["other"] * ms, early["other"] * ms, ""),
+    ]  # fmt: skip
     print("| measurement | samples | p50 ms | p95 ms |")
     print("|---|---|---:|---:|")
     for name, n, p50, p95, _ in rows:
@@ -603,6 +675,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{mib(stats['max_bytes'])} | <= max_bytes | {yes(bytes_ok)} |"
     )
     print(f"| embedding cache hits / misses (concurrency phase) | {stats['hits']} / {stats['misses']} | | |")
+    opened_p50 = pct(early["after_open"], 50) * ms
+    print(
+        f"| prefetched first click p50 / repeat click p50 | {opened_p50 / rep_p50:.2f}x | <= 1.5x "
+        f"| {yes(opened_p50 <= 1.5 * rep_p50)} |"
+    )
+    print(
+        f"| click during prefetch p95 / one encoder pass (first click p50) | "
+        f"{pct(early['during'], 95) * ms / first_p50:.2f}x | <= 1 encoder pass + own work | "
+        f"{yes(pct(early['during'], 95) * ms <= 2 * first_p50 + rep_p95)} |"
+    )
+    print(
+        f"| click while another task is prefetched / (encoder pass + repeat click) | "
+        f"{early['other'] * ms / (first_p50 + rep_p50):.2f}x | <= 1 | {yes(early['other'] * ms <= first_p50 + rep_p50)} |"
+    )
+    print(
+        f"| prefetch phase: image encodes / frames of the 4 tasks (no double encode) | {early['encodes_total']} / "
+        f"{early['frames_total']} | equal | {yes(early['encodes_total'] == early['frames_total'])} |"
+    )
     print(
         f"| RSS: start / after model build / peak in concurrency (sampled) / process peak (getrusage) "
         f"| {mib(rss_start)} / {mib(rss_model)} / {mib(many['peak_rss_sampled'])} / {mib(peak_rss_bytes())} | | |"
