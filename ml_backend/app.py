@@ -122,7 +122,16 @@ def create_app(
     app.extensions["sam2_jobs"] = jobs
 
     if warmup:
-        threading.Thread(target=lambda: predictor.segmenter, name="sam2-warmup", daemon=True).start()
+
+        def warm() -> None:  # build the model, then say how long a click takes on this machine
+            from .speed import log_backend_speed
+
+            try:
+                log_backend_speed(predictor, settings)
+            except Exception:
+                log.exception("warming up the model failed")
+
+        threading.Thread(target=warm, name="sam2-warmup", daemon=True).start()
 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
 

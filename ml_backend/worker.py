@@ -187,7 +187,8 @@ class Worker(SimpleWorker):
 
 
 def make_worker(settings: Settings, connection: Any = None, *, preload: bool = True, **kwargs: Any) -> Worker:
-    """A worker on ``settings.queue_name``; ``preload`` builds the model before the first job."""
+    """A worker on ``settings.queue_name``; ``preload`` builds the model before the first job and
+    times a few propagated frames (logged, and left in Redis for ``scripts/stack.py``)."""
     from rq import Queue
 
     from .connection import redis_for
@@ -198,5 +199,7 @@ def make_worker(settings: Settings, connection: Any = None, *, preload: bool = T
     worker = Worker([queue], connection=connection, serializer=SERIALIZER, **kwargs)
     worker.heartbeat_ttl = settings.job_heartbeat_ttl
     if preload:
-        get_predictor(settings)
+        from .speed import measure_worker
+
+        measure_worker(get_predictor(settings), settings, connection)
     return worker

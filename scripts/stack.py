@@ -52,6 +52,10 @@ if str(ROOT) not in sys.path:
 from ml_backend.connection import redacted  # noqa: E402 - after the path set-up
 
 LS_VERSION = "1.23.2"
+#: Image size of a smoke run (random weights) on a CPU when none is chosen.
+SMOKE_IMAGE_SIZE = 256
+#: Frames of the demo pair's two videos.
+DEMO_PAIR_FRAMES = (30, 24)
 SCENEDIFF_TITLE = "SceneDiff demo"
 GREENSCREEN_TITLE = "Green-screen demo"
 CHECKPOINT_HINT = """\
@@ -236,6 +240,9 @@ class Stack:
             env["SAM2_IMAGE_SIZE"] = str(c.image_size)
         if c.device is not None:
             env["SAM2_DEVICE"] = c.device
+        if self._smoke_run_on_cpu(env):
+            # random weights mean nothing at any size; at 256 px a CPU demo takes minutes, not an hour
+            env["SAM2_IMAGE_SIZE"] = str(SMOKE_IMAGE_SIZE)
         # Backend and worker share this machine's cores with each other and with Label Studio.
         # PyTorch's default (one OpenMP thread per core in each process) oversubscribes them, and
         # spinning OpenMP threads then slow propagation down several times over (measured 7x on
@@ -352,6 +359,29 @@ class Stack:
                     raise StackError(f"redis-server did not answer on {self.redis_url}") from None
                 time.sleep(0.1)
 
+    @staticmethod
+    def _smoke_run_on_cpu(env: dict[str, str]) -> bool:
+        """Random weights, no image size chosen, and no GPU."""
+        if env.get("SAM2_CHECKPOINT", "") != "random" or env.get("SAM2_IMAGE_SIZE"):
+            return False
+        device = env.get("SAM2_DEVICE", "auto")
+        if device == "cpu":
+            return True
+        if device != "auto":
+            return False
+        import torch
+
+        return not torch.cuda.is_available()
+
+    def speed(self) -> float | None:
+        """Seconds per propagated frame (one object) that the worker measured at its start."""
+        import redis
+
+        from ml_backend.speed import SPEED_KEY
+
+        value = redis.Redis.from_url(self.redis_url).hget(SPEED_KEY, "seconds_per_frame")
+        return float(value) if value else None
+
     def start_backend(self) -> Child:
         argv = [self.config.python, "-m", "ml_backend", "serve", "--host", self.config.host,
                 "--port", str(self.backend_port), "--threads", str(self.config.backend_threads)]  # fmt: skip
@@ -439,7 +469,16 @@ class Stack:
             health = self.wait_backend()
             self.say(f"ML backend up: {health}")
             self.wait_worker()
-            self.say("worker ready")
+            env = self.backend_env()
+            size = int(env.get("SAM2_IMAGE_SIZE") or 1024)
+            seconds = self.speed()
+            speed = f"about {seconds:.2f} s per frame and object" if seconds else "an unknown time per frame"
+            self.say(f"worker ready: SAM 2 at {size} px takes {speed} on this machine")
+            if seconds and seconds > 1 and env.get("SAM2_CHECKPOINT") != "random":
+                self.say(
+                    "warning: propagation is slow here (no GPU?): the demo job will take a while, and each first "
+                    "click on a new frame takes an encoder pass; SAM2_IMAGE_SIZE=512 trades quality for speed"
+                )
             self.wait_label_studio()
             self.say(f"Label Studio up ({time.monotonic() - t0:.0f} s)")
             self.write_info()
@@ -530,7 +569,7 @@ class Stack:
             self._client = LabelStudio(base_url=self.ls_url, api_key=self.token, timeout=120)
         return self._client
 
-    def setup_demo(self, *, greenscreen: bool = True, pair_frames: tuple[int, int] = (30, 24),
+    def setup_demo(self, *, greenscreen: bool = True, pair_frames: tuple[int, int] = DEMO_PAIR_FRAMES,
                    size: tuple[int, int] = (240, 320), stride: int = 10) -> dict[str, Any]:  # fmt: skip
         """Demo projects (idempotent): a SceneDiff pair and, with ``greenscreen``, green-screen segments.
 
@@ -649,6 +688,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             if key in demo:
                 d = demo[key]
                 lines.append(f"{title:19s}{stack.ls_url}/projects/{d['project']}/data  ({len(d['tasks'])} task(s))")
+        seconds = stack.speed()
+        if seconds and "scenediff" in demo:
+            frames = sum(DEMO_PAIR_FRAMES)
+            lines.append(
+                f"demo pair job       about {frames * seconds / 60:.1f} min per annotated object "
+                f"({frames} frames × {seconds:.2f} s, measured by the worker)"
+            )
         lines += [
             f"exports            {stack.results_root}",
             f"logs               {stack.logs_dir}/*.log",

@@ -401,3 +401,16 @@ def test_speed_arithmetic():
     out = _speed(progress, started=100.0, status="started", now=110.0)
     assert out == {"frames": {"done": 30, "total": 100, "percent": 30.0}, "fps": 3.0, "eta_seconds": 23.3}
     assert _speed({}, None, "queued")["eta_seconds"] is None
+
+
+def test_a_starting_worker_measures_and_shares_its_speed(job_settings, redis_conn, monkeypatch, caplog):
+    import logging
+
+    from ml_backend.speed import SPEED_KEY
+
+    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
+    with caplog.at_level(logging.INFO, logger="ml_backend.speed"):
+        make_worker(job_settings, redis_conn, preload=True)
+    stored = {k.decode(): v.decode() for k, v in redis_conn.hgetall(SPEED_KEY).items()}
+    assert float(stored["seconds_per_frame"]) > 0 and stored["image_size"] == str(job_settings.image_size)
+    assert "s per propagated frame" in caplog.text
