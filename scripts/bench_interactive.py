@@ -456,6 +456,11 @@ def concurrency(args: argparse.Namespace, settings: Any, model: Any, root: Path,
 
 
 # -- main ------------------------------------------------------------------------------------------
+#: Tasks of the prefetch phase: 0 opened alone, 1–2 clicked while embedding, 3 another
+#: annotator's, 4–5 opened by two annotators at once.
+TASKS = 6
+
+
 def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Path, work: Path) -> dict:
     """Clicks after Label Studio opened the task: ``/predict`` without clicks first (the task is
     opened), then, after a think time long enough for the prefetcher, one click on each page.
@@ -465,7 +470,7 @@ def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Pa
 
     server, predictor = build_backend(settings, model, root, work / "dl3")
     seg = predictor.segmenter
-    refs = {t: [f"/data/local-files/?d=bench/task{t}_{k}.png" for k in range(args.pages)] for t in range(4)}
+    refs = {t: [f"/data/local-files/?d=bench/task{t}_{k}.png" for k in range(args.pages)] for t in range(TASKS)}
     http = httpx.Client(base_url=server.url, timeout=600.0)
 
     def open_task(t: int) -> None:
@@ -500,6 +505,20 @@ def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Pa
         time.sleep(0.2)
         other = click(0, 0, 60.0, 50.0)  # … while this one clicks a page of an embedded task
         predictor.prefetcher.wait_idle(600)
+        pair: list[float] = []  # two annotators open two tasks at the same moment, think, click each page
+        barrier = threading.Barrier(2)
+
+        def annotator(t: int) -> None:
+            barrier.wait()
+            open_task(t)
+            predictor.prefetcher.wait_idle(600)
+            pair.extend(click(t, page) for page in range(args.pages))
+
+        threads = [threading.Thread(target=annotator, args=(t,)) for t in (4, 5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         encodes_total = seg.encodes - before
         stats = seg.cache.stats()
     finally:
@@ -510,9 +529,10 @@ def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Pa
         "think": think,
         "during": during,
         "other": other,
+        "pair": pair,
         "encodes_open": encodes_open,
         "encodes_total": encodes_total,
-        "frames_total": 4 * args.pages,
+        "frames_total": TASKS * args.pages,
         "stats": stats,
     }
 
@@ -600,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         print("phase 2: concurrent clients …", file=sys.stderr)
         many = concurrency(args, settings, model, root, work)
         print("phase 3: tasks opened before their clicks (prefetch) …", file=sys.stderr)
-        for t in range(4):
+        for t in range(TASKS):
             for k in range(args.pages):
                 Image.fromarray(make_frame(1000 + 10 * t + k)).save(root / "bench" / f"task{t}_{k}.png")
         early = prefetch_phase(args, settings, model, root, work)
@@ -642,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"first click on a page of an opened task (prefetched; think time {early['think']:.1f} s)", f"n={len(early['after_open'])}", pct(early["after_open"], 50) * ms, pct(early["after_open"], 95) * ms, ""),
         ("click on a new page while the prefetcher embeds another", f"n={len(early['during'])}", pct(early["during"], 50) * ms, pct(early["during"], 95) * ms, ""),
         ("click in an embedded task while another task is prefetched", "n=1", early["other"] * ms, early["other"] * ms, ""),
+        ("two annotators open two tasks at once, then click each page", f"n={len(early['pair'])}", pct(early["pair"], 50) * ms, pct(early["pair"], 95) * ms, ""),
     ]  # fmt: skip
     print("| measurement | samples | p50 ms | p95 ms |")
     print("|---|---|---:|---:|")
@@ -690,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{early['other'] * ms / (first_p50 + rep_p50):.2f}x | <= 1 | {yes(early['other'] * ms <= first_p50 + rep_p50)} |"
     )
     print(
-        f"| prefetch phase: image encodes / frames of the 4 tasks (no double encode) | {early['encodes_total']} / "
+        f"| prefetch phase: image encodes / frames of the {TASKS} tasks (no double encode) | {early['encodes_total']} / "
         f"{early['frames_total']} | equal | {yes(early['encodes_total'] == early['frames_total'])} |"
     )
     print(
