@@ -140,3 +140,22 @@ def test_clicks_from_several_threads_while_prefetching_keep_one_encode_per_frame
         thread.join()
     assert predictor.prefetcher.wait_idle(10)
     assert sorted(pages(segmenter)) == ["f0", "f1", "f2", "f3"]
+
+
+def test_tasks_beyond_prefetch_tasks_are_dropped(small_settings, local_root, tmp_path):
+    segmenter = DiscSegmenter(encode_seconds=0.2)
+    predictor, client = make(small_settings, local_root, tmp_path, segmenter, prefetch_tasks=1)
+    open_task(client, FRAMES[:3], task_id=1)
+    time.sleep(0.05)
+    open_task(client, [FRAMES[3]], task_id=2)  # only the newest task is kept
+    assert predictor.prefetcher.wait_idle(10)
+    assert "f3" in pages(segmenter) and "f2" not in pages(segmenter)  # task 1's rest was dropped
+
+
+def test_prefetch_stays_in_the_cache_bounds(image_model, small_settings, local_root, tmp_path):
+    """Real SAM 2, a cache of 2 items, a task of 4 pages: prefetching stops at the bound."""
+    segmenter = ImageSegmenter(image_model, small_settings, cache=EmbeddingCache(max_items=2, max_bytes=1 << 40))
+    predictor, client = make(small_settings, local_root, tmp_path, segmenter)
+    open_task(client)
+    assert predictor.prefetcher.wait_idle(60)
+    assert len(segmenter.cache) == 2 and segmenter.encodes == 2  # the third page found no room: not encoded
