@@ -101,6 +101,8 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
             exports=[*settings.export_list, *(args.export or [])],
             progress=progress,
             review=settings.review_exports and not args.no_review,
+            quality=settings.quality_flags and not args.no_quality,
+            quality_rule=settings.quality_rule,
             prefetch=settings.prefetch_frames,
             prefetch_workers=settings.prefetch_workers,
             offload_state_to_cpu=settings.offload_state_to_cpu,
@@ -173,6 +175,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="also write this format (davis, ytvis, mots); repeat for several",
     )
     prop.add_argument("--no-review", action="store_true", help="skip overlay videos and contact sheets")
+    prop.add_argument(
+        "--no-quality", action="store_true", help="skip the per-frame quality signals and drift flags (quality.json)"
+    )
     prop.add_argument("--queue", action="store_true", help="enqueue on Redis for a worker instead of running here")
     prop.set_defaults(func=_propagate)
 

@@ -62,7 +62,14 @@ class DavisExport(Exporter):
         self.names[video] = [f.stem for f in files] if files else None
         self.shapes[video] = (source.height, source.width)
 
-    def add(self, video: str, frame_idx: int, masks: dict[int, np.ndarray], frame: np.ndarray | None) -> None:
+    def add(
+        self,
+        video: str,
+        frame_idx: int,
+        masks: dict[int, np.ndarray],
+        frame: np.ndarray | None,
+        scores: Any = None,
+    ) -> None:
         from PIL import Image
 
         names = self.names[video]

@@ -115,6 +115,24 @@ EXPORTS = ""
 #: Write review outputs (overlay WebM per video, contact sheet per object).
 REVIEW_EXPORTS = True
 
+#: Record per-frame tracking quality (object scores, mask area and centroid) and flag frames where
+#: tracking may have drifted: ``review/quality.json`` (:mod:`ml_backend.quality`).
+QUALITY_FLAGS = True
+
+#: A frame whose mask is shown with an object score (sigmoid) below this is flagged ``low_score``.
+#: SAM 2 hides the mask below 0.5, so this catches masks the model shows but doubts.
+QUALITY_MIN_SCORE = 0.7
+
+#: A frame whose mask area changed by this factor or more since the frame before is flagged ``area``.
+QUALITY_AREA_RATIO = 1.5
+
+#: A frame whose mask centroid moved by this many object sizes (square root of the area on the
+#: frame before) or more is flagged ``jump``.
+QUALITY_JUMP = 0.5
+
+#: Most flagged frames a job appends as new annotation pages, per video of a task.
+REVIEW_MAX_PAGES = 8
+
 #: After the last missing green-screen segment is exported, assemble all frames into an
 #: H.264 mp4 with ffmpeg (when ffmpeg is installed).
 GREENSCREEN_MP4 = True

@@ -7,7 +7,7 @@ drives every exporter of a job through the same lifecycle::
     exporter = exporter_class(name)(job)            # job: ExportJob (spec, staging folder, options)
     for each video of the job, in order:
         exporter.start_video(video, source)         # before the video's first frame
-        exporter.add(video, frame_idx, masks, frame)
+        exporter.add(video, frame_idx, masks, frame, scores)
                                                     # each propagated frame, in propagation order
                                                     # (forward from the first prompt, then back);
                                                     # only when ``per_frame`` is True
@@ -19,7 +19,8 @@ drives every exporter of a job through the same lifecycle::
 Types: ``video`` is ``"video1"``/``"video2"``; ``source`` a :class:`~ml_backend.frames.FrameSource`;
 ``frame_idx`` 0-based in decode order; ``masks`` in :meth:`Exporter.add` ``{obj_id: H×W bool}``
 (CPU numpy, every object of the video, empty masks included); ``frame`` ``H×W×3`` uint8 RGB, or
-None unless ``needs_frames``. In :meth:`Exporter.finish`, ``masks[video][obj_id][str(frame)]``
+None unless ``needs_frames``; ``scores`` ``{obj_id: (object score, predicted IoU)}``, each a float
+in 0–1 or None where the predictor keeps none (:func:`ml_backend.propagation.object_scores`). In :meth:`Exporter.finish`, ``masks[video][obj_id][str(frame)]``
 is a COCO RLE ``{'size': [h, w], 'counts': str}`` for every non-empty mask, read lazily from the
 job's spool on disk (so a long video never sits in memory).
 
@@ -48,6 +49,7 @@ REGISTRY: dict[str, str] = {
     "davis": "ml_backend.davis:DavisExport",
     "ytvis": "ml_backend.ytvis:YouTubeVISExport",
     "mots": "ml_backend.mots:MOTSExport",
+    "quality": "ml_backend.quality:QualityExport",
 }
 
 #: Formats tied to one kind of job (the job's own format); the others fit any job.
@@ -63,6 +65,7 @@ class ExportJob:
     image_size: int = 1024
     greenscreen_mp4: bool = False
     greenscreen_fps: float = 30.0
+    quality_rule: Any = None  # ml_backend.quality.QualityRule; None = the defaults
 
     def video_label(self, video: str) -> str:
         """The name of ``video`` in file names: ``video1``/``video2``, or ``segment_XXX``."""
@@ -93,7 +96,14 @@ class Exporter:
     def start_video(self, video: str, source: Any) -> None:
         """Called before ``video``'s first frame."""
 
-    def add(self, video: str, frame_idx: int, masks: dict[int, np.ndarray], frame: np.ndarray | None) -> None:
+    def add(
+        self,
+        video: str,
+        frame_idx: int,
+        masks: dict[int, np.ndarray],
+        frame: np.ndarray | None,
+        scores: Mapping[int, tuple[float | None, float | None]] | None = None,
+    ) -> None:
         """Called for each propagated frame when ``per_frame``."""
 
     def finish(self, masks: Mapping[str, Mapping[int, Mapping[str, dict[str, Any]]]]) -> None:
@@ -115,12 +125,18 @@ def exporter_class(name: str) -> type[Exporter]:
     return getattr(importlib.import_module(module), cls)
 
 
-def choose_exports(spec: Any, extra: Iterable[str] = (), *, review: bool = True) -> list[str]:
-    """The formats a job writes, in order: its own format, ``review`` (when on), then the
-    formats the prompt document asks for (``spec.exports``) and ``extra`` (CLI ``--export``,
-    the ``EXPORTS`` setting, the project's choice), each once. Raises :class:`PromptError` for
-    an unknown name or another job kind's own format."""
-    names = [spec.format, *(["review"] if review else []), *getattr(spec, "exports", ()), *extra]
+def choose_exports(spec: Any, extra: Iterable[str] = (), *, review: bool = True, quality: bool = True) -> list[str]:
+    """The formats a job writes, in order: its own format, ``review`` and ``quality`` (each when
+    on), then the formats the prompt document asks for (``spec.exports``) and ``extra`` (CLI
+    ``--export``, the ``EXPORTS`` setting, the project's choice), each once. Raises
+    :class:`PromptError` for an unknown name or another job kind's own format."""
+    names = [
+        spec.format,
+        *(["review"] if review else []),
+        *(["quality"] if quality else []),
+        *getattr(spec, "exports", ()),
+        *extra,
+    ]
     out: list[str] = []
     for name in names:
         exporter_class(name)

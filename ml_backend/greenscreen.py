@@ -66,7 +66,14 @@ class GreenScreenExport(Exporter):
     def name_of(self, frame_idx: int) -> str:
         return f"frame_{self.plan[2] + frame_idx:06d}_masked.png"
 
-    def add(self, video: str, frame_idx: int, masks: dict[int, np.ndarray], frame: np.ndarray | None) -> None:
+    def add(
+        self,
+        video: str,
+        frame_idx: int,
+        masks: dict[int, np.ndarray],
+        frame: np.ndarray | None,
+        scores: Any = None,
+    ) -> None:
         import cv2
 
         if frame_idx >= self.plan[3]:

@@ -191,6 +191,8 @@ def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, p
         exports=settings.export_list,
         progress=progress,
         review=settings.review_exports,
+        quality=settings.quality_flags,
+        quality_rule=settings.quality_rule,
         prefetch=settings.prefetch_frames,
         prefetch_workers=settings.prefetch_workers,
         offload_state_to_cpu=settings.offload_state_to_cpu,

@@ -49,7 +49,14 @@ class MOTSExport(Exporter):
     def start_video(self, video: str, source: Any) -> None:
         self.sizes[video] = (source.num_frames, source.height, source.width)
 
-    def add(self, video: str, frame_idx: int, masks: dict[int, np.ndarray], frame: np.ndarray | None) -> None:
+    def add(
+        self,
+        video: str,
+        frame_idx: int,
+        masks: dict[int, np.ndarray],
+        frame: np.ndarray | None,
+        scores: Any = None,
+    ) -> None:
         present = {obj: mask for obj, mask in masks.items() if mask.any()}
         if len(present) < 2:
             return

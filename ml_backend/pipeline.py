@@ -154,6 +154,8 @@ def run_job(
     exports: list[str] | tuple[str, ...] = (),
     progress: Progress | None = None,
     review: bool = True,
+    quality: bool = True,
+    quality_rule: Any = None,
     prefetch: int = 8,
     prefetch_workers: int = 0,
     offload_state_to_cpu: bool = False,
@@ -166,20 +168,21 @@ def run_job(
 ) -> JobResult:
     """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``.
 
-    Writes the job's own format, ``review`` (when on), and the formats in ``spec.exports`` and
+    Writes the job's own format, ``review`` and ``quality`` (when on; ``quality_rule`` holds the
+    drift-flag thresholds, :class:`~ml_backend.quality.QualityRule`), and the formats in ``spec.exports`` and
     ``exports`` (:func:`~ml_backend.exporter.choose_exports`). Everything is checked before the
     model sees a frame. With ``publish`` (default) the exports are published at the end; with
     ``publish=False`` the caller decides (:meth:`JobResult.publish`), e.g. only while the job is
     still the task's latest. ``device_rle``: see :func:`propagate_video`.
     """
     check_job(spec, videos)
-    job_exports = choose_exports(spec, exports, review=review)
+    job_exports = choose_exports(spec, exports, review=review, quality=quality)
     result = JobResult(Path(out_dir))
     exporters: list[Any] = []
     try:
         result.staging = Staging(result.out_dir)
         result.spool = MaskSpool(result.staging.private("masks.spool"))  # removed with the staging
-        job = ExportJob(spec, result.staging, image_size, greenscreen_mp4, greenscreen_fps)
+        job = ExportJob(spec, result.staging, image_size, greenscreen_mp4, greenscreen_fps, quality_rule)
         exporters = [exporter_class(name)(job) for name in job_exports]
         for name in video_names(spec):
             started = time.perf_counter()
@@ -244,7 +247,9 @@ def propagate_video(
         for exporter in exporters:
             exporter.start_video(name, source)
 
-        def handle(frame_idx: int, frame: Any, masks: dict[int, np.ndarray] | None, runs: dict | None) -> None:
+        def handle(
+            frame_idx: int, frame: Any, masks: dict[int, np.ndarray] | None, runs: dict | None, scores: dict | None
+        ) -> None:
             if runs is not None:
                 for obj_id, rle in runs.items():
                     if len(rle["counts"]) > 1:  # one count: the whole frame is background
@@ -254,7 +259,7 @@ def propagate_video(
                     if mask.any():
                         spool.add(name, obj_id, frame_idx, rle_encode(mask))
             for exporter in streaming:
-                exporter.add(name, frame_idx, masks, frame)
+                exporter.add(name, frame_idx, masks, frame, scores)
 
         state = propagation.new_state(
             predictor, source, prefetch=prefetch, workers=workers, offload_state_to_cpu=offload_state_to_cpu
@@ -271,7 +276,8 @@ def propagate_video(
                     array = tensor.cpu().numpy()
                     masks = {obj_id: array[i] for i, obj_id in enumerate(obj_ids)}
                 frame = source.read(frame_idx) if want_frames else None
-                exporter_thread.put(frame_idx, frame, masks, runs)
+                scores = propagation.object_scores(state, frame_idx) if streaming else None
+                exporter_thread.put(frame_idx, frame, masks, runs, scores)
                 if progress is not None:
                     progress(name, done, source.num_frames)
         finally:

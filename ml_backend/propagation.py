@@ -173,6 +173,39 @@ def prune(state: dict[str, Any], frame_idx: int, reverse: bool, window: int, kee
     return dropped
 
 
+def object_scores(state: dict[str, Any], frame_idx: int) -> dict[int, tuple[float | None, float | None]]:
+    """``{obj_id: (object score, predicted IoU)}`` of ``frame_idx`` from the state's per-frame outputs.
+
+    The object score is the sigmoid of the output's ``object_score_logits`` (SAM 2: the object is
+    shown when above 0.5); the IoU is read from ``ious`` or ``iou`` where a predictor keeps one
+    (SAM 2 1.1.0 does not). Either is None when the output lacks it. Call it while the frame's
+    output still exists: right after the frame is yielded (pruning keeps the current frame).
+    """
+    import torch
+
+    out: dict[int, tuple[float | None, float | None]] = {}
+    logits, owners = [], []
+    for idx, obj_id in state["obj_idx_to_id"].items():
+        per_obj = state["output_dict_per_obj"].get(idx, {})
+        frame_out = per_obj.get("cond_frame_outputs", {}).get(frame_idx)
+        if frame_out is None:
+            frame_out = per_obj.get("non_cond_frame_outputs", {}).get(frame_idx)
+        frame_out = frame_out or {}
+        iou = frame_out.get("ious", frame_out.get("iou"))
+        iou = float(torch.as_tensor(iou).float().max()) if iou is not None else None
+        out[int(obj_id)] = (None, iou)
+        logit = frame_out.get("object_score_logits")
+        if logit is not None:
+            logits.append(torch.as_tensor(logit).float().reshape(-1)[:1])
+            owners.append(int(obj_id))
+    if logits:
+        # one transfer for every object of the frame
+        scores = torch.sigmoid(torch.cat(logits)).cpu().tolist()
+        for obj_id, score in zip(owners, scores, strict=True):
+            out[obj_id] = (float(score), out[obj_id][1])
+    return out
+
+
 def prompted_frames(state: dict[str, Any]) -> list[int]:
     return sorted({t for out in state["output_dict_per_obj"].values() for t in out["cond_frame_outputs"]})
 

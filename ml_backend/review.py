@@ -185,7 +185,14 @@ class ReviewExport(Exporter):
         store = self.job.staging.private(f"review-{video}.frames")
         self.videos[video] = _VideoReview(source, self.job.video_label(video), store, self.max_height, self.samples)
 
-    def add(self, video: str, frame_idx: int, masks: dict[int, np.ndarray], frame: np.ndarray | None) -> None:
+    def add(
+        self,
+        video: str,
+        frame_idx: int,
+        masks: dict[int, np.ndarray],
+        frame: np.ndarray | None,
+        scores: Any = None,
+    ) -> None:
         self.videos[video].add(frame_idx, frame, masks)
 
     def finish(self, masks: Mapping[str, Any]) -> None:

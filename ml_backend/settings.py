@@ -191,6 +191,26 @@ class Settings:
         default=defaults.REVIEW_EXPORTS,
         metadata=_env("REVIEW_EXPORTS", "write an overlay WebM per video and a contact sheet per object"),
     )
+    quality_flags: bool = field(
+        default=defaults.QUALITY_FLAGS,
+        metadata=_env("QUALITY_FLAGS", "record per-frame tracking quality and flag drift (`review/quality.json`)"),
+    )
+    quality_min_score: float = field(
+        default=defaults.QUALITY_MIN_SCORE,
+        metadata=_env("QUALITY_MIN_SCORE", "flag a shown mask whose object score is below this (`low_score`)"),
+    )
+    quality_area_ratio: float = field(
+        default=defaults.QUALITY_AREA_RATIO,
+        metadata=_env("QUALITY_AREA_RATIO", "flag a mask whose area changed by this factor since the frame before"),
+    )
+    quality_jump: float = field(
+        default=defaults.QUALITY_JUMP,
+        metadata=_env("QUALITY_JUMP", "flag a mask whose centroid moved this many object sizes since the frame before"),
+    )
+    review_max_pages: int = field(
+        default=defaults.REVIEW_MAX_PAGES,
+        metadata=_env("REVIEW_MAX_PAGES", "most flagged frames a job appends as annotation pages, per video"),
+    )
     greenscreen_mp4: bool = field(
         default=defaults.GREENSCREEN_MP4,
         metadata=_env("GREENSCREEN_MP4", "assemble green-screen frames into an mp4 once every segment is exported"),
@@ -231,6 +251,12 @@ class Settings:
             raise ConfigurationError(f"JOB_HEARTBEAT_TTL={self.job_heartbeat_ttl} must be at least 2 seconds")
         if self.label_studio_retry_seconds < 0 or self.redis_retry_seconds < 0:
             raise ConfigurationError("LABEL_STUDIO_RETRY_SECONDS and REDIS_RETRY_SECONDS must not be negative")
+        if not 0 <= self.quality_min_score <= 1 or self.quality_area_ratio <= 1 or self.quality_jump <= 0:
+            raise ConfigurationError(
+                "QUALITY_MIN_SCORE must lie in 0..1, QUALITY_AREA_RATIO be above 1 and QUALITY_JUMP above 0"
+            )
+        if self.review_max_pages < 0:
+            raise ConfigurationError(f"REVIEW_MAX_PAGES={self.review_max_pages} must not be negative")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigurationError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
 
@@ -253,6 +279,13 @@ class Settings:
     def export_list(self) -> list[str]:
         """``EXPORTS`` as a list of names."""
         return [n.strip() for n in self.exports.split(",") if n.strip()]
+
+    @property
+    def quality_rule(self) -> Any:
+        """The drift-flag thresholds as a :class:`~ml_backend.quality.QualityRule`."""
+        from .quality import QualityRule
+
+        return QualityRule(self.quality_min_score, self.quality_area_ratio, self.quality_jump, self.review_max_pages)
 
     @property
     def results_root(self) -> Path:

@@ -124,6 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run our job with every export on (scenediff, review, davis, ytvis, mots) and compare it",
     )
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="also run our job without quality signals (review/quality.json) and compare: the plain job has them",
+    )
     p.add_argument("--workdir", default="/tmp/bench_video", help="cache for videos, exports and per-child logs")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -171,8 +171,9 @@ def test_export_choice_rules():
     from ml_backend.exporter import choose_exports
 
     spec = parse_prompts(doc(exports="davis, mots"))
-    assert choose_exports(spec, ["mots", "ytvis"]) == ["scenediff", "review", "davis", "mots", "ytvis"]
-    assert choose_exports(spec, review=False) == ["scenediff", "davis", "mots"]
+    assert choose_exports(spec, ["mots", "ytvis"]) == ["scenediff", "review", "quality", "davis", "mots", "ytvis"]
+    assert choose_exports(spec, review=False) == ["scenediff", "quality", "davis", "mots"]
+    assert choose_exports(spec, review=False, quality=False) == ["scenediff", "davis", "mots"]
     with pytest.raises(PromptError, match="needs a greenscreen job"):
         choose_exports(spec, ["greenscreen"])
     with pytest.raises(ConfigurationError, match="EXPORTS names an unknown format 'png'"):

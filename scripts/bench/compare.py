@@ -49,14 +49,17 @@ def main_bench(args: argparse.Namespace) -> None:
     for n in sizes:
         prompt_frame = n // 2
         common = {**base, "prompt_frame": prompt_frame, "frames": n}
-        for path in ("stock", "job", "model", *(("job_all",) if getattr(args, "all_exports", False) else ())):
+        extra = (*(("job_all",) if getattr(args, "all_exports", False) else ()),
+                 *(("job_noq",) if getattr(args, "quality", False) else ()))  # fmt: skip
+        for path in ("stock", "job", "model", *extra):
             if path == "stock" and args.skip_stock_above and n > args.skip_stock_above:
                 skipped.append(f"stock N={n} (--skip-stock-above {args.skip_stock_above})")
                 continue
             cfg = {
                 **common,
-                "kind": "job" if path == "job_all" else path,
+                "kind": "job" if path in ("job_all", "job_noq") else path,
                 "all_exports": path == "job_all",
+                "quality": path != "job_noq",
                 "jpeg": str(videos[n]["jpeg"]),
                 "video": str(videos[n]["mp4"]),
                 "out_dir": str(workdir / "out" / f"{path}_{n}"),
@@ -186,6 +189,24 @@ def print_table(args: argparse.Namespace, sizes: list[int], res: dict, parity: d
                 ("—" if worst is None else f"max {worst:.3f}") + check(worst, TIME_GOAL),
                 f"≤ {TIME_GOAL}",
             )
+    if getattr(args, "quality", False):
+        for key, label in (
+            ("seconds", "our run_job without quality signals / model-only, wall"),
+            ("median_step", "the same, median per-frame time"),
+        ):
+            ratios = [
+                None
+                if not (get(res, "job_noq", n, key) and get(res, "model", n, key))
+                else get(res, "job_noq", n, key) / get(res, "model", n, key)
+                for n in sizes
+            ]
+            row(label, ["—" if r is None else f"{r:.2f}" for r in ratios], "", "")
+        row(
+            "quality signals: our run_job with / without, wall",
+            [fmt_ratio(get(res, "job", n, "seconds"), get(res, "job_noq", n, "seconds")) for n in sizes],
+            "",
+            "≈ 1 (noise ±5 %)",
+        )
     row(
         "stock / our run_job time",
         [fmt_ratio(get(res, "stock", n, "seconds"), get(res, "job", n, "seconds")) for n in sizes],

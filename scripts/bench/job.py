@@ -1,7 +1,8 @@
 """Our job path: ``ml_backend.pipeline.run_job`` on the MP4, measured like the stock path.
 
 ``run_job`` with a SceneDiff prompt spec (objects prompted on the middle frame, so it propagates
-forward and backward), ``review=False``. Its progress callback samples time, RSS and the bytes of
+forward and backward), ``review=False``, with the quality signals (``quality.json``) as a job has
+them unless ``cfg["quality"]`` is False (``--quality`` compares both). Its progress callback samples time, RSS and the bytes of
 COCO RLE produced so far at every frame, and stops the job at an optional time bound or RSS limit
 (the ``--long`` run). The parity check calls it in-process with the stock path's predictor.
 """
@@ -79,6 +80,7 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
             out_dir,
             image_size=predictor.image_size,
             review=bool(cfg.get("all_exports")),
+            quality=bool(cfg.get("quality", True)),
             exports=ALL_EXPORTS if cfg.get("all_exports") else (),
             progress=progress,
             autocast=autocast_factory(settings, predictor),
