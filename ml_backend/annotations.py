@@ -49,6 +49,8 @@ class VideoImage:
     labels: tuple[str, ...]
     frame_indices: list[int]
     video_ref: str
+    data_key: str = "frames"  # task data key of the image list
+    indices_key: str = "frame_indices"  # task data key of the frame-index list
     size: tuple[int, int] = (0, 0)  # video (height, width)
     page_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # item_index -> (h, w)
 
@@ -124,7 +126,11 @@ def _video_images(config_xml: str, data: dict[str, Any]) -> list[VideoImage]:
         if not brushes:
             raise PromptError(f"the config has no BrushLabels on '{name}'")
         labels = config.brushes[brushes[0]][1]
-        out.append(VideoImage(f"video{len(out) + 1}", name, brushes[0], labels, list(indices), video_ref))
+        out.append(
+            VideoImage(
+                f"video{len(out) + 1}", name, brushes[0], labels, list(indices), video_ref, image.data_key, indices_key
+            )
+        )
     if not out:
         raise PromptError("the config has no <Image valueList> with keypoints or brushes: nothing to propagate")
     if len(out) > 2:

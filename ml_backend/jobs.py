@@ -27,8 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from .settings import Settings
@@ -48,10 +50,12 @@ class ProgressMeta:
     write waits ``retry_after`` seconds; the job goes on either way.
     """
 
-    def __init__(self, job: Any, interval: float = 0.5, retry_after: float = 2.0) -> None:
+    def __init__(self, job: Any, interval: float = 0.5, retry_after: float = 2.0, on_percent: Any = None) -> None:
         self.job = job
         self.interval = interval
         self.retry_after = retry_after
+        self.on_percent = on_percent  # called with the percent of all frames when it changes
+        self._percent = -1
         self._last = 0.0
         self._blocked_until = 0.0
         if job is not None:
@@ -82,6 +86,13 @@ class ProgressMeta:
         if self.job is None:
             return
         self.job.meta["progress"][video] = {"done": done, "total": total}
+        if self.on_percent is not None:
+            parts = self.job.meta["progress"].values()
+            whole = sum(int(p.get("total", 0)) for p in parts)
+            percent = int(100 * sum(int(p.get("done", 0)) for p in parts) / whole) if whole else 0
+            if percent != self._percent:
+                self._percent = percent
+                self.on_percent(min(percent, 99))  # 100 once everything is published
         if done == total or time.monotonic() - self._last >= self.interval:
             self._save(force=done == total)
 
@@ -89,6 +100,99 @@ class ProgressMeta:
         if self.job is not None:
             self.job.meta["stage"] = name
             self._save(force=True)
+
+
+class JobState:
+    """The task's state columns in Label Studio (:mod:`ml_backend.taskdata`), written only while
+    this job is the task's latest. Progress goes out from a background thread, at most every
+    ``interval`` seconds, so the job never waits for Label Studio; every write is best-effort.
+    """
+
+    def __init__(self, settings: Settings, job: Any, project_id: int, task_id: int, interval: float = 3.0) -> None:
+        self.settings, self.job, self.task_id, self.interval = settings, job, task_id, interval
+        self.latest_key = LATEST_KEY.format(project=project_id, task=task_id)
+        self._pending: int | None = None
+        self._sent = -1
+        self._last = 0.0
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def is_latest(self) -> bool:
+        if self.job is None:
+            return True
+        try:
+            latest = self.job.connection.get(self.latest_key)
+        except Exception:
+            return False
+        return latest is None or latest.decode() == self.job.id
+
+    def write(self, changes: dict[str, Any], *, seconds: float | None = None) -> bool:
+        """Merge ``changes`` into the task data now, if this job is still the latest."""
+        from .taskdata import update_task_data
+
+        if not self.is_latest():
+            return False
+        try:
+            update_task_data(
+                self.settings,
+                self.job.connection if self.job is not None else None,
+                self.task_id,
+                changes,
+                seconds=min(30.0, self.settings.label_studio_retry_seconds) if seconds is None else seconds,
+            )
+            return True
+        except Exception as exc:  # the state columns are not worth a failed job
+            log.warning("could not write task %s's state (%s)", self.task_id, type(exc).__name__)
+            return False
+
+    def progress(self, percent: int) -> None:
+        """Queue ``job_state=running, job_progress=percent`` (sent from the background thread)."""
+        self._pending = percent
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="task-state", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            wait = self.interval - (time.monotonic() - self._last)
+            if wait > 0 and not self._closed:
+                time.sleep(wait)
+            percent = self._pending
+            if self._closed or percent is None or percent == self._sent:
+                continue
+            self._last = time.monotonic()
+            if self.write({"job_state": "running", "job_progress": percent, "job_error": ""}, seconds=5.0):
+                self._sent = percent
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def failed(self, exc: BaseException) -> None:
+        """``job_state=failed`` with the reason (an input error's sentence; for anything else a
+        sentence naming the error's kind), or ``queued`` with the reason while RQ retries."""
+        from .exceptions import JobError
+
+        if isinstance(exc, JobError):
+            reason, retrying = str(exc), False
+        else:
+            kind = type(exc).__name__
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            transient = getattr(exc, "transient", False)
+            reason = text if transient and text else f"the job stopped on an unexpected {kind}; the worker log has it"
+            retrying = self.job is not None and (self.job.retries_left or 0) > 0
+        if retrying:
+            self.write(
+                {"job_state": "queued", "job_progress": 0, "job_error": f"retrying after: {reason}"}, seconds=5.0
+            )
+        else:
+            self.write({"job_state": "failed", "job_error": reason}, seconds=5.0)
 
 
 def _no_retry_on_bad_input(func):
@@ -266,25 +370,36 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
             gate.check()  # not worth propagating: a newer annotation exists already
         except Superseded as exc:
             return _superseded(job, str(exc))
-    progress = ProgressMeta(job)
-    progress.stage("loading task")
-    task_job = load_task_job(settings, project_id, task_id, annotation_id)
-    out_dir = (
-        settings.results_root
-        / f"project_{project_id}"
-        / ("greenscreen" if task_job.spec.format == "greenscreen" else f"task_{task_id}")
-    )
-    with _run(task_job.spec, task_job.videos, out_dir, settings, progress) as result:
-        try:
-            if gate is None:
-                result.publish()
-                return _finish_task(result, task_job, task_id, settings, job, progress)
-            with gate:
-                progress.stage("publishing")
-                result.publish()
-                return _finish_task(result, task_job, task_id, settings, job, progress)
-        except Superseded as exc:
-            return _superseded(job, str(exc))
+    state = JobState(settings, job, project_id, task_id)
+    progress = ProgressMeta(job, on_percent=state.progress)
+    try:
+        state.write({"job_state": "running", "job_progress": 0, "job_error": ""}, seconds=5.0)
+        progress.stage("loading task")
+        task_job = load_task_job(settings, project_id, task_id, annotation_id)
+        out_dir = (
+            settings.results_root
+            / f"project_{project_id}"
+            / ("greenscreen" if task_job.spec.format == "greenscreen" else f"task_{task_id}")
+        )
+        with _run(task_job.spec, task_job.videos, out_dir, settings, progress) as result:
+            state.close()  # no progress write may land after the final state
+            try:
+                if gate is None:
+                    result.publish()
+                    return _finish_task(result, task_job, task_id, settings, job, progress)
+                with gate:
+                    progress.stage("publishing")
+                    result.publish()
+                    return _finish_task(result, task_job, task_id, settings, job, progress)
+            except Superseded as exc:
+                return _superseded(job, str(exc))
+    except BaseException as exc:
+        state.close()
+        if not isinstance(exc, Superseded):
+            state.failed(exc)
+        raise
+    finally:
+        state.close()
 
 
 def _finish_task(
@@ -293,13 +408,26 @@ def _finish_task(
     from . import labelstudio
     from .backoff import with_backoff
     from .models import model_version
+    from .taskdata import update_task_data
+    from .taskreview import review_task
 
+    progress.stage("updating the task")
+    key = (job.id.rsplit("-", 1)[-1] if job else "local")[:16]
+    summary_review: dict[str, Any] = {}
+
+    def change(data: dict[str, Any]) -> dict[str, Any]:
+        changes, review = review_task(settings, task_job, result, data, key)
+        summary_review.update(review)
+        return changes
+
+    update_task_data(settings, job.connection if job else None, task_id, change)
     progress.stage("posting prediction")
     version = f"{model_version(settings)}-job-{job.id if job else 'local'}"
     prediction = task_job.prediction(result, version)
+    score = float(summary_review.get("confidence", 1.0))
     with_backoff(
         lambda: labelstudio.client(settings.label_studio_url, settings.label_studio_api_key).predictions.create(
-            task=task_id, result=prediction, model_version=version, score=1.0
+            task=task_id, result=prediction, model_version=version, score=score
         ),
         seconds=settings.label_studio_retry_seconds,
         what=f"Label Studio at {settings.label_studio_url}",
@@ -307,6 +435,7 @@ def _finish_task(
     progress.stage("exported")
     summary = _summary(result)
     summary["prediction_regions"] = len(prediction)
+    summary["review"] = summary_review
     return summary
 
 
@@ -436,6 +565,8 @@ class JobQueue:
             if task_id is None or project_id is None:
                 raise BadPayload(f"{action} webhook without task or project ids")
             job, created = self.enqueue_task(project_id, task_id, annotation["id"], fingerprint(annotation))
+            if created:
+                self.mark_queued([(project_id, task_id, job.id)])
             return {"status": "queued" if created else "exists", "job_id": job.id}
         if action == "START_TRAINING":
             if project_id is None:
@@ -450,7 +581,8 @@ class JobQueue:
         from .backoff import with_backoff
 
         client = labelstudio.client(self.settings.label_studio_url, self.settings.label_studio_api_key)
-        ids = []
+        ids: list[str] = []
+        queued: list[tuple[int, int, str]] = []
         tasks = with_backoff(
             lambda: list(client.tasks.list(project=project_id, fields="all")),
             seconds=min(self.settings.label_studio_retry_seconds, 10),
@@ -462,9 +594,29 @@ class JobQueue:
                 continue
             newest = max(annotations, key=lambda a: (str(_get(a, "updated_at") or ""), _get(a, "id")))
             body = newest if isinstance(newest, dict) else newest.dict()
-            job, _ = self.enqueue_task(project_id, int(task.id), int(_get(newest, "id")), fingerprint(body))
+            job, created = self.enqueue_task(project_id, int(task.id), int(_get(newest, "id")), fingerprint(body))
             ids.append(job.id)
+            if created:
+                queued.append((project_id, int(task.id), job.id))
+        self.mark_queued(queued)
         return ids
+
+    def mark_queued(self, jobs: list[tuple[int, int, str]]) -> threading.Thread | None:
+        """Set ``job_state=queued`` on each ``(project, task, job id)``'s task in Label Studio, from
+        a background thread (a webhook answers at once); skipped for a job no longer the latest."""
+        if not jobs or not self.settings.label_studio_api_key:
+            return None
+
+        def run() -> None:
+            for project_id, task_id, job_id in jobs:
+                state = JobState(
+                    self.settings, SimpleNamespace(id=job_id, connection=self.connection), project_id, task_id
+                )
+                state.write({"job_state": "queued", "job_progress": 0, "job_error": ""}, seconds=10.0)
+
+        thread = threading.Thread(target=run, name="task-state-queued", daemon=True)
+        thread.start()
+        return thread
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         job = self.fetch(job_id)

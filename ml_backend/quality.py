@@ -243,10 +243,10 @@ def pages_to_add(ranges: list[dict[str, Any]], existing: Mapping[str, list[int]]
     return {video: pages for video, pages in out.items() if pages}
 
 
-def quality_file(job: ExportJob) -> str:
-    """Where the report goes in the job's output folder."""
-    if job.spec.format == "greenscreen":
-        return f"review/{job.video_label('video1')}_quality.json"
+def quality_file(spec: Any) -> str:
+    """Where the report of a job with prompt spec ``spec`` goes, relative to its output folder."""
+    if spec.format == "greenscreen":
+        return f"review/segment_{spec.greenscreen.segment_index if spec.greenscreen else 0:03d}_quality.json"
     return "review/quality.json"
 
 
@@ -284,4 +284,4 @@ class QualityExport(Exporter):
 
     def finish(self, masks: Mapping[str, Any]) -> None:
         body = json.dumps(self.report.to_json(), separators=(",", ":")).encode()
-        atomic_write_bytes(self.job.staging.path(quality_file(self.job)), body)
+        atomic_write_bytes(self.job.staging.path(quality_file(self.job.spec)), body)

@@ -1,7 +1,7 @@
 """A small HTTP server posing as the parts of Label Studio's API a propagation job uses.
 
 Serves ``GET /api/projects/<id>/``, ``/api/tasks/<id>/``, ``/api/annotations/<id>/``, ``/api/ml/``,
-``POST /api/predictions/`` and task files under ``/data/local-files/?d=<path>``, checking the
+``POST /api/predictions/``, ``PATCH /api/tasks/<id>/`` (data replaced whole) and task files under ``/data/local-files/?d=<path>``, checking the
 legacy token. It can be taken down and brought back on the same port (``stop`` / ``start``), and
 records the predictions it receives. The real Label Studio 1.23.2 answers the same calls in the
 end-to-end suite (``make test-e2e``); this stand-in lets the fast suite break it on purpose.
@@ -24,6 +24,7 @@ class FakeLabelStudio:
         self.tasks: dict[int, dict[str, Any]] = {}
         self.annotations: dict[int, dict[str, Any]] = {}
         self.predictions: list[dict[str, Any]] = []
+        self.task_updates: list[tuple[int, dict[str, Any]]] = []  # PATCH /api/tasks/<id>/ bodies
         self.ml_backends: list[dict[str, Any]] = []  # GET /api/ml/?project=<id>
         self.fail_with: int | None = None  # answer every API call with this status (e.g. 502)
         self.requests = 0
@@ -63,6 +64,10 @@ class FakeLabelStudio:
             if len(parts) == 3 and parts[0] == "api" and parts[2].isdigit():
                 store = {"projects": self.projects, "tasks": self.tasks, "annotations": self.annotations}.get(parts[1])
                 if store is not None and int(parts[2]) in store:
+                    if request.method == "PATCH" and parts[1] == "tasks":
+                        body = request.get_json(force=True)
+                        self.task_updates.append((int(parts[2]), body))
+                        store[int(parts[2])].update(body)  # Label Studio replaces 'data' whole
                     return reply(store[int(parts[2])])
             return reply({"detail": "Not found."}, 404)
 

@@ -44,7 +44,7 @@ def render(folder) -> None:
     rng = np.random.default_rng(0)
     base = rng.integers(70, 130, size=(H, W, 3), dtype=np.uint8)
     yy, xx = np.mgrid[:H, :W]
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for t in range(N):
         frame = base.copy()
         for obj, color in COLORS.items():

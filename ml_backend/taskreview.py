@@ -1,0 +1,147 @@
+"""Review and correction inside Label Studio, after a job has published its exports.
+
+:func:`review_task` turns a finished job into what the reviewer sees on the task:
+
+1. **Flagged frames become pages.** The first frame of each ranked flagged range
+   (:mod:`ml_backend.quality`), up to ``REVIEW_MAX_PAGES`` per video, is extracted from the video
+   (JPEG, ``review/<video>_pages/frame_XXXXXX.jpg``) and appended to the task's image list (``framesN``) and frame-index list
+   (``frame_indicesN``). Appending keeps every existing ``item_index`` valid; a frame that is
+   already a page is never added again, so re-running a job appends nothing twice. The job's
+   prediction then carries masks on the new pages too (:meth:`TaskJob.prediction` reads the
+   extended lists), and a correction submitted there becomes a prompt on that frame.
+2. **The whole video, in the task.** Each video's overlay WebM (``review/<video>_overlay.webm``)
+   is copied beside the task's frames and set as ``review_videoN``; ``review_flags`` lists the
+   flagged ranges with their times.
+3. **A preview** of the result: one strip per video (first, middle, last and worst flagged
+   frame), set as ``preview`` (:func:`ml_backend.previews.job_preview`).
+4. **State**: ``job_state`` done, ``job_progress`` 100, ``flagged_ranges``, ``lowest_score``.
+
+Files go into ``<task folder>/review/`` (:func:`ml_backend.taskdata.task_folder`), named with
+the job's fingerprint so a browser never shows a stale cached copy; older copies are removed.
+When the task's frames are not local-files files (or the worker has no
+``LOCAL_FILES_DOCUMENT_ROOT``), no files can be served: pages, videos and previews are skipped
+with a log line and the state columns are still set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .exports import atomic_write_bytes
+from .quality import pages_to_add, quality_file
+from .taskdata import format_flags, local_url, task_folder
+
+log = logging.getLogger(__name__)
+
+
+def load_report(result: Any, spec: Any) -> dict[str, Any] | None:
+    """The job's published ``quality.json``, or None when quality signals were off."""
+    path = Path(result.out_dir) / quality_file(spec)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _extract(video_path: str, frames: list[int], folder: Path) -> dict[int, Path]:
+    """Frames of a video as JPEG files ``frame_XXXXXX.jpg`` in ``folder`` (kept if present)."""
+    from PIL import Image
+
+    from .frames import open_frames
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    with open_frames(video_path, cache_frames=4) as source:
+        for frame in sorted(frames):
+            path = folder / f"frame_{frame:06d}.jpg"
+            if not path.exists():
+                tmp = folder / f".{path.name}.part"
+                Image.fromarray(source.read(frame)).save(tmp, format="JPEG", quality=95)
+                tmp.replace(path)
+            out[frame] = path
+    return out
+
+
+def _replace_copy(src: Path, folder: Path, stem: str, suffix: str, key: str) -> Path:
+    """Copy ``src`` to ``folder/<stem>-<key><suffix>`` (atomically) and delete older ``<stem>-*``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{stem}-{key}{suffix}"
+    tmp = folder / f".{target.name}.part"
+    shutil.copyfile(src, tmp)
+    tmp.chmod(0o644)
+    tmp.replace(target)
+    for old in folder.glob(f"{stem}-*{suffix}"):
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target
+
+
+def review_task(
+    settings: Any, task_job: Any, result: Any, task_data: dict[str, Any], key: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Files and task-data changes for a finished job (module docstring); returns
+    ``(data changes, summary)``. ``task_data`` is the task's current data; ``key`` a short name
+    of the job (its fingerprint). Extends ``task_job.images[*].frame_indices`` with the appended
+    pages, so the prediction built afterwards covers them."""
+    report = load_report(result, task_job.spec)
+    ranges = report["ranges"] if report else []
+    summary = dict(report["summary"]) if report else {"flagged_ranges": 0, "lowest_score": None, "confidence": 1.0}
+    changes: dict[str, Any] = {
+        "job_state": "done",
+        "job_progress": 100,
+        "job_error": "",
+        "flagged_ranges": summary["flagged_ranges"],
+        "lowest_score": summary["lowest_score"],
+    }
+    labels = {o.id: o.label for o in task_job.spec.objects}
+    if report:
+        changes["review_flags"] = format_flags(ranges, report["videos"], labels)
+    images = task_job.images
+    first_list = task_data.get(images["video1"].data_key) or []
+    folder = task_folder(settings, first_list)
+    summary["pages_added"] = {}
+    if folder is None:
+        log.info("task frames are not local-files files under LOCAL_FILES_DOCUMENT_ROOT: no pages, videos or preview")
+        summary["review_files"] = "skipped: the task's frames are not in local-files storage"
+        return changes, summary
+
+    # 1. flagged frames → appended pages
+    existing = {video: list(info.frame_indices) for video, info in images.items()}
+    new_pages = pages_to_add(ranges, existing, settings.review_max_pages)
+    labels_of = {v: (report["videos"].get(v, {}).get("label", v) if report else v) for v in images}
+    for video, frames in new_pages.items():
+        info = images[video]
+        # never into the folder of the task's own frames: for a segment that folder is the video
+        files = _extract(task_job.videos[video], frames, folder / "review" / f"{labels_of[video]}_pages")
+        urls = list(task_data.get(info.data_key) or [])
+        indices = list(task_data.get(info.indices_key) or info.frame_indices)
+        for frame in frames:
+            urls.append(local_url(settings, files[frame]))
+            indices.append(frame)
+        changes[info.data_key], changes[info.indices_key] = urls, indices
+        info.frame_indices = list(indices)
+        summary["pages_added"][video] = frames
+
+    # 2. overlay videos
+    review_dir = folder / "review"
+    single = len(images) == 1
+    for video in images:
+        label = labels_of[video]
+        webm = Path(result.out_dir) / "review" / f"{label}_overlay.webm"
+        if webm.is_file():
+            copy = _replace_copy(webm, review_dir, f"{label}_overlay", ".webm", key)
+            changes["review_video" if single else f"review_{video}"] = local_url(settings, copy)
+
+    # 3. preview strip
+    from .previews import job_preview
+
+    propagated = {v: path for v, path in task_job.videos.items() if v in result.masks}
+    data = job_preview(propagated, result.masks, ranges)
+    stem = f"{labels_of['video1'] if single else 'pair'}_preview"
+    tmp_png = review_dir / f".{stem}.png.part"
+    review_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(tmp_png, data)
+    changes["preview"] = local_url(settings, _replace_copy(tmp_png, review_dir, stem, ".png", key))
+    tmp_png.unlink(missing_ok=True)
+    return changes, summary
