@@ -5,7 +5,8 @@ Routes (the Label Studio ML-backend protocol, payloads in the README):
 - ``GET /health`` → ``{"status": "UP", "model_loaded": bool}``, never waits for the model;
 - ``POST /setup`` → ``{"model_version": ...}``, remembers the project's config;
 - ``POST /predict`` → ``{"results": [...]}``, interactive clicks → brush masks;
-- ``POST /webhook`` → enqueue propagation for submitted annotations / "Start training";
+- ``POST /webhook`` → enqueue propagation for submitted annotations / "Start training", and render
+  a submitted annotation's first-frame preview in the background (:mod:`.firstframe`);
 - ``GET /versions`` → ``{"versions": [...]}``;
 - ``GET /jobs/<id>`` → a propagation job's status and progress;
 - ``GET /exports/<project>`` → the project's export files; ``GET /exports/<project>/<path>`` → one file.
@@ -120,6 +121,10 @@ def create_app(
     app.config["SETTINGS"] = settings
     app.extensions["sam2_predictor"] = predictor
     app.extensions["sam2_jobs"] = jobs
+    from .firstframe import FirstFramePreviews
+
+    first_frames = FirstFramePreviews(settings, predictor, connection=getattr(jobs, "connection", None))
+    app.extensions["sam2_first_frames"] = first_frames
 
     if warmup:
 
@@ -190,12 +195,14 @@ def create_app(
         data = body()
         if not isinstance(data, dict) or not isinstance(data.get("action"), str):
             raise BadPayload("a webhook body is a JSON object with an 'action'")
-        if jobs is None:
-            from .jobs import clean_webhook
+        from .jobs import clean_webhook
 
-            clean_webhook(data)  # a malformed webhook is a 400 with or without a queue
-            return jsonify(status="ignored", reason="no job queue configured"), 200
-        return jsonify(jobs.on_webhook(data))
+        cleaned = clean_webhook(data)  # a malformed webhook is a 400 with or without a queue
+        answer = (
+            jobs.on_webhook(data) if jobs is not None else {"status": "ignored", "reason": "no job queue configured"}
+        )
+        first_frames.submit(cleaned)  # the first-frame preview, in the background, in either WEBHOOK_MODE
+        return jsonify(answer)
 
     @app.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Any:
