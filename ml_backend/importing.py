@@ -9,8 +9,11 @@ Task data (see :mod:`ml_backend.annotations` for how the worker reads it):
 - SceneDiff pair: ``frames1``, ``frames2`` (image URLs), ``video1``, ``video2`` (video URLs),
   ``frame_indices1``, ``frame_indices2``, ``pair`` (a name);
 - green-screen segment: ``frames``, ``video``, ``frame_indices``, ``segment_index``,
-  ``segment_frames`` (frame count of every segment of the video, in order), ``start_frame``,
-  ``preview`` (image URL, empty until a preview exists).
+  ``segment_frames`` (frame count of every segment of the video, in order), ``start_frame``;
+- both: the review fields (:func:`review_fields`) that jobs fill in later: ``preview``,
+  ``review_video`` (``review_video1``/``review_video2`` for a pair), ``review_flags`` and the
+  job-state columns (:mod:`ml_backend.taskdata`). The labeling configs show some of them, so
+  Label Studio needs them at import; they are empty until a job has run.
 """
 
 from __future__ import annotations
@@ -32,6 +35,21 @@ def local_url(root: Path, path: Path) -> str:
     """The Label Studio URL of ``path`` under the local-files document ``root``."""
     rel = Path(path).resolve().relative_to(Path(root).resolve())
     return LOCAL_FILES_URL + quote(rel.as_posix(), safe="/")
+
+
+def review_fields(videos: Sequence[str]) -> dict[str, Any]:
+    """The review fields of a new task (all empty) for ``videos`` (``["video1", "video2"]`` for a
+    pair, ``["video"]`` for a segment)."""
+    return {
+        "preview": "",
+        **{f"review_{video}": "" for video in videos},
+        "review_flags": "",
+        "job_state": "",
+        "job_progress": 0,
+        "job_error": "",
+        "flagged_ranges": None,
+        "lowest_score": None,
+    }
 
 
 def frame_indices(num_frames: int, stride: int, extra: Sequence[int] = ()) -> list[int]:
@@ -95,7 +113,7 @@ def pair_task(
         data[f"frames{k}"] = [local_url(root, p) for p in paths]
         data[f"video{k}"] = local_url(root, target)
         data[f"frame_indices{k}"] = indices
-    return data
+    return {**data, **review_fields(["video1", "video2"])}
 
 
 def _part_number(path: Path) -> int:
@@ -165,7 +183,7 @@ def segment_tasks(
                 "segment_index": k,
                 "segment_frames": counts,
                 "start_frame": start_frame,
-                "preview": "",
+                **review_fields(["video"]),
             }
         )
     return tasks

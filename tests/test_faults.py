@@ -258,6 +258,9 @@ def test_a_full_disk_leaves_the_previous_pair_intact(tmp_path):
     first = _run(out, path, prompts_for(video, 2))
     assert first.returncode == 0, first.stderr[-2000:]
     before = _pair(out)
+    listing = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert listing == ["inference_data.pkl", "review", "segments.pkl"]  # review/ holds quality.json
+    quality = (out / "review" / "quality.json").read_bytes()
     second = prompts_for(video, 5)
     second["objects"].append({"id": 2, "prompts": [{"frame": 1, "points": [[10.0, 10.0]], "labels": [1]}]})
     for limit in (200, 2_000, 20_000):  # the disk fills at different points of the job
@@ -267,7 +270,9 @@ def test_a_full_disk_leaves_the_previous_pair_intact(tmp_path):
         assert lines[-1].startswith("error: ") and "Traceback" not in failed.stderr, failed.stderr[-2000:]
         assert _pair(out) == before
         visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-        assert visible == ["inference_data.pkl", "segments.pkl"], visible
+        assert visible == listing, visible
+        assert (out / "review" / "quality.json").read_bytes() == quality
+        assert sorted(p.name for p in (out / "review").iterdir()) == ["quality.json"]
     third = _run(out, path, second)  # space again: the new pair replaces the old one, as one
     assert third.returncode == 0, third.stderr[-2000:]
     segments = pickle.loads((out / "segments.pkl").read_bytes())

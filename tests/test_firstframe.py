@@ -9,6 +9,7 @@ Label Studio's API (``tests/fake_labelstudio.py``) takes the task-data PATCH."""
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -45,9 +46,21 @@ def quiet_werkzeug():
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
-@pytest.fixture
-def ls(tmp_path):
-    root = tmp_path / "files"
+TASK_DATA = {
+    "frames": [f"{URL}{SEGMENT}/frame_{i:06d}.png" for i in (0, 10, 20)],
+    "frame_indices": [0, 10, 20],
+    "video": f"{URL}{SEGMENT}",
+    "segment_index": 3,
+    "segment_frames": [21, 21, 21, 21],
+    "start_frame": 0,
+    "preview": "",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One stand-in Label Studio for the module (stopping one takes half a second)."""
+    root = tmp_path_factory.mktemp("first_frame") / "files"
     folder = root / SEGMENT
     folder.mkdir(parents=True)
     for i in range(21):  # page 0 flat grey; later frames another grey, so a wrong page shows
@@ -55,22 +68,18 @@ def ls(tmp_path):
         Image.fromarray(np.full((H, W, 3), value, np.uint8)).save(folder / f"frame_{i:06d}.png")
     server = FakeLabelStudio(root)
     server.add_project(PROJECT, CONFIG)
-    server.add_task(
-        TASK,
-        PROJECT,
-        {
-            "frames": [f"{URL}{SEGMENT}/frame_{i:06d}.png" for i in (0, 10, 20)],
-            "frame_indices": [0, 10, 20],
-            "video": f"{URL}{SEGMENT}",
-            "segment_index": 3,
-            "segment_frames": [21, 21, 21, 21],
-            "start_frame": 0,
-            "preview": "",
-        },
-    )
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def ls(server):
+    """The stand-in with a fresh task and no review files."""
+    shutil.rmtree(server.root / REVIEW, ignore_errors=True)
+    server.add_task(TASK, PROJECT, dict(TASK_DATA))
+    server.task_updates.clear()
+    return server
 
 
 @pytest.fixture

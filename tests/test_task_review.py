@@ -165,9 +165,7 @@ def test_a_job_shows_its_state_appends_flagged_pages_and_serves_its_review(setti
     assert 0 < prediction["score"] < 1
 
 
-def test_a_correction_on_an_appended_page_is_a_prompt_and_pages_are_not_added_twice(
-    settings, redis_conn, queue, ls
-):
+def test_a_correction_on_an_appended_page_is_a_prompt_and_pages_are_not_added_twice(settings, redis_conn, queue, ls):
     submit(queue, ls, 1, FIRST)
     run(settings, redis_conn)
     before = dict(data(ls))
@@ -177,7 +175,9 @@ def test_a_correction_on_an_appended_page_is_a_prompt_and_pages_are_not_added_tw
     after = data(ls)
     assert after["frame_indices1"] == before["frame_indices1"]
     assert after["frames1"] == before["frames1"]
-    inference = pickle.load(open(settings.results_root / f"project_{PROJECT}" / f"task_{TASK}" / "inference_data.pkl", "rb"))
+    inference = pickle.load(
+        open(settings.results_root / f"project_{PROJECT}" / f"task_{TASK}" / "inference_data.pkl", "rb")
+    )
     video1 = inference["video1"]
     idx = {obj_id: i for i, obj_id in video1["obj_idx_to_id"].items()}[2]
     assert sorted(video1["point_inputs_per_obj"][idx]) == [0, 8]

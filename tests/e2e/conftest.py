@@ -65,7 +65,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         checkpoint="random",
         image_size=256,
         device="cpu",
-        extra_env={"SAM2_MODEL_SIZE": "tiny", "RESULTS_DIR": str(state / "results"), "WEBHOOK_MODE": "auto"},
+        extra_env={
+            "SAM2_MODEL_SIZE": "tiny",
+            "RESULTS_DIR": str(state / "results"),
+            "WEBHOOK_MODE": "auto",
+            # random weights track nothing in particular: flag every change of area or position, so
+            # the review tests always have flagged frames to append (the rule itself is tested
+            # exactly on synthetic videos in tests/test_quality.py)
+            "QUALITY_AREA_RATIO": "1.0001",
+            "QUALITY_JUMP": "0.0001",
+        },
     )
     stack = stack_module.Stack(config, say=lambda msg: print(f"[stack] {msg}", flush=True))
     t0 = time.monotonic()

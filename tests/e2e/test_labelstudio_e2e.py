@@ -196,6 +196,7 @@ def test_submitted_annotation_is_propagated_exported_and_predicted(stack_alive: 
     extra = {"url": stack.backend_url, "project": project, "extra_params": {"exports": ["davis", "ytvis"]}}
     assert api(stack, "PATCH", f"/api/ml/{pair['ml']}", extra)["extra_params"] == extra["extra_params"]
     annotation = client.annotations.create(id=task, result=annotation_result(), lead_time=3.0)
+    pair["annotation"] = annotation.id
 
     # the webhook (ANNOTATION_CREATED) made a job; follow it in Redis, fail fast if it fails
     queue = JobQueue.from_settings(Settings(redis_url=stack.redis_url))
@@ -259,7 +260,8 @@ def test_submitted_annotation_is_propagated_exported_and_predicted(stack_alive: 
     (prediction,) = wait_for(job_prediction, 60, 1, "the worker's prediction on the task")
     assert done["id"] in prediction.model_version and "random-weights" in prediction.model_version
     assert len(prediction.result) == done["result"]["prediction_regions"]
-    pages = {"image1": 3, "image2": 2}
+    data = api(stack, "GET", f"/api/tasks/{task}")["data"]  # flagged frames were appended as pages
+    pages = {"image1": len(data["frames1"]), "image2": len(data["frames2"])}
     for region in prediction.result:
         assert region["type"] == "brushlabels" and region["value"]["format"] == "rle"
         assert region["from_name"] == "brush" + region["to_name"][-1]
@@ -267,6 +269,104 @@ def test_submitted_annotation_is_propagated_exported_and_predicted(stack_alive: 
         label = region["value"]["brushlabels"][0]
         assert label in {"image1": {"Object 1", "Object 2"}, "image2": {"Object 1", "Object 3"}}[region["to_name"]]
         assert brush_mask(region).shape == (H, W)
+
+
+def served(stack: Any, url: str) -> bytes:
+    """What Label Studio serves at a task-data URL to the admin's token (local-files storage)."""
+    request = urllib.request.Request(f"{stack.ls_url}{url}", headers={"Authorization": f"Token {stack.token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        return response.read()
+
+
+def new_job(stack: Any, prefix: str, known: set[str], status: str = "finished") -> dict:
+    """Wait for a job whose id starts with ``prefix`` and is not in ``known`` to reach ``status``."""
+    from ml_backend.jobs import JobQueue
+    from ml_backend.settings import Settings
+
+    queue = JobQueue.from_settings(Settings(redis_url=stack.redis_url))
+
+    def state() -> dict | None:
+        stack.check()
+        for job_id in queue.jobs():
+            if job_id.startswith(prefix) and job_id not in known:
+                s = queue.status(job_id)
+                if s and s["status"] in ("failed", "finished") and s["status"] != status:
+                    pytest.fail(
+                        f"job {job_id} {s['status']}: {s.get('error')}\n{tail(stack.logs_dir / 'worker.log', 40)}"
+                    )
+                if s and s["status"] == status:
+                    return s
+        return None
+
+    return wait_for(state, 600, 1, f"a new job {prefix}… to be {status}")
+
+
+def job_ids(stack: Any) -> set[str]:
+    from ml_backend.jobs import JobQueue
+    from ml_backend.settings import Settings
+
+    return set(JobQueue.from_settings(Settings(redis_url=stack.redis_url)).jobs())
+
+
+def test_review_in_label_studio_state_flagged_pages_video_and_correction(
+    stack_alive: Any, pair: dict[str, Any]
+) -> None:
+    """After the job: the state columns, flagged frames appended as pages with masks in the
+    prediction, the overlay video and preview served by Label Studio; then a correction on an
+    appended page re-propagates with it as a prompt, and a broken update shows its reason."""
+    from label_studio_sdk.client import LabelStudio
+
+    stack = stack_alive
+    client = LabelStudio(base_url=stack.ls_url, api_key=stack.token, timeout=120)
+    project, task = pair["project"], pair["task"]
+    assert "annotation" in pair, "runs after test_submitted_annotation_is_propagated_exported_and_predicted"
+    data = wait_for(lambda: (d := api(stack, "GET", f"/api/tasks/{task}")["data"]).get("job_state") == "done" and d,
+                    120, 1, "job_state=done on the task")  # fmt: skip
+    assert data["job_progress"] == 100 and data["job_error"] == ""
+    assert isinstance(data["flagged_ranges"], int) and data["flagged_ranges"] > 0  # thresholds: conftest
+    assert isinstance(data["lowest_score"], float) and 0.0 <= data["lowest_score"] <= 1.0  # SAM 2 object scores
+    assert len(data["frames1"]) == len(data["frame_indices1"]) > 3  # pages appended after 0, 5, 10
+    assert data["frame_indices1"][:3] == [0, 5, 10] and len(set(data["frame_indices1"])) == len(data["frames1"])
+    for url in data["frames1"][3:]:
+        assert served(stack, url)[:3] == b"\xff\xd8\xff"  # a JPEG, served by Label Studio
+    assert served(stack, data["review_video1"])[:4] == b"\x1a\x45\xdf\xa3"  # WebM (EBML)
+    assert served(stack, data["review_video2"])[:4] == b"\x1a\x45\xdf\xa3"
+    assert served(stack, data["preview"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "video1 · " in data["review_flags"]
+
+    (prediction,) = [p for p in client.predictions.list(task=task) if "-job-" in (p.model_version or "")]
+    appended = {r["item_index"] for r in prediction.result if r["to_name"] == "image1" and r["item_index"] >= 3}
+    assert appended, "the prediction has masks on the appended pages"
+    assert 0.0 < prediction.score <= 1.0
+
+    # the reviewer corrects object 1 on the first appended page of video 1, then Update
+    page = min(appended)
+    frame = data["frame_indices1"][page]
+    result = [*annotation_result(), keypoint("fix", "image1", page, 15.0, 20.0, "Object 1")]
+    prefix = f"p{project}-t{task}-a{pair['annotation']}-"
+    known = job_ids(stack)
+    client.annotations.update(id=pair["annotation"], result=result)
+    new_job(stack, prefix, known)
+    out_dir = stack.results_root / f"project_{project}" / f"task_{task}"
+    inference = pickle.loads((out_dir / "inference_data.pkl").read_bytes())["video1"]
+    lamp = {obj_id: idx for idx, obj_id in inference["obj_idx_to_id"].items()}[1]
+    assert frame in inference["point_inputs_per_obj"][lamp]  # the correction is a prompted frame
+    after = api(stack, "GET", f"/api/tasks/{task}")["data"]
+    assert after["job_state"] == "done"
+    assert after["frame_indices1"][: len(data["frame_indices1"])] == data["frame_indices1"]
+    assert len(set(after["frame_indices1"])) == len(after["frame_indices1"])  # nothing appended twice
+
+    # an update that cannot be propagated: object 3 marked present in video 1 without a point there
+    broken = [r for r in result if r["id"] != "obj3_presence"] + [
+        {"id": "obj3_presence", "from_name": "obj3_presence", "to_name": "image1", "type": "choices",
+         "value": {"choices": ["in_video1", "in_video2"]}}]  # fmt: skip
+    known = job_ids(stack)
+    client.annotations.update(id=pair["annotation"], result=broken)
+    new_job(stack, prefix, known, status="failed")
+    failed = wait_for(lambda: (d := api(stack, "GET", f"/api/tasks/{task}")["data"])["job_state"] == "failed" and d,
+                      60, 1, "job_state=failed on the task")  # fmt: skip
+    assert "object 3 is marked present in video1" in failed["job_error"]
 
 
 def test_stack_module_reports_a_missing_checkpoint(tmp_path: Path) -> None:
