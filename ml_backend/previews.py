@@ -8,7 +8,7 @@
 
 After a job, a task's preview is one strip per video: its first, middle and last frames plus the
 worst flagged frame (:func:`job_preview`). Before a job, a green-screen segment's preview is its
-first frame with the mask of the submitted clicks (:mod:`ml_backend.reviewpages`).
+first frame with the mask of the submitted clicks (:mod:`ml_backend.firstframe`).
 """
 
 from __future__ import annotations
