@@ -80,7 +80,7 @@ class TaskJob:
                     mask = rle_decode(rle)
                     if mask.shape != (h, w):
                         mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-                    label = _label_for(info.labels, obj_id)
+                    label = label_for(info.labels, obj_id)
                     if label is None:
                         continue
                     regions.append(
@@ -94,7 +94,7 @@ def _object_number(label: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _label_for(labels: tuple[str, ...], obj_id: int) -> str | None:
+def label_for(labels: tuple[str, ...], obj_id: int) -> str | None:
     return next((label for label in labels if _object_number(label) == obj_id), None)
 
 

@@ -77,6 +77,20 @@ def _replace_copy(src: Path, folder: Path, stem: str, suffix: str, key: str) -> 
     return target
 
 
+def object_name(obj: Any, task_job: Any) -> str:
+    """How ``review_flags`` names an object: its SceneDiff label (``lamp_1``) when the annotator
+    named it, else its label in the config (``Subject 1``)."""
+    from .annotations import label_for
+
+    if obj.name != f"object{obj.id}":
+        return obj.label
+    for info in task_job.images.values():
+        label = label_for(info.labels, obj.id)
+        if label:
+            return label
+    return obj.label
+
+
 def review_task(
     settings: Any, task_job: Any, result: Any, task_data: dict[str, Any], key: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -94,7 +108,7 @@ def review_task(
         "flagged_ranges": summary["flagged_ranges"],
         "lowest_score": summary["lowest_score"],
     }
-    labels = {o.id: o.label for o in task_job.spec.objects}
+    labels = {o.id: object_name(o, task_job) for o in task_job.spec.objects}
     if report:
         changes["review_flags"] = format_flags(ranges, report["videos"], labels)
     images = task_job.images

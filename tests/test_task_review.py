@@ -150,7 +150,7 @@ def test_a_job_shows_its_state_appends_flagged_pages_and_serves_its_review(setti
         pixel = np.asarray(Image.open(path), np.int16)[int(y), int(x)]
         assert np.abs(pixel - COLORS[2]).max() < 40, (frame, pixel)
     assert d["frame_indices2"] == [0] and d["review_video2"] == ""  # nothing is in video 2
-    assert "video1 · object1_1 · frame 10" in d["review_flags"] and "vanished" in d["review_flags"]
+    assert "video1 · Object 1 · frame 10" in d["review_flags"] and "vanished" in d["review_flags"]
 
     video = local_path(settings, d["review_video1"])
     assert video.is_file() and video.suffix == ".webm" and video.stat().st_size > 0

@@ -240,3 +240,158 @@ def test_propagated_prediction_shows_in_the_task(page: Any, ui_stack: Any) -> No
     time.sleep(1.5)
     assert np.abs(canvas_pixels(page) - before).mean() > 1, "the predicted mask is not drawn"
     shot(page, "greenscreen_prediction.png", doc="greenscreen_prediction.png")
+
+
+def submit_every_segment(stack: Any) -> tuple[int, list[int]]:
+    """Submit a click on every green-screen demo segment not annotated yet; wait for every job."""
+    project, tasks = stack.demo["greenscreen"]["project"], stack.demo["greenscreen"]["tasks"]
+    client = stack.client()
+    for i, task in enumerate(tasks):
+        if list(client.annotations.list(id=task)):
+            continue
+        client.annotations.create(
+            id=task,
+            result=[{
+                "id": f"g{i}", "from_name": "kp", "to_name": "image", "type": "keypointlabels",
+                "original_width": 320, "original_height": 240, "image_rotation": 0, "item_index": 0,
+                "is_positive": True, "value": {"x": 20.0 + 15 * i, "y": 30.0, "width": 0.6, "keypointlabels": ["Subject 1"]},
+            }],
+        )  # fmt: skip
+
+    def all_done() -> bool:
+        stack.check()
+        states = [client.tasks.get(id=task).data.get("job_state") for task in tasks]
+        assert "failed" not in states, states
+        return all(s == "done" for s in states)
+
+    wait_for(all_done, 600, 2, "job_state=done on every segment")
+    return project, tasks
+
+
+def test_review_columns_sort_by_flagged_count(page: Any, ui_stack: Any) -> None:
+    """The job columns are in the Data Manager, and ordering by flagged_ranges (the Data
+    Manager's "Order by" menu) sorts the tasks by that number, ascending and descending."""
+    stack = ui_stack
+    project, tasks = submit_every_segment(stack)
+    client = stack.client()
+    counts = {task: client.tasks.get(id=task).data["flagged_ranges"] for task in tasks}
+    assert all(isinstance(c, int) for c in counts.values()), counts
+    page.goto(f"{stack.ls_url}/projects/{project}/data")
+    page.wait_for_selector(".lsf-table-row")
+    for column in ("job_state", "job_progress", "flagged_ranges", "lowest_score"):
+        assert page.locator(f'.lsf-table-head [data-id="tasks:data.{column}"]').count(), f"no {column} column"
+
+    def ordered(view_id: str) -> list[int]:
+        body = (
+            stack.client()
+            ._client_wrapper.httpx_client.request(
+                "api/tasks", method="GET", params={"view": view_id, "project": project, "page_size": 100}
+            )
+            .json()
+        )
+        rows = body["tasks"] if isinstance(body, dict) else body
+        return [row["data"]["flagged_ranges"] for row in rows]
+
+    def ordering_request(r: Any) -> bool:
+        return "/api/dm/views/" in r.url and r.method == "PATCH" and "ordering" in (r.post_data or "")
+
+    with page.expect_request(ordering_request) as request:
+        page.get_by_role("button", name="Order by").click()
+        page.locator(".lsf-menu-dm__item").filter(has_text="flagged_ranges").first.click()
+    view_id = re.search(r"/api/dm/views/(\d+)", request.value.url).group(1)
+    assert "tasks:data.flagged_ranges" in request.value.post_data
+    wait_for(lambda: ordered(view_id) == sorted(counts.values()), 30, 1, "tasks ordered by flagged_ranges")
+    with page.expect_request(ordering_request) as request:
+        page.get_by_role("button", name="Sort descending").click()
+    assert "-tasks:data.flagged_ranges" in request.value.post_data
+    wait_for(lambda: ordered(view_id) == sorted(counts.values(), reverse=True), 30, 1, "descending order")
+    page.wait_for_load_state("networkidle")
+    time.sleep(1.5)
+    shot(page, "review_columns.png", doc="review_columns.png")
+    assert not page.js_errors, page.js_errors
+
+
+def test_review_grid_shows_every_segment_preview(page: Any, ui_stack: Any) -> None:
+    """The Data Manager's grid view shows each segment's preview image (set by the backend on
+    submit, then by the worker's strip)."""
+    stack = ui_stack
+    project, tasks = submit_every_segment(stack)
+    client = stack.client()
+    previews = {client.tasks.get(id=task).data["preview"] for task in tasks}
+    assert all(p.startswith("/data/local-files/?d=") for p in previews), previews
+    page.goto(f"{stack.ls_url}/projects/{project}/data")
+    page.wait_for_selector(".lsf-table-row, .lsf-grid-view__cell")
+    page.locator('label[aria-label="Switch to grid view"]').click()
+    page.wait_for_selector(".lsf-grid-view__cell")
+    page.wait_for_load_state("networkidle")
+    try:
+        images = page.locator(".lsf-grid-image-wrapper img")
+        wait_for(lambda: images.count() == len(tasks), 30, 0.5, "one preview per grid card")
+        wait_for(
+            lambda: all(images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(len(tasks))),
+            30, 0.5, "every preview image loaded",
+        )  # fmt: skip
+        shown = {images.nth(i).get_attribute("src") for i in range(len(tasks))}
+        assert {s[s.index("/data/local-files/") :] for s in shown} == previews
+        time.sleep(1)
+        shot(page, "review_grid.png", doc="review_grid.png")
+    finally:
+        page.locator('label[aria-label="Switch to list view"]').click()  # the view remembers its type
+        page.wait_for_selector(".lsf-table-row")
+    assert not page.js_errors, page.js_errors
+
+
+def test_overlay_video_plays_in_the_task_panel(page: Any, ui_stack: Any) -> None:
+    """The propagated overlay video plays inside the task (readyState ≥ 2), next to the list of
+    flagged ranges."""
+    stack = ui_stack
+    project, tasks = submit_every_segment(stack)
+    data = stack.client().tasks.get(id=tasks[0]).data
+    assert data["review_video"].startswith("/data/local-files/?d=") and data["review_video"].endswith(".webm")
+    files = open_task(page, stack, project, tasks[0])
+    page.wait_for_function(
+        """() => { const v = document.querySelector('video');
+                  if (!v) return false; v.muted = true; v.play().catch(() => {}); return v.readyState >= 2; }""",
+        timeout=60_000,
+    )
+    state = page.evaluate("() => { const v = document.querySelector('video'); return [v.readyState, v.duration]; }")
+    assert state[0] >= 2 and state[1] > 0, state
+    assert any(data["review_video"].split("?d=")[1] in r.url and r.status in (200, 206) for r in files)
+    first_line = data["review_flags"].splitlines()[0]
+    assert page.get_by_text(first_line, exact=True).count(), first_line
+    panel = page.locator(".lsf-video-canvas").first
+    panel.scroll_into_view_if_needed()
+    time.sleep(2)
+    shot(page, "review_video_panel.png", doc="review_video_panel.png")
+    assert not page.js_errors, page.js_errors
+
+
+def test_flagged_frame_is_an_appended_page_with_the_propagated_mask(page: Any, ui_stack: Any) -> None:
+    """The flagged frames appended to a segment's image list are pages of the task, and the job's
+    prediction draws its mask there (the reviewer corrects drift on that page)."""
+    stack = ui_stack
+    project, tasks = submit_every_segment(stack)
+    client = stack.client()
+    task = tasks[0]
+    data = client.tasks.get(id=task).data
+    n = len(data["frames"])
+    assert n == len(data["frame_indices"]) > 3, data["frame_indices"]  # 3 imported pages + appended
+    (pred,) = [p for p in client.predictions.list(task=task) if "-job-" in (p.model_version or "")]
+    assert any(r["item_index"] == n - 1 for r in pred.result), "no mask on the last appended page"
+
+    open_task(page, stack, project, task)
+    indicator = page.locator(".lsf-pagination__page-indicator").first
+    page.locator(".lsf-pagination__btn_arrow-right-double").first.click()  # the user's annotation: no mask there
+    wait_for(lambda: indicator.inner_text().strip() == f"{n} of {n}", 30, 0.5, f"page {n} of {n}")
+    time.sleep(1.5)
+    without = canvas_pixels(page)
+    tab = page.locator(f'.lsf-annotation-button[data-annotation-id="{pred.id}"]')
+    tab.locator(".lsf-annotation-button__mainSection").click()  # selecting a tab resets the pager
+    wait_for(lambda: "lsf-annotation-button_selected" in (tab.get_attribute("class") or ""), 30, 0.5, "tab selected")
+    page.locator(".lsf-pagination__btn_arrow-right-double").first.click()
+    wait_for(lambda: indicator.inner_text().strip() == f"{n} of {n}", 30, 0.5, f"page {n} of {n} again")
+    page.mouse.move(5, 500)
+    time.sleep(1.5)
+    assert np.abs(canvas_pixels(page) - without).mean() > 1, "the propagated mask is not drawn on the appended page"
+    shot(page, "review_flagged_page.png", doc="review_flagged_page.png")
+    assert not page.js_errors, page.js_errors
