@@ -40,15 +40,15 @@ def local_url(root: Path, path: Path) -> str:
 def review_fields(videos: Sequence[str]) -> dict[str, Any]:
     """The review fields of a new task (all empty) for ``videos`` (``["video1", "video2"]`` for a
     pair, ``["video"]`` for a segment)."""
-    return {
+    return {  # first in the task data: Label Studio shows data columns in this order
+        "job_state": "",
+        "job_progress": 0,
+        "flagged_ranges": None,
+        "lowest_score": None,
+        "job_error": "",
         "preview": "",
         **{f"review_{video}": "" for video in videos},
         "review_flags": "",
-        "job_state": "",
-        "job_progress": 0,
-        "job_error": "",
-        "flagged_ranges": None,
-        "lowest_score": None,
     }
 
 
@@ -113,7 +113,7 @@ def pair_task(
         data[f"frames{k}"] = [local_url(root, p) for p in paths]
         data[f"video{k}"] = local_url(root, target)
         data[f"frame_indices{k}"] = indices
-    return {**data, **review_fields(["video1", "video2"])}
+    return {**review_fields(["video1", "video2"]), **data}
 
 
 def _part_number(path: Path) -> int:
@@ -177,13 +177,13 @@ def segment_tasks(
         source = ImageFolderFrames(folder, cache_frames=2)
         tasks.append(
             {
+                **review_fields(["video"]),
                 "frames": [local_url(root, source.files[i]) for i in picks],
                 "frame_indices": picks,
                 "video": local_url(root, folder),
                 "segment_index": k,
                 "segment_frames": counts,
                 "start_frame": start_frame,
-                **review_fields(["video"]),
             }
         )
     return tasks

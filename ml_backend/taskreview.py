@@ -63,6 +63,14 @@ def _extract(video_path: str, frames: list[int], folder: Path) -> dict[int, Path
     return out
 
 
+def _drop_older(target: Path, stem: str, suffix: str) -> Path:
+    """Delete the other ``<stem>-*<suffix>`` files beside ``target`` (copies of older jobs)."""
+    for old in target.parent.glob(f"{stem}-*{suffix}"):
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target
+
+
 def _replace_copy(src: Path, folder: Path, stem: str, suffix: str, key: str) -> Path:
     """Copy ``src`` to ``folder/<stem>-<key><suffix>`` (atomically) and delete older ``<stem>-*``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,10 +79,7 @@ def _replace_copy(src: Path, folder: Path, stem: str, suffix: str, key: str) -> 
     shutil.copyfile(src, tmp)
     tmp.chmod(0o644)
     tmp.replace(target)
-    for old in folder.glob(f"{stem}-*{suffix}"):
-        if old != target:
-            old.unlink(missing_ok=True)
-    return target
+    return _drop_older(target, stem, suffix)
 
 
 def object_name(obj: Any, task_job: Any) -> str:
@@ -153,9 +158,7 @@ def review_task(
     propagated = {v: path for v, path in task_job.videos.items() if v in result.masks}
     data = job_preview(propagated, result.masks, ranges)
     stem = f"{labels_of['video1'] if single else 'pair'}_preview"
-    tmp_png = review_dir / f".{stem}.png.part"
-    review_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(tmp_png, data)
-    changes["preview"] = local_url(settings, _replace_copy(tmp_png, review_dir, stem, ".png", key))
-    tmp_png.unlink(missing_ok=True)
+    target = review_dir / f"{stem}-{key}.png"
+    atomic_write_bytes(target, data)
+    changes["preview"] = local_url(settings, _drop_older(target, stem, ".png"))
     return changes, summary
