@@ -607,12 +607,25 @@ class JobQueue:
         if not jobs or not self.settings.label_studio_api_key:
             return None
 
+        from rq.job import JobStatus
+
+        waiting = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+
         def run() -> None:
             for project_id, task_id, job_id in jobs:
                 state = JobState(
                     self.settings, SimpleNamespace(id=job_id, connection=self.connection), project_id, task_id
                 )
-                state.write({"job_state": "queued", "job_progress": 0, "job_error": ""}, seconds=10.0)
+
+                def queued(data: dict[str, Any], job_id: str = job_id) -> dict[str, Any] | None:
+                    # checked under the task's lock: a worker that started the job already wrote
+                    # "running", which must not go back to "queued"
+                    job = self.fetch(job_id)
+                    if job is None or job.get_status() not in waiting:
+                        return None
+                    return {"job_state": "queued", "job_progress": 0, "job_error": ""}
+
+                state.write(queued, seconds=10.0)
 
         thread = threading.Thread(target=run, name="task-state-queued", daemon=True)
         thread.start()

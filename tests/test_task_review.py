@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 import shutil
 from pathlib import Path
 
@@ -130,11 +131,16 @@ FIRST = [point(obj, 0, 0) for obj in COLORS]  # every object clicked on frame 0 
 def test_a_job_shows_its_state_appends_flagged_pages_and_serves_its_review(settings, redis_conn, queue, ls):
     answer = submit(queue, ls, 1, FIRST)
     assert answer["status"] == "queued"
+    deadline = time.monotonic() + 10
+    while not ls.task_updates and time.monotonic() < deadline:  # the backend marks it from a thread
+        time.sleep(0.05)
+    assert [body["data"]["job_state"] for _, body in ls.task_updates] == ["queued"]
+    assert data(ls)["job_progress"] == 0
     run(settings, redis_conn)
 
     states = [body["data"].get("job_state") for _, body in ls.task_updates]
-    assert states[0] == "queued" or "queued" in states  # the backend marks it before the worker runs
-    assert states[-1] == "done"
+    assert states[1] == "running" and states[-1] == "done"
+    assert "queued" not in states[1:]
     d = data(ls)
     assert d["job_state"] == "done" and d["job_progress"] == 100 and d["job_error"] == ""
     # events: object 2 jumps on 8 and shrinks on 20, object 1 vanishes on 10 and is back on 15
@@ -183,6 +189,14 @@ def test_a_correction_on_an_appended_page_is_a_prompt_and_pages_are_not_added_tw
     assert sorted(video1["point_inputs_per_obj"][idx]) == [0, 8]
     # older review copies are replaced, not piled up
     assert len(list((ls.root / "pairs/p/review").glob("video1_overlay-*.webm"))) == 1
+
+
+def test_queued_never_replaces_the_state_of_a_started_or_finished_job(settings, redis_conn, queue, ls):
+    answer = submit(queue, ls, 1, FIRST)
+    run(settings, redis_conn)
+    assert data(ls)["job_state"] == "done"
+    queue.mark_queued([(PROJECT, TASK, answer["job_id"])]).join()  # a late "queued" write
+    assert data(ls)["job_state"] == "done"
 
 
 def test_a_failed_job_shows_its_reason_on_the_task(settings, redis_conn, queue, ls):
