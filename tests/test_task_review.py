@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import pickle
-import time
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np

@@ -249,13 +249,15 @@ def submit_every_segment(stack: Any) -> tuple[int, list[int]]:
     for i, task in enumerate(tasks):
         if list(client.annotations.list(id=task)):
             continue
+        # segment i gets i + 1 subjects, so the segments differ in their number of flagged ranges
         client.annotations.create(
             id=task,
             result=[{
-                "id": f"g{i}", "from_name": "kp", "to_name": "image", "type": "keypointlabels",
+                "id": f"g{i}-{j}", "from_name": "kp", "to_name": "image", "type": "keypointlabels",
                 "original_width": 320, "original_height": 240, "image_rotation": 0, "item_index": 0,
-                "is_positive": True, "value": {"x": 20.0 + 15 * i, "y": 30.0, "width": 0.6, "keypointlabels": ["Subject 1"]},
-            }],
+                "is_positive": True,
+                "value": {"x": 20.0 + 25 * j, "y": 30.0 + 20 * j, "width": 0.6, "keypointlabels": [f"Subject {j + 1}"]},
+            } for j in range(i + 1)],
         )  # fmt: skip
 
     def all_done() -> bool:
@@ -276,6 +278,7 @@ def test_review_columns_sort_by_flagged_count(page: Any, ui_stack: Any) -> None:
     client = stack.client()
     counts = {task: client.tasks.get(id=task).data["flagged_ranges"] for task in tasks}
     assert all(isinstance(c, int) for c in counts.values()), counts
+    assert len(set(counts.values())) > 1, counts  # else any order would pass
     page.goto(f"{stack.ls_url}/projects/{project}/data")
     page.wait_for_selector(".lsf-table-row")
     for column in ("job_state", "job_progress", "flagged_ranges", "lowest_score"):
@@ -306,6 +309,7 @@ def test_review_columns_sort_by_flagged_count(page: Any, ui_stack: Any) -> None:
     assert "-tasks:data.flagged_ranges" in request.value.post_data
     wait_for(lambda: ordered(view_id) == sorted(counts.values(), reverse=True), 30, 1, "descending order")
     page.wait_for_load_state("networkidle")
+    page.locator('.lsf-table-head [data-id="tasks:data.lowest_score"]').scroll_into_view_if_needed()
     time.sleep(1.5)
     shot(page, "review_columns.png", doc="review_columns.png")
     assert not page.js_errors, page.js_errors
