@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -250,18 +251,26 @@ def wait_for(condition, seconds: float = 10.0) -> None:
 
 @pytest.mark.parametrize("mode", ["batch", "auto"])
 def test_the_webhook_answers_at_once_and_the_preview_follows(settings, ls, fetcher, redis_conn, mode):
-    segmenter = DiscSegmenter(radius=RADIUS, encode_seconds=0.5)
+    gate = threading.Event()
+
+    class GatedSegmenter(DiscSegmenter):
+        """Encodes only once the test opens the gate: an answer before that did not wait for it."""
+
+        def embed(self, key, image, *, protected=None):
+            assert gate.wait(30), "the gate was never opened"
+            return super().embed(key, image, protected=protected)
+
+    segmenter = GatedSegmenter(radius=RADIUS)
     app, client = app_for(settings, ls, fetcher, segmenter, redis_conn, mode)
     project = {"id": PROJECT} if mode == "auto" else {"id": PROJECT, "label_config": CONFIG}
-    started = time.monotonic()
     response = client.post(
         "/webhook",
         json={"action": "ANNOTATION_CREATED", "annotation": annotation([point(120, 200)]), "project": project},
     )
-    took = time.monotonic() - started
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["status"] == ("ignored" if mode == "batch" else "queued")
-    assert took < 0.4  # the encode (0.5 s) runs after the answer
+    assert segmenter.encodes == 0 and not gate.is_set()  # answered while the render waits to encode
+    gate.set()
     assert app.extensions["sam2_first_frames"].wait(10)
     image = shown(settings, ls)
     assert (caption_free(tinted(image, 1)) == small(disc(120, 200), image)).all()
