@@ -38,10 +38,16 @@ from .taskdata import format_flags, local_url, task_folder
 log = logging.getLogger(__name__)
 
 
+def _published(result: Any, relpath: str) -> Path | None:
+    """``out_dir/relpath`` if this job published it (the folder may hold older jobs' files)."""
+    path = Path(result.out_dir) / relpath
+    return path if path in {Path(p) for p in result.files} and path.is_file() else None
+
+
 def load_report(result: Any, spec: Any) -> dict[str, Any] | None:
     """The job's published ``quality.json``, or None when quality signals were off."""
-    path = Path(result.out_dir) / quality_file(spec)
-    return json.loads(path.read_text()) if path.is_file() else None
+    path = _published(result, quality_file(spec))
+    return json.loads(path.read_text()) if path is not None else None
 
 
 def _extract(video_path: str, frames: list[int], folder: Path) -> dict[int, Path]:
@@ -126,7 +132,8 @@ def review_task(
         return changes, summary
 
     # 1. flagged frames → appended pages
-    existing = {video: list(info.frame_indices) for video, info in images.items()}
+    # the pages as the task has them now (an earlier job may have appended some since this one began)
+    existing = {video: list(task_data.get(info.indices_key) or info.frame_indices) for video, info in images.items()}
     new_pages = pages_to_add(ranges, existing, settings.review_max_pages)
     labels_of = {v: (report["videos"].get(v, {}).get("label", v) if report else v) for v in images}
     for video, frames in new_pages.items():
@@ -147,10 +154,14 @@ def review_task(
     single = len(images) == 1
     for video in images:
         label = labels_of[video]
-        webm = Path(result.out_dir) / "review" / f"{label}_overlay.webm"
-        if webm.is_file():
+        webm = _published(result, f"review/{label}_overlay.webm")
+        field = "review_video" if single else f"review_{video}"
+        if webm is not None:
             copy = _replace_copy(webm, review_dir, f"{label}_overlay", ".webm", key)
-            changes["review_video" if single else f"review_{video}"] = local_url(settings, copy)
+            changes[field] = local_url(settings, copy)
+        else:  # nothing propagated there this time (no object in it, or REVIEW_EXPORTS=0)
+            changes[field] = ""
+            _drop_older(review_dir / f"{label}_overlay-{key}.webm", f"{label}_overlay", ".webm")
 
     # 3. preview strip
     from .previews import job_preview

@@ -225,3 +225,14 @@ def test_without_local_files_the_state_is_still_shown(settings, redis_conn, ls, 
     assert d["job_state"] == "done" and d["flagged_ranges"] == 4
     assert d["frame_indices1"] == [0, 20] and d["preview"] == ""
     assert ls.predictions and ls.predictions[-1]["result"]
+
+
+def test_a_video_left_without_objects_loses_its_old_overlay(settings, redis_conn, queue, ls):
+    submit(queue, ls, 1, [*FIRST, point(3, 0, 0, image=2)])  # object 3 in both videos
+    run(settings, redis_conn)
+    assert local_path(settings, data(ls)["review_video2"]).is_file()
+    submit(queue, ls, 2, FIRST)  # now nothing is in video 2
+    run(settings, redis_conn)
+    assert data(ls)["review_video2"] == ""
+    assert not list((ls.root / "pairs/p/review").glob("video2_overlay-*.webm"))
+    assert local_path(settings, data(ls)["review_video1"]).is_file()
