@@ -108,7 +108,34 @@ def review_task(
     """Files and task-data changes for a finished job (module docstring); returns
     ``(data changes, summary)``. ``task_data`` is the task's current data; ``key`` a short name
     of the job (its fingerprint). Extends ``task_job.images[*].frame_indices`` with the appended
-    pages, so the prediction built afterwards covers them."""
+    pages, so the prediction built afterwards covers them. When the review files cannot be
+    written (a read-only or full disk), the state columns are still set and the pages are not
+    appended."""
+    changes, summary, report = _state(task_job, result)
+    folder = task_folder(settings, task_data.get(task_job.images["video1"].data_key) or [])
+    summary["pages_added"] = {}
+    if folder is None:
+        log.info("task frames are not local-files files under LOCAL_FILES_DOCUMENT_ROOT: no pages, videos or preview")
+        summary["review_files"] = "skipped: the task's frames are not in local-files storage"
+        return changes, summary
+    for info in task_job.images.values():  # pages an earlier job appended since this one began count too
+        current = task_data.get(info.indices_key)
+        if isinstance(current, list) and current[: len(info.frame_indices)] == info.frame_indices:
+            info.frame_indices = list(current)
+    before = {video: list(info.frame_indices) for video, info in task_job.images.items()}
+    try:
+        changes.update(_review_files(settings, task_job, result, task_data, key, folder, report, summary))
+    except OSError as exc:
+        for video, info in task_job.images.items():  # the prediction covers the pages as they are
+            info.frame_indices = before[video]
+        summary["pages_added"] = {}
+        summary["review_files"] = f"skipped: {exc.strerror or type(exc).__name__} under {folder}"
+        log.warning("task review files could not be written under %s (%s); state columns only", folder, exc)
+    return changes, summary
+
+
+def _state(task_job: Any, result: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The state columns and ``review_flags`` of a finished job, its summary and its report."""
     report = load_report(result, task_job.spec)
     ranges = report["ranges"] if report else []
     summary = dict(report["summary"]) if report else {"flagged_ranges": 0, "lowest_score": None, "confidence": 1.0}
@@ -122,15 +149,24 @@ def review_task(
     labels = {o.id: object_name(o, task_job) for o in task_job.spec.objects}
     if report:
         changes["review_flags"] = format_flags(ranges, report["videos"], labels)
-    images = task_job.images
-    first_list = task_data.get(images["video1"].data_key) or []
-    folder = task_folder(settings, first_list)
-    summary["pages_added"] = {}
-    if folder is None:
-        log.info("task frames are not local-files files under LOCAL_FILES_DOCUMENT_ROOT: no pages, videos or preview")
-        summary["review_files"] = "skipped: the task's frames are not in local-files storage"
-        return changes, summary
+    return changes, summary, report
 
+
+def _review_files(
+    settings: Any,
+    task_job: Any,
+    result: Any,
+    task_data: dict[str, Any],
+    key: str,
+    folder: Path,
+    report: dict[str, Any] | None,
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    """Steps 1–3 of the module docstring: write the files under ``folder`` and return the
+    task-data changes that reference them."""
+    changes: dict[str, Any] = {}
+    ranges = report["ranges"] if report else []
+    images = task_job.images
     # 1. flagged frames → appended pages
     # the pages as the task has them now (an earlier job may have appended some since this one began)
     existing = {video: list(task_data.get(info.indices_key) or info.frame_indices) for video, info in images.items()}
@@ -172,4 +208,4 @@ def review_task(
     target = review_dir / f"{stem}-{key}.png"
     atomic_write_bytes(target, data)
     changes["preview"] = local_url(settings, _drop_older(target, stem, ".png"))
-    return changes, summary
+    return changes

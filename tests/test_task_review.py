@@ -236,3 +236,13 @@ def test_a_video_left_without_objects_loses_its_old_overlay(settings, redis_conn
     assert data(ls)["review_video2"] == ""
     assert not list((ls.root / "pairs/p/review").glob("video2_overlay-*.webm"))
     assert local_path(settings, data(ls)["review_video1"]).is_file()
+
+
+def test_review_files_that_cannot_be_written_leave_the_state_columns(settings, redis_conn, queue, ls):
+    (ls.root / "pairs/p/review").write_text("a file where the review folder goes: nothing can be written under it")
+    submit(queue, ls, 1, FIRST)
+    run(settings, redis_conn)
+    d = data(ls)
+    assert d["job_state"] == "done" and d["flagged_ranges"] == 4 and d["job_error"] == ""
+    assert d["frame_indices1"] == [0, 20] and d["preview"] == "" and d["review_video1"] == ""
+    assert {r["item_index"] for r in ls.predictions[-1]["result"]} <= {0, 1}  # the pages the task has
