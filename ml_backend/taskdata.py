@@ -34,7 +34,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +86,21 @@ def update_task_data(
 
 def local_path(settings: Any, url: str) -> Path | None:
     """The file under ``LOCAL_FILES_DOCUMENT_ROOT`` that a ``/data/local-files/?d=...`` URL names,
-    or None when the URL is not a local-files URL or there is no local root."""
-    root = getattr(settings, "local_files_root", "")
-    if not root or not isinstance(url, str):
+    resolved and checked exactly as the backend reads task files
+    (:meth:`ml_backend.fetch.FileFetcher.resolve`: no ``..``, never outside the root); None when
+    the URL is not a local-files URL under it, or there is no local root."""
+    from .exceptions import MLBackendError
+    from .fetch import FileFetcher
+
+    if not getattr(settings, "local_files_root", "") or not isinstance(url, str) or not url:
         return None
-    parts = urlsplit(url)
-    if not parts.path.rstrip("/").endswith("/data/local-files"):
+    resolver = FileFetcher(settings.label_studio_url, Path(settings.data_dir) / "downloads",
+                           local_root=settings.local_files_root)  # fmt: skip
+    try:
+        found = resolver.resolve(url)
+    except (MLBackendError, ValueError):
         return None
-    rel = (parse_qs(parts.query).get("d") or [""])[0]
-    rel = unquote(rel).replace("\\", "/").lstrip("/")
-    root_path = Path(root).resolve()
-    path = (root_path / rel).resolve()
-    if not rel or not path.is_relative_to(root_path):
-        return None
-    return path
+    return found if isinstance(found, Path) else None
 
 
 def local_url(settings: Any, path: Path) -> str:
