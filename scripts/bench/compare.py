@@ -171,15 +171,21 @@ def print_table(args: argparse.Namespace, sizes: list[int], res: dict, parity: d
             ("—" if worst is None else f"max {worst:.3f}") + (check(worst, TIME_GOAL) if is_goal else ""),
             goal,
         )
-    if getattr(args, "all_exports", False):
+    variants = (
+        ("all_exports", "job_all", "our run_job with all five exports (scenediff, review, davis, ytvis, mots)"),
+        ("quality", "job_noq", "our run_job without quality signals"),
+    )
+    for option, path, name in variants:
+        if not getattr(args, option, False):
+            continue
         for key, label in (
-            ("seconds", "our run_job with all five exports (scenediff, review, davis, ytvis, mots) / model-only, wall"),
+            ("seconds", f"{name} / model-only, wall"),
             ("median_step", "the same, median per-frame time"),
         ):
             ratios = [
                 None
-                if not (get(res, "job_all", n, key) and get(res, "model", n, key))
-                else get(res, "job_all", n, key) / get(res, "model", n, key)
+                if not (get(res, path, n, key) and get(res, "model", n, key))
+                else get(res, path, n, key) / get(res, "model", n, key)
                 for n in sizes
             ]
             worst = max((r for r in ratios if r is not None), default=None)
@@ -190,17 +196,6 @@ def print_table(args: argparse.Namespace, sizes: list[int], res: dict, parity: d
                 f"≤ {TIME_GOAL}",
             )
     if getattr(args, "quality", False):
-        for key, label in (
-            ("seconds", "our run_job without quality signals / model-only, wall"),
-            ("median_step", "the same, median per-frame time"),
-        ):
-            ratios = [
-                None
-                if not (get(res, "job_noq", n, key) and get(res, "model", n, key))
-                else get(res, "job_noq", n, key) / get(res, "model", n, key)
-                for n in sizes
-            ]
-            row(label, ["—" if r is None else f"{r:.2f}" for r in ratios], "", "")
         row(
             "quality signals: our run_job with / without, wall",
             [fmt_ratio(get(res, "job", n, "seconds"), get(res, "job_noq", n, "seconds")) for n in sizes],
