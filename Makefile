@@ -6,8 +6,10 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+EVALUATORS ?= .evaluators
+EVAL_STAMP := $(EVALUATORS)/.installed-$(shell sha1sum < requirements-evaluators.txt | cut -c1-12)
 
-.PHONY: install system-deps run test test-e2e test-slow bench check clean
+.PHONY: install system-deps evaluators run test test-e2e test-slow bench check clean
 
 # System tools (each apt package is named like its command). As root, whatever is missing is
 # installed with apt-get (CI on a fresh machine); other users are told exactly what is missing.
@@ -43,10 +45,19 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: system-deps $(STAMP)
 
+# The field's evaluators (trackeval, vos-benchmark) for tests/test_evaluators.py, in their own
+# virtualenv: their pins clash with ours (see requirements-evaluators.txt).
+$(EVAL_STAMP): requirements-evaluators.txt
+	test -x $(EVALUATORS)/bin/python || $(PY) -m venv $(EVALUATORS)
+	$(EVALUATORS)/bin/pip install -q --no-deps -r requirements-evaluators.txt
+	rm -f $(EVALUATORS)/.installed-*; touch $@
+
+evaluators: $(EVAL_STAMP)
+
 run: install
 	$(BIN)/python scripts/stack.py up
 
-test: install
+test: install evaluators
 	$(BIN)/python -m pytest
 
 test-e2e: install
@@ -65,4 +76,4 @@ check: install
 	bash scripts/check
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(EVALUATORS) .pytest_cache
