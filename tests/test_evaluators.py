@@ -14,7 +14,7 @@ Both tools pin what our runtime cannot take (trackeval: numpy ≥ 2.3.2, against
 opencv-python-headless 4.12's numpy < 2.3; both: ``opencv-python``, which would overwrite the
 headless ``cv2``), so they live in their own virtualenv (``make evaluators`` →
 ``.evaluators/``, or ``EVALUATORS_PYTHON=/path/to/python``) and run here as a subprocess with
-the very snippets the README shows. Without that virtualenv those tests skip, and the tests
+the README's commands, read from README.md. Without that virtualenv those tests skip, and the tests
 below them, which follow each tool's published reading code in-process, still run.
 
 A damaged export (object 3 shifted 3 px to the right on every frame, from a stand-in model that
@@ -201,41 +201,20 @@ def test_the_ground_truth_has_an_empty_frame_and_rle_that_pycocotools_reads(case
     assert (mask_utils.decode(rle).astype(bool) == gt["video1"][1][t]).all()
 
 
-# --- the real evaluators, in their own virtualenv ---------------------------------------------
+# --- the real evaluators, in their own virtualenv, run with the README's commands --------------
 
-#: The README's commands, with the folders as placeholders. Each prints one JSON line.
-DAVIS = """
-from vos_benchmark.benchmark import benchmark
-jf, j, f, per_object = benchmark(["{gt}"], ["{pred}"], num_processes=1, verbose=False)
-import json; print(json.dumps({{"J&F": jf[0], "J": j[0], "F": f[0]}}))
-"""
-MOTS = """
-import trackeval
-quiet = {{"PRINT_CONFIG": False, "PRINT_RESULTS": False, "TIME_PROGRESS": False, "OUTPUT_SUMMARY": False,
-         "OUTPUT_DETAILED": False, "PLOT_CURVES": False}}
-dataset = trackeval.datasets.KittiMOTS({{"GT_FOLDER": "{gt}", "GT_LOC_FORMAT": "{{gt_folder}}/{{seq}}.txt",
-    "SEQ_INFO": {seq_info}, "TRACKERS_FOLDER": "{trackers}", "TRACKERS_TO_EVAL": ["{tracker}"],
-    "TRACKER_SUB_FOLDER": "mots", "OUTPUT_FOLDER": "{output}", "PRINT_CONFIG": False}})
-res, msg = trackeval.Evaluator(quiet).evaluate([dataset], [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR()])
-r = res["KittiMOTS"]["{tracker}"]["COMBINED_SEQ"]
-import json; print(json.dumps({{c: {{"HOTA": float(r[c]["HOTA"]["HOTA"].mean()), "MOTSA": float(r[c]["CLEAR"]["MOTA"]),
-                                   "IDSW": int(r[c]["CLEAR"]["IDSW"])}} for c in ("car", "pedestrian")}}))
-"""
-YTVIS = """
-import json, os, trackeval
-os.makedirs("{trackers}/youtube_vis_val/sam2/data", exist_ok=True)
-anns = json.load(open("{export}"))["annotations"]  # our tracks, as a results list with a score each
-json.dump([dict(a, score=1.0) for a in anns], open("{trackers}/youtube_vis_val/sam2/data/results.json", "w"))
-quiet = {{"PRINT_CONFIG": False, "PRINT_RESULTS": False, "TIME_PROGRESS": False, "OUTPUT_SUMMARY": False,
-         "OUTPUT_DETAILED": False, "PLOT_CURVES": False}}
-dataset = trackeval.datasets.YouTubeVIS({{"GT_FOLDER": "{gt}/", "SPLIT_TO_EVAL": "val",
-    "TRACKERS_FOLDER": "{trackers}/", "TRACKERS_TO_EVAL": ["sam2"], "PRINT_CONFIG": False}})
-track_map = trackeval.metrics.TrackMAP({{"USE_TIME_RANGES": False, "PRINT_CONFIG": False,  # as run_youtube_vis.py
-    "AREA_RANGES": [[0, 128 ** 2], [128 ** 2, 256 ** 2], [256 ** 2, 1e5 ** 2]]}})
-res, msg = trackeval.Evaluator(quiet).evaluate([dataset], [track_map])
-r = res["YouTubeVIS"]["sam2"]["COMBINED_SEQ"]["cls_comb_cls_av"]["TrackMAP"]
-print(json.dumps({{"AP": float(r["AP_all"].mean()), "AP50": float(r["AP_all"][0]), "AP75": float(r["AP_all"][5])}}))
-"""
+
+def readme_commands():
+    """The README's scoring commands (section "Scoring an export with the field's evaluators"):
+    the Python text of each ``$PY - <<'EOF'`` block, in order: DAVIS, MOTS, YouTube-VIS."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("#### Scoring an export with the field's evaluators", 1)[1].split("\n## ", 1)[0]
+    blocks = []
+    for chunk in section.split("$PY - <<'EOF'\n")[1:]:
+        lines = chunk.split("\n  EOF\n", 1)[0].splitlines()
+        blocks.append("\n".join(line[2:] for line in lines) + "\n")  # the blocks are indented in a list
+    assert len(blocks) == 3, "the README must hold the DAVIS, MOTS and YouTube-VIS commands"
+    return dict(zip(("davis", "mots", "ytvis"), blocks, strict=True))
 
 
 def evaluators_python():
@@ -251,58 +230,52 @@ needs_evaluators = pytest.mark.skipif(
 )
 
 
-def score(snippet, cwd, **fields):
-    """Run one README snippet with the evaluators' python in ``cwd``; its last line as JSON."""
-    done = subprocess.run([evaluators_python(), "-c", snippet.format(**fields)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+def run_readme_command(fmt, case, name, work):
+    """Lay out ``work/gt`` and ``work/export`` (a copy of export ``name``: the tools write
+    result files next to their input) as the README says, run the README's command for ``fmt``
+    there with the evaluators' python, and return its last printed line."""
+    root, _ = case
+    shutil.copytree(root / "gt", work / "gt")
+    shutil.copytree(root / name, work / "export")
+    code = readme_commands()[fmt]
+    if fmt == "mots":
+        assert f'"SEQ_INFO": {{"video1": {NUM_FRAMES}, "video2": {NUM_FRAMES}}}' in code
+    done = subprocess.run([evaluators_python(), "-"], input=code, cwd=work, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def fresh_copy(root, name, work):
-    """A copy of export ``name`` (the tools write result files next to their input)."""
-    shutil.copytree(root / name, work / name)
-    return work / name
+    last = done.stdout.strip().splitlines()[-1]
+    print(fmt, name, last)  # shown with pytest -s
+    return last
 
 
 @needs_evaluators
 @pytest.mark.parametrize("name", ["good", "damaged"])
 def test_vos_benchmark_scores_the_davis_export(case, tmp_path, name):
-    root, _ = case
-    export = fresh_copy(root, name, tmp_path)
-    got = score(DAVIS, tmp_path, gt=root / "gt" / "davis", pred=export / "davis")
-    print(name, got)  # shown with pytest -s
+    _, jf, _, j, _, f = run_readme_command("davis", case, name, tmp_path).split()
     if name == "good":
-        assert got == {"J&F": 100.0, "J": 100.0, "F": 100.0}
+        assert float(jf) == float(j) == float(f) == 100.0
     else:
-        assert got["J&F"] < 95.0 and got["J"] < 95.0, got
+        assert float(jf) < 95.0 and float(j) < 95.0 and float(f) < 95.0
 
 
 @needs_evaluators
 @pytest.mark.parametrize("name", ["good", "damaged"])
 def test_trackeval_scores_the_mots_export(case, tmp_path, name):
-    root, _ = case
-    export = fresh_copy(root, name, tmp_path)
-    got = score(MOTS, tmp_path, gt=root / "gt" / "mots", seq_info={v: NUM_FRAMES for v in VIDEO_IDS},
-                trackers=tmp_path, tracker=export.name, output=tmp_path / "eval")  # fmt: skip
-    print(name, got)  # shown with pytest -s
+    import ast
+
+    hota = ast.literal_eval(run_readme_command("mots", case, name, tmp_path))
     if name == "good":
-        assert got == {c: {"HOTA": 1.0, "MOTSA": 1.0, "IDSW": 0} for c in ("car", "pedestrian")}
+        assert hota == {"car": 1.0, "pedestrian": 1.0}
     else:
-        assert got["car"]["HOTA"] < 0.95 and got["pedestrian"]["HOTA"] == 1.0, got  # object 3 is a mug (car)
+        assert hota["car"] < 0.95 and hota["pedestrian"] == 1.0  # object 3 is a mug: class 1, "car"
 
 
 @needs_evaluators
 @pytest.mark.parametrize("name", ["good", "damaged"])
 def test_trackeval_scores_the_ytvis_export(case, tmp_path, name):
-    root, _ = case
-    export = fresh_copy(root, name, tmp_path)
-    got = score(YTVIS, tmp_path, gt=root / "gt", trackers=tmp_path / "eval", export=export / "ytvis.json")
-    print(name, got)  # shown with pytest -s
-    if name == "good":
-        assert got == {"AP": 1.0, "AP50": 1.0, "AP75": 1.0}
-    else:
-        assert got["AP"] < 0.95, got
+    label, ap = run_readme_command("ytvis", case, name, tmp_path).split()
+    assert label == "AP"
+    assert float(ap) == 1.0 if name == "good" else float(ap) < 0.95
 
 
 # --- the same checks, following each tool's published reading code (no extra packages) --------
