@@ -14,8 +14,8 @@ Both tools pin what our runtime cannot take (trackeval: numpy ≥ 2.3.2, against
 opencv-python-headless 4.12's numpy < 2.3; both: ``opencv-python``, which would overwrite the
 headless ``cv2``), so they live in their own virtualenv (``make evaluators`` →
 ``.evaluators/``, or ``EVALUATORS_PYTHON=/path/to/python``) and run here as a subprocess with
-the README's commands, read from README.md. Without that virtualenv those tests skip, and the tests
-below them, which follow each tool's published reading code in-process, still run.
+the README's commands, read from README.md. Without that virtualenv those tests skip; the tests
+after them, which follow each tool's published reading code in-process, run everywhere.
 
 A damaged export (object 3 shifted 3 px to the right on every frame, from a stand-in model that
 shifts it) must score lower in every tool.
@@ -399,3 +399,8 @@ def test_ytvis_export_read_as_trackeval_reads_it(case):
     gt = root / "gt" / "youtube_vis_val" / "truth.json"
     assert ytvis_track_iou(gt, root / "good" / "ytvis.json") == 1.0
     assert ytvis_track_iou(gt, root / "damaged" / "ytvis.json") < 0.95
+    data = json.loads((root / "good" / "ytvis.json").read_text())
+    video_id = {v["name"]: v["id"] for v in data["videos"]}
+    for video, frame in EMPTY:  # the empty frame is null in every track of its video
+        tracks = [a for a in data["annotations"] if a["video_id"] == video_id[video]]
+        assert tracks and all(a["segmentations"][frame] is None for a in tracks)
