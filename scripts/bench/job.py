@@ -9,6 +9,7 @@ COCO RLE produced so far at every frame, and stops the job at an optional time b
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -71,6 +72,7 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
             raise TimeBound
 
     stopped = None
+    scores = None
     sync(predictor)
     try:
         result = run_job(
@@ -89,6 +91,12 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
         masks = None
         if cfg.get("return_masks"):  # read back before the job's mask store is released
             masks = {obj_id: dict(per_frame) for obj_id, per_frame in result.masks["video1"].items()}
+            quality_json = out_dir / "review" / "quality.json"
+            if quality_json.is_file():  # per-object scores by frame, to compare two runs
+                scores = {
+                    obj_id: track["scores"]
+                    for obj_id, track in json.loads(quality_json.read_text())["videos"]["video1"]["objects"].items()
+                }
         close = getattr(result, "close", None)  # JobResult.close() deletes the job's mask spool
         if close is not None:
             close()
@@ -117,4 +125,5 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
         out["samples"] = samples[:: max(1, len(samples) // 200)] + samples[-1:]
     if cfg.get("return_masks"):
         out["masks"] = masks
+        out["scores"] = scores
     return out
