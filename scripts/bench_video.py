@@ -130,7 +130,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1, 3, 8],
         help="object counts of --objects-table (1 to 8; the first is the base of the growth columns)",
     )
-    p.add_argument("--table-frames", type=int, default=12, help="frames of the --objects-table video")
+    p.add_argument(
+        "--table-frames",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[12],
+        help="frames of the --objects-table video, one number or one per --table-sizes entry",
+    )
     p.add_argument(
         "--table-repeats", type=int, default=2, help="runs of each --objects-table cell (the lowest median counts)"
     )

@@ -48,6 +48,7 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
     baseline = rss_bytes()
     spec = parse_prompts(prompt_spec(cfg["objects"], cfg["prompt_frame"]))
     samples: list[tuple[int, float, int, int]] = []
+    cpu_stamps: list[float] = []  # process CPU seconds (user + sys, all threads) at each frame
     out_dir = Path(cfg["out_dir"])
     shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -66,6 +67,7 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
         now = time.perf_counter() - started
         rss = rss_bytes()
         samples.append((done, now, rss, rle_held[0]))
+        cpu_stamps.append(time.process_time())
         if rss_limit and rss > rss_limit:
             raise MemoryBound(f"RSS {rss / MiB:.0f} MiB above the limit after {done} frames")
         if time_bound and now > time_bound:
@@ -114,6 +116,7 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
         "frames": frames,
         "processed": samples[-1][0] if samples else 0,
         "median_step": median_step([s[1] for s in samples]),
+        "median_cpu_step": median_step(cpu_stamps),
         "baseline_rss": baseline,
         "peak_rss": peak_rss_bytes(),
         "gpu_peak": gpu_peak(predictor),

@@ -34,15 +34,16 @@ def main_objects(args: argparse.Namespace) -> None:
     """Every (size, objects, path, batching) cell in a fresh process, then one table."""
     workdir = Path(args.workdir)
     logdir = workdir / "logs"
-    frames = args.table_frames
+    frames_by_size = dict(zip(args.table_sizes, args.table_frames * len(args.table_sizes), strict=False))
     print(
         f"# bench_video --objects-table: {args.model_size} at {args.table_sizes} px, objects {args.table_objects}, "
-        f"{frames} frames, on {host_line(args)}",
+        f"{args.table_frames} frames, on {host_line(args)}",
         flush=True,
     )
     res: dict[tuple[int, int, str, bool], list[dict[str, Any]]] = {}
     loads: list[float] = []
     for size in args.table_sizes:
+        frames = frames_by_size[size]
         for k in args.table_objects:
             video = make_video(workdir, frames, k, jpeg=False)["mp4"]
             for path, rep in itertools.product(("model", "job"), range(args.table_repeats)):
@@ -67,7 +68,7 @@ def main_objects(args: argparse.Namespace) -> None:
                     print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
                     loads.append(os.getloadavg()[0])
                     res.setdefault((size, k, path, batch), []).append(spawn(cfg, logdir, name))
-    print_objects_table(args, res, loads)
+    print_objects_table(args, res, loads, frames_by_size)
 
 
 def min_iou(a: dict[str, Any] | None, b: dict[str, Any] | None, frames: int) -> float | None:
@@ -105,10 +106,22 @@ def max_score_diff(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float 
     return max(diffs, default=None)
 
 
-def print_objects_table(args: argparse.Namespace, res: dict, loads: list[float]) -> None:
+def cpu_cell(off: float | None, on: float | None) -> str:
+    if off is None or on is None:
+        return "—"
+    return f"{off:.2f} → {on:.2f} ({on / off:.2f})"
+
+
+def print_objects_table(args: argparse.Namespace, res: dict, loads: list[float], frames: dict[int, int]) -> None:
     def step(key: tuple) -> float | None:
         """The lowest median s/frame over the repeats (other load only ever adds time)."""
         steps = [r["median_step"] for r in res.get(key, []) if "error" not in r and r.get("median_step")]
+        return min(steps, default=None)
+
+    def cpu(key: tuple) -> float | None:
+        """The lowest median CPU seconds per frame step over the repeats (process user + sys, all
+        threads: the work done, whatever else runs on the machine)."""
+        steps = [r["median_cpu_step"] for r in res.get(key, []) if "error" not in r and r.get("median_cpu_step")]
         return min(steps, default=None)
 
     def first(key: tuple) -> dict[str, Any]:
@@ -117,16 +130,18 @@ def print_objects_table(args: argparse.Namespace, res: dict, loads: list[float])
     print()
     print(
         f"### Time per frame by object count: SAM 2's one-by-one loop vs batched objects — SAM 2.1 {args.model_size} "
-        f"(random weights), {host_line(args)}; synthetic {WIDTH}×{HEIGHT} mp4, {args.table_frames} frames, every "
-        f"object prompted on frame {args.table_frames // 2} (forward + backward); median s/frame (lowest of "
+        f"(random weights), {host_line(args)}; synthetic {WIDTH}×{HEIGHT} mp4, "
+        + ", ".join(f"{n} frames at {size} px" for size, n in frames.items())
+        + "; every object prompted on the middle frame (forward + backward); median s/frame (lowest of "
         f"{args.table_repeats} run(s), each a fresh process, one-by-one and batched back to back); load average during the run {min(loads):.1f}–{max(loads):.1f}"
     )
     print()
     print(
         "| image px | objects | path | one-by-one s/frame | batched s/frame | batched / one-by-one | "
-        "one-by-one: × 1 object | batched: × 1 object | masks min IoU (job) | object scores max diff (job) |"
+        "one-by-one: × 1 object | batched: × 1 object | CPU s/frame: one-by-one → batched (ratio) | "
+        "masks min IoU (job) | object scores max diff (job) |"
     )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     worst_ratio = None
     for size in args.table_sizes:
         for path, label in (("model", "model-only"), ("job", "run_job")):
@@ -139,7 +154,7 @@ def print_objects_table(args: argparse.Namespace, res: dict, loads: list[float])
                 iou = diff = None
                 if path == "job":
                     ra, rb = first((size, k, path, False)), first((size, k, path, True))
-                    iou = min_iou(ra.get("masks"), rb.get("masks"), args.table_frames)
+                    iou = min_iou(ra.get("masks"), rb.get("masks"), frames[size])
                     diff = max_score_diff(ra.get("scores"), rb.get("scores"))
                 cells = [
                     str(size),
@@ -150,6 +165,7 @@ def print_objects_table(args: argparse.Namespace, res: dict, loads: list[float])
                     "—" if ratio is None else f"{ratio:.2f}",
                     "—" if not (off and base[False]) else f"{off / base[False]:.2f}",
                     "—" if not (on and base[True]) else f"{on / base[True]:.2f}",
+                    cpu_cell(cpu((size, k, path, False)), cpu((size, k, path, True))),
                     ("—" if iou is None else f"{iou:.4f}" + (" ✅" if iou >= IOU_GOAL else " ❌"))
                     if path == "job"
                     else "",
@@ -162,6 +178,11 @@ def print_objects_table(args: argparse.Namespace, res: dict, loads: list[float])
     print()
     if worst_ratio is not None:
         print(f"Worst batched / one-by-one ratio with more than one object: {worst_ratio:.2f} (goal ≤ 1).")
+    print(
+        "Wall times are medians of consecutive frame steps; on a loaded machine they carry the other processes' "
+        "load, so the median CPU seconds per frame step (this process's user + sys, all its threads) are given "
+        "beside them as the load-independent measure of the work."
+    )
     if failed:
         print("Failed cells: " + "; ".join(failed))
     print(flush=True)
