@@ -23,6 +23,10 @@ BF16 = True
 #: TF32 matmuls on Ampere+ GPUs (ignored elsewhere).
 TF32 = True
 
+#: Video propagation runs the objects of a frame as one batch wherever their memory layout is
+#: the same (``ml_backend.batched``); off = SAM 2's own one-object-at-a-time loop.
+BATCH_OBJECTS = True
+
 #: Seed for the random-weight model (``SAM2_CHECKPOINT=random``) so runs are repeatable.
 RANDOM_SEED = 0
 

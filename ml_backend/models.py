@@ -3,7 +3,10 @@
 Nothing here runs at import; torch and sam2 are imported inside the builders.
 
 ``build_image_model(settings)`` returns a ``SAM2Base`` ready for ``SAM2ImagePredictor``;
-``build_video_predictor(settings)`` returns a ``SAM2VideoPredictor``. Both honour:
+``build_video_predictor(settings)`` returns a ``SAM2VideoPredictor``: with
+``settings.batch_objects`` (``SAM2_BATCH_OBJECTS``, default on) the subclass
+:class:`ml_backend.batched.BatchedVideoPredictor` that tracks the objects of a frame as one batch
+where SAM 2's memory rules allow it, else SAM 2's own class. Both builders honour:
 
 - ``settings.model_size``: one of :data:`MODEL_CONFIGS`;
 - ``settings.image_size``: input side in pixels; sizes other than 1024 rescale the model's
@@ -121,6 +124,11 @@ def _build(settings: Settings, *, video: bool) -> Any:
         kwargs: dict[str, Any] = {}
         if settings.compile:
             kwargs["vos_optimized"] = True
+        if settings.batch_objects:
+            from .batched import TARGET, TARGET_VOS
+
+            # the last `_target_` override wins over the one build_sam2_video_predictor sets
+            overrides = [*overrides, f"++model._target_={TARGET_VOS if settings.compile else TARGET}"]
         model = build_sam2_video_predictor(
             config, ckpt_path=ckpt, device=device, hydra_overrides_extra=overrides, **kwargs
         )
@@ -161,7 +169,8 @@ def build_image_model(settings: Settings) -> Any:
 
 
 def build_video_predictor(settings: Settings) -> Any:
-    """A ``SAM2VideoPredictor`` in eval mode on the resolved device."""
+    """A ``SAM2VideoPredictor`` in eval mode on the resolved device (batched objects unless
+    ``settings.batch_objects`` is off: :mod:`ml_backend.batched`)."""
     return _build(settings, video=True)
 
 

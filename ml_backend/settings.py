@@ -63,6 +63,14 @@ class Settings:
         default=False,
         metadata=_env("SAM2_COMPILE", "torch.compile the video predictor (`vos_optimized`, CUDA)"),
     )
+    batch_objects: bool = field(
+        default=defaults.BATCH_OBJECTS,
+        metadata=_env(
+            "SAM2_BATCH_OBJECTS",
+            "track the objects of a frame as one batch where SAM 2's memory rules allow (same masks); "
+            "0 = SAM 2's one-by-one path",
+        ),
+    )
     offload_state_to_cpu: bool = field(
         default=False,
         metadata=_env("SAM2_OFFLOAD_STATE", "keep per-frame tracking state on the CPU"),

@@ -23,6 +23,10 @@ Then a parity check: a 60-frame JPEG folder, prompts on frame 30, one predictor 
 seed; masks of the stock path and of ``run_job`` on the same folder are compared frame by frame
 (IoU per frame and object, both empty = 1).
 
+``--objects-table``: median time per frame for 1, 3 and 8 objects at 1024 and 256 px, model-only
+and ``run_job``, with SAM 2's one-by-one loop (``SAM2_BATCH_OBJECTS=0``) and with batched objects,
+side by side with their ratios and the masks' agreement (:mod:`bench.objects`).
+
 ``--long``: a 10-minute 1080p video at 30 fps (18,000 frames, one moving shape on a static
 background), run through ``run_job`` until ``--time-bound`` seconds have passed (the job is
 aborted from its progress callback); RSS is sampled at every frame and reported at 10 %, 50 % and
@@ -34,6 +38,7 @@ Usage::
     .venv/bin/python scripts/bench_video.py                         # N = 50, 200, 1000 at 256 px (CPU)
     .venv/bin/python scripts/bench_video.py --long --time-bound 600 # 18,000-frame memory curve
     .venv/bin/python scripts/bench_video.py --device cuda --image-size 1024 --model-size large
+    .venv/bin/python scripts/bench_video.py --objects-table        # 1/3/8 objects: one-by-one vs batched
 
 Each measurement is a module of ``scripts/bench/`` (see its ``__init__``); this script is the
 command line and the ``--child`` entry point the measurements' fresh processes run.
@@ -50,6 +55,7 @@ from bench.compare import main_bench
 from bench.job import child_job
 from bench.long_video import main_long
 from bench.model_only import child_model
+from bench.objects import main_objects
 from bench.parity import child_parity
 from bench.pipeline_alone import StandInPredictor, child_pipeline
 from bench.report import PUBLISHED_A100_FPS
@@ -89,6 +95,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--time-bound", type=float, default=600.0, help="seconds of propagation in --long mode")
     p.add_argument("--long-frames", type=int, default=18000, help="frames of the --long video (10 min at 30 fps)")
+    p.add_argument("--long-objects", type=int, default=1, choices=range(1, 9), help="objects tracked in --long mode")
+    p.add_argument(
+        "--one-by-one",
+        dest="batch_objects",
+        action="store_false",
+        help="--long mode: SAM 2's one-by-one loop (SAM2_BATCH_OBJECTS=0) instead of batched objects",
+    )
     p.add_argument(
         "--long-prompt-frame", type=int, default=None, help="prompted frame in --long mode (default: the middle one)"
     )
@@ -98,7 +111,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="comma-separated N (default 50,200,1000)",
     )
-    p.add_argument("--objects", type=int, default=2, choices=(1, 2, 3), help="objects prompted")
+    p.add_argument("--objects", type=int, default=2, choices=range(1, 9), help="objects prompted")
+    p.add_argument(
+        "--objects-table",
+        action="store_true",
+        help="time per frame for --table-objects objects at --table-sizes, SAM 2's one-by-one loop vs batched "
+        "objects (SAM2_BATCH_OBJECTS), model-only and run_job, side by side",
+    )
+    p.add_argument(
+        "--table-sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1024, 256],
+        help="image sizes of --objects-table",
+    )
+    p.add_argument(
+        "--table-objects",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 3, 8],
+        help="object counts of --objects-table (1 to 8; the first is the base of the growth columns)",
+    )
+    p.add_argument(
+        "--table-frames",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[12],
+        help="frames of the --objects-table video, one number or one per --table-sizes entry",
+    )
+    p.add_argument(
+        "--table-repeats", type=int, default=2, help="runs of each --objects-table cell (the lowest median counts)"
+    )
     p.add_argument("--parity-frames", type=int, default=None, help="frames of the parity video (default 60)")
     p.add_argument(
         "--image-size",
@@ -160,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.long:
         main_long(args)
+    elif args.objects_table:
+        main_objects(args)
     else:
         main_bench(args)
 

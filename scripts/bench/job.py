@@ -9,6 +9,7 @@ COCO RLE produced so far at every frame, and stops the job at an optional time b
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
     baseline = rss_bytes()
     spec = parse_prompts(prompt_spec(cfg["objects"], cfg["prompt_frame"]))
     samples: list[tuple[int, float, int, int]] = []
+    cpu_stamps: list[float] = []  # process CPU seconds (user + sys, all threads) at each frame
     out_dir = Path(cfg["out_dir"])
     shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -65,12 +67,14 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
         now = time.perf_counter() - started
         rss = rss_bytes()
         samples.append((done, now, rss, rle_held[0]))
+        cpu_stamps.append(time.process_time())
         if rss_limit and rss > rss_limit:
             raise MemoryBound(f"RSS {rss / MiB:.0f} MiB above the limit after {done} frames")
         if time_bound and now > time_bound:
             raise TimeBound
 
     stopped = None
+    scores = None
     sync(predictor)
     try:
         result = run_job(
@@ -89,6 +93,12 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
         masks = None
         if cfg.get("return_masks"):  # read back before the job's mask store is released
             masks = {obj_id: dict(per_frame) for obj_id, per_frame in result.masks["video1"].items()}
+            quality_json = out_dir / "review" / "quality.json"
+            if quality_json.is_file():  # per-object scores by frame, to compare two runs
+                scores = {
+                    obj_id: track["scores"]
+                    for obj_id, track in json.loads(quality_json.read_text())["videos"]["video1"]["objects"].items()
+                }
         close = getattr(result, "close", None)  # JobResult.close() deletes the job's mask spool
         if close is not None:
             close()
@@ -106,6 +116,7 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
         "frames": frames,
         "processed": samples[-1][0] if samples else 0,
         "median_step": median_step([s[1] for s in samples]),
+        "median_cpu_step": median_step(cpu_stamps),
         "baseline_rss": baseline,
         "peak_rss": peak_rss_bytes(),
         "gpu_peak": gpu_peak(predictor),
@@ -117,4 +128,5 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
         out["samples"] = samples[:: max(1, len(samples) // 200)] + samples[-1:]
     if cfg.get("return_masks"):
         out["masks"] = masks
+        out["scores"] = scores
     return out

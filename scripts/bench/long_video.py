@@ -1,7 +1,7 @@
 """``--long``: memory over a 10-minute 1080p video, our ``run_job`` only.
 
 A video of ``--long-frames`` frames at 30 fps (18,000 by default: one moving shape on a static
-background) goes through ``run_job`` (:mod:`bench.job`) in a fresh process until
+background, or ``--long-objects`` shapes) goes through ``run_job`` (:mod:`bench.job`) in a fresh process until
 ``--time-bound`` seconds have passed (the job is aborted from its progress callback). RSS is
 sampled at every frame and reported at 10 %, 50 % and 100 % of the frames processed, with its
 spread and growth over the run; peak RSS must stay under 8 GiB.
@@ -29,7 +29,8 @@ def main_long(args: argparse.Namespace) -> None:
         f"{args.model_size} @ {args.image_size} px on {host_line(args)}",
         flush=True,
     )
-    video = make_video(workdir, frames, 1, jpeg=False)["mp4"]
+    objects = getattr(args, "long_objects", 1)
+    video = make_video(workdir, frames, objects, jpeg=False)["mp4"]
     prompt_frame = frames // 2 if args.long_prompt_frame is None else args.long_prompt_frame
     cfg = {
         "kind": "job",
@@ -38,7 +39,8 @@ def main_long(args: argparse.Namespace) -> None:
         "image_size": args.image_size,
         "device": args.device,
         "compile": args.compile,
-        "objects": 1,
+        "objects": objects,
+        "batch_objects": getattr(args, "batch_objects", True),
         "seed": 0,
         "frames": frames,
         "prompt_frame": prompt_frame,
@@ -54,7 +56,8 @@ def main_long(args: argparse.Namespace) -> None:
     print(
         f"### Long video: {frames} frames ({frames / 30 / 60:.1f} min at 30 fps) {WIDTH}×{HEIGHT} mp4v, "
         f"SAM 2.1 {args.model_size} (random weights) @ {args.image_size} px, {host_line(args)}, "
-        f"our run_job, 1 object prompted on frame {prompt_frame}, stopped after {args.time_bound} s"
+        f"our run_job, {objects} object(s) prompted on frame {prompt_frame} "
+        f"({'batched' if cfg['batch_objects'] else 'one by one'}), stopped after {args.time_bound} s"
     )
     print()
     print("| measurement | value | goal |")

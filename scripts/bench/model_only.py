@@ -39,6 +39,7 @@ def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
     ac = autocast_factory(settings, predictor)
     frames = set()
     stamps: list[float] = []
+    cpu_stamps: list[float] = []  # process CPU seconds (user + sys, all threads) at the same moments
     sync(predictor)
     started = time.perf_counter()
     cpu0 = time.process_time()
@@ -51,6 +52,7 @@ def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
             for frame_idx, _obj_ids, _masks in predictor.propagate_in_video(state, reverse=reverse):
                 frames.add(frame_idx)
                 stamps.append(time.perf_counter())
+                cpu_stamps.append(time.process_time())
     sync(predictor)
     seconds = time.perf_counter() - started
     return {
@@ -58,6 +60,7 @@ def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
         "cpu_seconds": time.process_time() - cpu0,
         "decode_seconds": decode_s,
         "median_step": median_step(stamps),
+        "median_cpu_step": median_step(cpu_stamps),
         "frames": len(frames),
         "baseline_rss": baseline,
         "peak_rss": peak_rss_bytes(),

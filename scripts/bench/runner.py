@@ -89,6 +89,7 @@ def build(cfg: dict[str, Any]) -> tuple[Any, Any]:
         device=cfg["device"],
         compile=cfg.get("compile", False),
         random_seed=cfg.get("seed", 0),
+        batch_objects=cfg.get("batch_objects", True),
     )
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])

@@ -23,7 +23,15 @@ def shape_tracks(objects: int) -> list[dict[str, Any]]:
         {"name": "disc", "kind": "disc", "color": (40, 60, 220), "r": 110, "p0": (500.0, 420.0), "v": (2.3, 1.1)},
         {"name": "square", "kind": "rect", "color": (220, 70, 40), "r": 100, "p0": (1400.0, 700.0), "v": (-1.7, -0.9)},
         {"name": "box", "kind": "rect", "color": (60, 200, 60), "r": 90, "p0": (960.0, 240.0), "v": (1.2, 0.6)},
+        # more objects (the objects table, up to 8): smaller shapes spread over the frame
+        {"name": "cap", "kind": "disc", "color": (200, 200, 40), "r": 60, "p0": (260.0, 160.0), "v": (1.5, 0.8)},
+        {"name": "tile", "kind": "rect", "color": (200, 40, 200), "r": 55, "p0": (1700.0, 900.0), "v": (-1.1, -1.3)},
+        {"name": "puck", "kind": "disc", "color": (40, 200, 200), "r": 50, "p0": (700.0, 900.0), "v": (1.9, -0.7)},
+        {"name": "brick", "kind": "rect", "color": (120, 60, 20), "r": 65, "p0": (1250.0, 450.0), "v": (-0.8, 1.4)},
+        {"name": "dot", "kind": "disc", "color": (250, 250, 250), "r": 45, "p0": (1500.0, 150.0), "v": (-2.1, 0.9)},
     ]
+    if not 1 <= objects <= len(tracks):
+        raise ValueError(f"the synthetic video has 1 to {len(tracks)} objects, not {objects}")
     return tracks[:objects]
 
 

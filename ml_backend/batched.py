@@ -1,0 +1,223 @@
+"""SAM 2's video predictor with the objects of a frame run as one batch where SAM 2 allows it.
+
+SAM 2.1's ``SAM2VideoPredictor.propagate_in_video`` tracks objects one after another: on every
+frame it runs memory attention, the mask decoder and the memory encoder once per object (batch
+size 1), each object reading its own memory (``output_dict_per_obj[obj_idx]``). Every one of
+those modules treats the batch dimension independently, so objects whose memory has the same
+*layout* on a frame can run as one batch and get the same masks: same conditioning (prompted)
+frames, and the same set of stored non-conditioning frames around the current one. Then
+``_prepare_memory_conditioned_features`` picks the same memory frames, object pointers and
+temporal encodings for each of them, and only the stored tensors differ per object.
+
+:class:`BatchedVideoPredictor` groups the objects of each frame by that layout
+(:func:`memory_layout`), runs each group of two or more through SAM 2's own
+``_run_single_frame_inference`` with a **stacked output dict** (the group's per-object tensors
+concatenated along the batch dimension, dim 0), and splits the result back into each object's
+``output_dict_per_obj`` (views of the batched tensors, ``[i:i+1]``, exactly the shapes SAM 2
+stores). Objects alone in their group run exactly as in SAM 2 (batch size 1). The public API is
+SAM 2's: ``add_new_points_or_box``, ``add_new_mask``, ``propagate_in_video_preflight``,
+``propagate_in_video``; its per-frame outputs (``pred_masks``, ``obj_ptr``,
+``object_score_logits``, ``maskmem_features``) stay per object, so pruning and quality signals
+read them as before.
+
+Typical groups: objects prompted on the same frame(s) share one layout on every frame (one
+batch); an object prompted on another frame runs in its own group. Batched matmuls may round
+differently in the last bits from batch-size-1 ones; masks agree to IoU ≥ 0.99 (tests and
+``scripts/bench_video.py --objects-table``).
+
+Importing this module imports torch and sam2: :mod:`ml_backend.models` imports it lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from sam2.sam2_video_predictor import SAM2VideoPredictor, SAM2VideoPredictorVOS
+from tqdm import tqdm
+
+#: Hydra ``_target_`` of the batched predictors (plain and ``vos_optimized``/compiled).
+TARGET = "ml_backend.batched.BatchedVideoPredictor"
+TARGET_VOS = "ml_backend.batched.BatchedVideoPredictorVOS"
+
+
+def lookup_window(model: Any) -> int:
+    """How many frames back (in the direction of travel) ``_prepare_memory_conditioned_features``
+    may look up a non-conditioning output: memory frames (``num_maskmem`` with the eval stride)
+    and object pointers (``max_obj_ptrs_in_encoder - 1``)."""
+    stride = max(1, int(getattr(model, "memory_temporal_stride_for_eval", 1)))
+    return max(model.num_maskmem * stride + 1, model.max_obj_ptrs_in_encoder)
+
+
+def memory_layout(obj_output: dict[str, dict[int, Any]], frame_idx: int, reverse: bool, window: int) -> tuple:
+    """What ``_prepare_memory_conditioned_features`` selects from for one object on ``frame_idx``.
+
+    ``obj_output`` is one object's ``{"cond_frame_outputs": {frame: out}, "non_cond_frame_outputs":
+    {frame: out}}``. The result is ``(conditioning frames, stored non-conditioning frames among
+    the ``window`` frames before ``frame_idx`` in the direction of travel)``. Objects with equal
+    layouts read memory of the same frames at the same temporal positions, so they may run as
+    one batch. (A superset of what SAM 2 reads: it can only split groups, never merge wrong ones.)
+    """
+    cond = tuple(sorted(obj_output["cond_frame_outputs"]))
+    non_cond = obj_output["non_cond_frame_outputs"]
+    step = 1 if reverse else -1
+    near = tuple(t for t in range(frame_idx + step, frame_idx + step * (window + 1), step) if t in non_cond)
+    return cond, near
+
+
+def group_objects(
+    output_dict_per_obj: dict[int, dict[str, dict[int, Any]]],
+    obj_inds: Sequence[int],
+    frame_idx: int,
+    reverse: bool,
+    window: int,
+) -> list[list[int]]:
+    """``obj_inds`` split into groups of equal :func:`memory_layout`, each in index order, groups
+    in order of their first object."""
+    groups: dict[tuple, list[int]] = {}
+    for obj_idx in obj_inds:
+        key = memory_layout(output_dict_per_obj[obj_idx], frame_idx, reverse, window)
+        groups.setdefault(key, []).append(obj_idx)
+    return list(groups.values())
+
+
+def stack_outputs(outs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One frame's outputs of several objects (batch size 1 each) as one output of batch size
+    ``len(outs)``: the tensors SAM 2 reads from memory concatenated along dim 0."""
+    first = outs[0]
+    batch = len(outs)
+    pos = first["maskmem_pos_enc"]  # the same for every object (a constant SAM 2 caches)
+    return {
+        "maskmem_features": torch.cat([o["maskmem_features"] for o in outs], dim=0),
+        "maskmem_pos_enc": None if pos is None else [x.expand(batch, *x.shape[1:]) for x in pos],
+        "obj_ptr": torch.cat([o["obj_ptr"] for o in outs], dim=0),
+    }
+
+
+def split_output(out: dict[str, Any], batch: int) -> list[dict[str, Any]]:
+    """A compact output of batch size ``batch`` (``_run_single_frame_inference``) as ``batch``
+    outputs of batch size 1, as SAM 2 stores them per object (views, no copies)."""
+    parts = []
+    for i in range(batch):
+        part = {}
+        for key, value in out.items():
+            if isinstance(value, torch.Tensor):
+                part[key] = value[i : i + 1]
+            elif isinstance(value, list):
+                part[key] = [x[i : i + 1] for x in value]
+            else:
+                part[key] = value
+        parts.append(part)
+    return parts
+
+
+class BatchedObjects:
+    """Mixin over a ``SAM2VideoPredictor`` class: ``propagate_in_video`` runs objects with the
+    same memory layout as one batch. Everything else is SAM 2's."""
+
+    def _stacked_output_dict(
+        self, output_dict_per_obj: dict[int, Any], group: Sequence[int], frame_idx: int, reverse: bool, window: int
+    ) -> dict[str, dict[int, Any]]:
+        """The group's memory as one output dict of batch size ``len(group)``: every conditioning
+        frame, and the stored non-conditioning frames SAM 2 may read on ``frame_idx``."""
+        first = output_dict_per_obj[group[0]]
+        cond, near = memory_layout(first, frame_idx, reverse, window)
+        return {
+            "cond_frame_outputs": {
+                t: stack_outputs([output_dict_per_obj[o]["cond_frame_outputs"][t] for o in group]) for t in cond
+            },
+            "non_cond_frame_outputs": {
+                t: stack_outputs([output_dict_per_obj[o]["non_cond_frame_outputs"][t] for o in group]) for t in near
+            },
+        }
+
+    def _track_group(
+        self, inference_state: dict[str, Any], group: Sequence[int], frame_idx: int, reverse: bool, window: int
+    ) -> list[tuple[dict[str, Any], torch.Tensor]]:
+        """Track the objects ``group`` (same memory layout) on ``frame_idx``; ``(compact output,
+        low-res mask logits 1×1×h×w)`` per object, as SAM 2's batch-size-1 call returns them."""
+        per_obj = inference_state["output_dict_per_obj"]
+        if len(group) == 1:
+            output_dict = per_obj[group[0]]
+        else:
+            output_dict = self._stacked_output_dict(per_obj, group, frame_idx, reverse, window)
+        current_out, pred_masks = self._run_single_frame_inference(
+            inference_state=inference_state,
+            output_dict=output_dict,
+            frame_idx=frame_idx,
+            batch_size=len(group),
+            is_init_cond_frame=False,
+            point_inputs=None,
+            mask_inputs=None,
+            reverse=reverse,
+            run_mem_encoder=True,
+        )
+        if len(group) == 1:
+            return [(current_out, pred_masks)]
+        outs = split_output(current_out, len(group))
+        return [(out, pred_masks[i : i + 1]) for i, out in enumerate(outs)]
+
+    @torch.inference_mode()
+    def propagate_in_video(
+        self,
+        inference_state: dict[str, Any],
+        start_frame_idx: int | None = None,
+        max_frame_num_to_track: int | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
+        """SAM 2's ``propagate_in_video`` (same arguments, same ``(frame_idx, obj_ids,
+        masks N×1×H×W)`` per frame), with objects of equal memory layout tracked as one batch."""
+        self.propagate_in_video_preflight(inference_state)
+
+        obj_ids = inference_state["obj_ids"]
+        num_frames = inference_state["num_frames"]
+        batch_size = self._get_obj_num(inference_state)
+        per_obj = inference_state["output_dict_per_obj"]
+        window = lookup_window(self)
+
+        # start, end and order exactly as SAM 2 sets them
+        if start_frame_idx is None:
+            start_frame_idx = min(t for out in per_obj.values() for t in out["cond_frame_outputs"])
+        if max_frame_num_to_track is None:
+            max_frame_num_to_track = num_frames
+        if reverse:
+            end_frame_idx = max(start_frame_idx - max_frame_num_to_track, 0)
+            processing_order = range(start_frame_idx, end_frame_idx - 1, -1) if start_frame_idx > 0 else []
+        else:
+            end_frame_idx = min(start_frame_idx + max_frame_num_to_track, num_frames - 1)
+            processing_order = range(start_frame_idx, end_frame_idx + 1)
+
+        device = inference_state["device"]
+        for frame_idx in tqdm(processing_order, desc="propagate in video"):
+            pred_masks_per_obj: list[torch.Tensor | None] = [None] * batch_size
+            to_track = []
+            for obj_idx in range(batch_size):
+                obj_output_dict = per_obj[obj_idx]
+                if frame_idx in obj_output_dict["cond_frame_outputs"]:
+                    # a prompted frame: its consolidated output is used as is (as in SAM 2)
+                    current_out = obj_output_dict["cond_frame_outputs"][frame_idx]
+                    pred_masks_per_obj[obj_idx] = current_out["pred_masks"].to(device, non_blocking=True)
+                    if self.clear_non_cond_mem_around_input:
+                        self._clear_obj_non_cond_mem_around_input(inference_state, frame_idx, obj_idx)
+                else:
+                    to_track.append(obj_idx)
+            for group in group_objects(per_obj, to_track, frame_idx, reverse, window):
+                results = self._track_group(inference_state, group, frame_idx, reverse, window)
+                for obj_idx, (current_out, pred_masks) in zip(group, results, strict=True):
+                    per_obj[obj_idx]["non_cond_frame_outputs"][frame_idx] = current_out
+                    pred_masks_per_obj[obj_idx] = pred_masks
+            for obj_idx in range(batch_size):
+                inference_state["frames_tracked_per_obj"][obj_idx][frame_idx] = {"reverse": reverse}
+
+            all_pred_masks = torch.cat(pred_masks_per_obj, dim=0) if batch_size > 1 else pred_masks_per_obj[0]
+            _, video_res_masks = self._get_orig_video_res_output(inference_state, all_pred_masks)
+            yield frame_idx, obj_ids, video_res_masks
+
+
+class BatchedVideoPredictor(BatchedObjects, SAM2VideoPredictor):
+    """``SAM2VideoPredictor`` with batched objects (:class:`BatchedObjects`)."""
+
+
+class BatchedVideoPredictorVOS(BatchedObjects, SAM2VideoPredictorVOS):
+    """``SAM2VideoPredictorVOS`` (``torch.compile``, ``SAM2_COMPILE``) with batched objects."""
