@@ -97,6 +97,12 @@ class FakeLabelStudio:
             backend = {"id": len(self.ml_backends) + 1, **request.get_json(force=True)}
             self.ml_backends.append(backend)
             return backend, 201
+        if len(parts) == 3 and parts[:2] == ["api", "ml"] and method == "PATCH":
+            found = [b for b in self.ml_backends if str(b["id"]) == parts[2]]
+            if not found:
+                return {"detail": "Not found."}, 404
+            found[0].update(request.get_json(force=True))
+            return found[0], 200
         if parts == ["api", "tasks"] and method == "GET":
             project = request.args.get("project", type=int)
             tasks = [t for t in self.tasks.values() if project is None or t["project"] == project]
