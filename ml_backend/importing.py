@@ -47,6 +47,9 @@ def take_name(text: str, what: str = "take name") -> str:
             f"{what} {text!r:.60} cannot name a take: use letters, digits, '.', '_' and '-' "
             "(up to 100, starting with a letter or digit)"
         )
+    if text == "review" or text.startswith(("frame_", "greenscreen")):
+        # names of files in greenscreen/ of tasks imported before takes existed
+        raise VideoError(f"{what} {text!r} is reserved (a file name of the green-screen exports); choose another")
     return text
 
 

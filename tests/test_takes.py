@@ -381,7 +381,7 @@ def test_take_names_and_task_data_checks():
     from ml_backend.prompts import parse_greenscreen
 
     assert take_name("take_1.b-2") == "take_1.b-2"
-    for bad in ("", ".hidden", "a/b", "..", "x" * 101, "täke"):
+    for bad in ("", ".hidden", "a/b", "..", "x" * 101, "täke", "review", "frame_000001_masked.png"):
         with pytest.raises(VideoError):
             take_name(bad)
     assert parse_greenscreen({"take": "t1", "fps": 25}).take == "t1"
