@@ -94,8 +94,15 @@ def main() -> int:
     try:
         with new.removed_on_failure():
             tasks = [
-                pair_task(v1, v2, document_root, name, stride=args.stride, progress=progress_bar(f"{name} frames"),
-                          source_sha256=hashes[name])  # fmt: skip
+                pair_task(
+                    v1,
+                    v2,
+                    document_root,
+                    name,
+                    stride=args.stride,
+                    progress=progress_bar(f"{name} frames"),
+                    source_sha256=hashes[name],
+                )
                 for name, v1, v2 in todo
             ]
             storage, created = local_storage(client, args.project, pairs)

@@ -113,8 +113,10 @@ def main() -> int:
         old = sorted({*old, *(i for t in tasks for i in same_source(existing, {"video": t["video"]}))})
     if old and not args.replace:
         same = [d for i, d in existing if i in old]
-        if args.video and all(d.get("take") == take for d in same) and any(
-            d.get("source_sha256") not in (None, probe["source_sha256"]) for d in same
+        if (
+            args.video
+            and all(d.get("take") == take for d in same)
+            and any(d.get("source_sha256") not in (None, probe["source_sha256"]) for d in same)
         ):
             raise Fail(
                 f"take {take!r} of project {args.project} holds another video (tasks {_ids(old)}); "

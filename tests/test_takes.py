@@ -216,7 +216,11 @@ def test_25_fps_take_gives_a_25_fps_mp4_and_flags_in_original_frames_and_seconds
     tasks = import_take(ls, video, "--seconds", "0.4", "--name", "clip25")
     data = [ls.tasks[t]["data"] for t in tasks]
     assert [d["segment_frames"] for d in data] == [[11, 11, 10]] * 3
-    assert [(d["first_frame"], d["last_frame"], d["fps"]) for d in data] == [(0, 10, 25.0), (10, 20, 25.0), (20, 29, 25.0)]
+    assert [(d["first_frame"], d["last_frame"], d["fps"]) for d in data] == [
+        (0, 10, 25.0),
+        (10, 20, 25.0),
+        (20, 29, 25.0),
+    ]
     jobs = [submit(ls, queue, task, k + 1, x=(38 + 11) / W * 100, y=13 / H * 100) for k, task in enumerate(tasks)]
     work(settings, redis_conn)
     assert [queue.status(j)["status"] for j in jobs] == ["finished"] * 3
@@ -299,7 +303,9 @@ def test_wrong_config_fails_before_any_extraction_and_leaves_no_storage(ls, tmp_
     line = error_line(script(ls, "import_segments.py", "--project", "3", "--local-root", str(ls.root),
                              "--video", str(video), "--seconds", "0.2"))  # fmt: skip
     assert "task data 'notes'" in line
-    ls.add_project(4, "<View><Text name='t' value='$text'/><Choices name='c' toName='t'><Choice value='a'/></Choices></View>")
+    ls.add_project(
+        4, "<View><Text name='t' value='$text'/><Choices name='c' toName='t'><Choice value='a'/></Choices></View>"
+    )
     line = error_line(script(ls, "import_segments.py", "--project", "4", "--local-root", str(ls.root),
                              "--video", str(video), "--seconds", "0.2"))  # fmt: skip
     assert "project 4 has no labeling config for video annotation" in line
@@ -332,7 +338,8 @@ def test_a_failed_import_removes_the_storage_it_made(ls, tmp_path):
     ls._scripts_api = refuse_import
     line = error_line(script(ls, "import_segments.py", "--project", str(GS), "--local-root", str(ls.root),
                              "--video", str(video), "--seconds", "0.2"))  # fmt: skip
-    assert line == 'error: Label Studio at {} refused the request (HTTP 400: "review_video1" key is expected in task data [id=None])'.format(ls.url)
+    said = '"review_video1" key is expected in task data [id=None]'
+    assert line == f"error: Label Studio at {ls.url} refused the request (HTTP 400: {said})"
     assert ls.storages == {} and ls.tasks == {} and tree(ls.root / "segments") == set()
 
 
