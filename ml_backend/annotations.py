@@ -15,7 +15,9 @@ Conventions (the labeling configs in ``label_config/`` follow them):
   ``comments`` (TextArea).
 - Two videos make a SceneDiff pair; one video is a green-screen segment, whose task data also
   holds ``segment_index`` and ``segment_frames`` (frame count of every segment, in order) and
-  optionally ``start_frame``.
+  optionally ``start_frame``, ``take`` (the source video's name: it keys the export folder,
+  :func:`ml_backend.jobs.job_out_dir`) and ``fps`` (the source's frame rate). A segment's
+  ``frame_indices`` count within the segment (its frame 0 is original frame ``first_frame``).
 
 Prompts: a keypoint on page ``i`` becomes a point on frame ``frame_indicesN[i]``, its percent
 coordinates scaled to the video's pixels; an accepted brush region becomes a mask prompt there.
@@ -280,7 +282,7 @@ def build_task_job(
     gs = None
     if len(images) == 1:
         gs = parse_greenscreen(
-            {k: data.get(k) for k in ("segment_index", "segment_frames", "start_frame") if k in data}
+            {k: data.get(k) for k in ("segment_index", "segment_frames", "start_frame", "take", "fps") if k in data}
             | {"background": list(background)},
             where="task data ",
         )
@@ -352,7 +354,9 @@ def build_task_job(
         if gs is None or not gs.segment_frames:  # one whole video, no segment list
             with open_frames(videos["video1"], cache_frames=2) as source:
                 start = gs.start_frame if gs else 0
-                gs = GreenScreenSpec(0, [source.num_frames], start, tuple(background))
+                gs = GreenScreenSpec(
+                    0, [source.num_frames], start, tuple(background), gs.take if gs else "", gs.fps if gs else 0.0
+                )
         spec = PromptSpec("greenscreen", objects, comments=comments, greenscreen=gs)
     return TaskJob(spec, videos, {info.key: info for info in images})
 

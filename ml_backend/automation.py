@@ -71,6 +71,75 @@ def ensure_local_storage(client: Any, project_id: int, path: Path, title: str = 
     return client.import_storage.local.create(project=project_id, path=str(path), title=title, use_blob_urls=False)
 
 
+def covering_storage(client: Any, project_id: int, path: Path) -> Any | None:
+    """The project's local-files storage on ``path`` or on a folder above it (Label Studio serves
+    a file to any storage whose path is a prefix of it), or None."""
+    path = Path(path).resolve()
+    for storage in client.import_storage.local.list(project=project_id):
+        if storage.path and path.is_relative_to(Path(storage.path).resolve()):
+            return storage
+    return None
+
+
+def local_storage(client: Any, project_id: int, path: Path, title: str = "frames and videos") -> tuple[Any, bool]:
+    """``(storage, created)``: a local-files storage covering ``path`` (:func:`covering_storage`),
+    made on ``path`` when the project has none; ``created`` says which (to undo it)."""
+    found = covering_storage(client, project_id, path)
+    if found is not None:
+        return found, False
+    return ensure_local_storage(client, project_id, path, title), True
+
+
+def project_tasks(client: Any, project_id: int) -> list[tuple[int, dict[str, Any]]]:
+    """``(id, data)`` of every task of the project."""
+    return [(int(t.id), dict(t.data or {})) for t in client.tasks.list(project=project_id, fields="task_only")]
+
+
+def delete_tasks(client: Any, ids: Iterable[int]) -> None:
+    for task_id in ids:
+        client.tasks.delete(id=task_id)
+
+
+#: The task-data keys that tell which source video a task was imported from.
+SOURCE_KEYS = ("take", "pair", "source_sha256", "video", "video1")
+
+
+def same_source(tasks: list[tuple[int, dict[str, Any]]], new: dict[str, Any]) -> list[int]:
+    """Ids of ``tasks`` imported from the same source as the task data ``new``: the same take
+    (or pair) name, the same content hash of the video(s), or the same video URL."""
+    out = []
+    for task_id, data in tasks:
+        for key in SOURCE_KEYS:
+            if new.get(key) and data.get(key) == new.get(key):
+                out.append(task_id)
+                break
+    return out
+
+
+def project_kind(label_config: str) -> str | None:
+    """``"greenscreen"`` (one ``<Image valueList>`` with keypoints or brushes), ``"scenediff"``
+    (two), or None (neither: not one of our configs)."""
+    from .labelconfig import parse_label_config
+
+    config = parse_label_config(label_config)
+    used = {img for img, _ in config.keypoints.values()} | {img for img, _ in config.brushes.values()}
+    lists = [name for name, image in config.images.items() if image.is_list and name in used]
+    return {1: "greenscreen", 2: "scenediff"}.get(len(lists))
+
+
+def required_data_keys(label_config: str) -> list[str]:
+    """The task-data keys Label Studio requires on import: the ``value="$key"`` of every object
+    tag (an ``<Image>``, ``<Video>``, ``<Text>``...). ``valueList`` keys are not checked by it."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    keys = []
+    for obj in LabelInterface(label_config).objects:
+        value = (obj.attr or {}).get("value") or ""
+        if value.startswith("$") and "valueList" not in (obj.attr or {}):
+            keys.append(value[1:])
+    return keys
+
+
 def import_tasks(client: Any, project_id: int, tasks: Iterable[dict[str, Any]]) -> list[int]:
     """Import task data dicts; return the new task ids."""
     payload = [{"data": data} for data in tasks]

@@ -141,8 +141,9 @@ REVIEW_MAX_PAGES = 8
 #: H.264 mp4 with ffmpeg (when ffmpeg is installed).
 GREENSCREEN_MP4 = True
 
-#: Frame rate of the assembled green-screen mp4.
-GREENSCREEN_FPS = 30.0
+#: Frame rate of the assembled green-screen mp4, as an override: 0 = the source video's own
+#: rate, recorded in each task at import (30 when the import did not know it).
+GREENSCREEN_FPS = 0.0
 
 #: Threads PyTorch uses for one model on the CPU; 0 keeps PyTorch's default (all cores). Set it
 #: when the backend and a worker share one CPU machine, so they do not oversubscribe it.

@@ -64,8 +64,26 @@ class ExportJob:
     staging: Any  # ml_backend.exports.Staging
     image_size: int = 1024
     greenscreen_mp4: bool = False
-    greenscreen_fps: float = 30.0
+    greenscreen_fps: float = 0.0  # GREENSCREEN_FPS: an override of a green-screen job's frame rate; 0 = none
     quality_rule: Any = None  # ml_backend.quality.QualityRule; None = the defaults
+
+    def fps_of(self, source: Any) -> float:
+        """Frames per second of a video of this job in every output (mp4, ``quality.json``, flag
+        times): for a green-screen segment ``GREENSCREEN_FPS`` when set, else the source video's
+        rate recorded at import (``greenscreen.fps``); else what the decoder reports (a folder
+        of frames reports 30)."""
+        gs = self.spec.greenscreen if self.spec.format == "greenscreen" else None
+        if gs is not None and self.greenscreen_fps > 0:
+            return float(self.greenscreen_fps)
+        if gs is not None and gs.fps > 0:
+            return float(gs.fps)
+        return float(getattr(source, "fps", 0.0) or 30.0)
+
+    def first_frame(self) -> int:
+        """The original frame number of frame 0 of the job's video: a green-screen segment's
+        offset in its take (:meth:`~ml_backend.prompts.GreenScreenSpec.first_frame`), else 0."""
+        gs = self.spec.greenscreen
+        return gs.first_frame() if gs is not None and self.spec.format == "greenscreen" else 0
 
     def video_label(self, video: str) -> str:
         """The name of ``video`` in file names: ``video1``/``video2``, or ``segment_XXX``."""

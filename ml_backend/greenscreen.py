@@ -5,7 +5,9 @@
 Consecutive segments share one boundary frame, so a segment exports all its frames but the last
 (the last segment exports all). The offset is derived from the segment list, never remembered:
 ``offset(k) = start_frame + Σ_{j<k} (frames_j − 1)`` (:func:`greenscreen_offset`). Re-running a
-segment rewrites exactly its own files.
+segment rewrites exactly its own files. The folder is the take's own
+(:func:`ml_backend.jobs.job_out_dir`), and the mp4 plays at the take's frame rate
+(:meth:`ml_backend.exporter.ExportJob.fps_of`).
 """
 
 from __future__ import annotations
@@ -59,9 +61,11 @@ class GreenScreenExport(Exporter):
         self.background = np.array(gs.background if gs else (0, 255, 0), np.uint8)
         self.out_dir = job.staging.dir
         self.plan: tuple[list[int], int, int, int] | None = None
+        self.fps = 30.0  # frames per second of the mp4, known at start_video
 
     def start_video(self, video: str, source: Any) -> None:
         self.plan = segment_plan(self.job.spec, source.num_frames)
+        self.fps = self.job.fps_of(source)
 
     def name_of(self, frame_idx: int) -> str:
         return f"frame_{self.plan[2] + frame_idx:06d}_masked.png"
@@ -93,7 +97,7 @@ class GreenScreenExport(Exporter):
         if not self.job.greenscreen_mp4 or self.plan is None:
             return []
         start = self.job.spec.greenscreen.start_frame if self.job.spec.greenscreen else 0
-        mp4 = assemble_greenscreen_mp4(self.job.staging.out_dir, self.plan[0], start, self.job.greenscreen_fps)
+        mp4 = assemble_greenscreen_mp4(self.job.staging.out_dir, self.plan[0], start, self.fps)
         return [mp4] if mp4 is not None else []
 
 

@@ -8,8 +8,13 @@ Task data (see :mod:`ml_backend.annotations` for how the worker reads it):
 
 - SceneDiff pair: ``frames1``, ``frames2`` (image URLs), ``video1``, ``video2`` (video URLs),
   ``frame_indices1``, ``frame_indices2``, ``pair`` (a name);
-- green-screen segment: ``frames``, ``video``, ``frame_indices``, ``segment_index``,
-  ``segment_frames`` (frame count of every segment of the video, in order), ``start_frame``;
+- green-screen segment: ``frames``, ``video``, ``frame_indices`` (frame numbers **within the
+  segment**), ``segment_index`` (0-based, as in the ``video_part_XXX`` folders this module cuts),
+  ``segment_frames`` (frame count of every segment of the video, in order), ``start_frame``,
+  ``take`` (the source video's name: it keys the export folder), ``fps`` (the source's frame
+  rate, 0 when unknown), ``first_frame``/``last_frame`` (the original frame numbers of the
+  segment's first and last frame) and, for a cut video, ``source_sha256`` (its content hash:
+  an import run twice finds its tasks by it or by the take);
 - both: the review fields (:func:`review_fields`) that jobs fill in later: ``preview``,
   ``review_video`` (``review_video1``/``review_video2`` for a pair), ``review_flags`` and the
   job-state columns (:mod:`ml_backend.taskdata`). The labeling configs show some of them, so
@@ -29,6 +34,47 @@ from .exceptions import VideoError
 from .frames import ImageFolderFrames, open_frames
 
 LOCAL_FILES_URL = "/data/local-files/?d="
+
+
+def take_name(text: str, what: str = "take name") -> str:
+    """``text`` if it can name a take (a folder under the local-files root and under
+    ``RESULTS_DIR``: letters, digits, ``.``, ``_``, ``-``, not starting with a dot);
+    :class:`VideoError` saying why otherwise."""
+    from .prompts import TAKE_NAME
+
+    if not isinstance(text, str) or not TAKE_NAME.fullmatch(text):
+        raise VideoError(
+            f"{what} {text!r:.60} cannot name a take: use letters, digits, '.', '_' and '-' "
+            "(up to 100, starting with a letter or digit)"
+        )
+    if text == "review" or text.startswith(("frame_", "greenscreen")):
+        # names of files in greenscreen/ of tasks imported before takes existed
+        raise VideoError(f"{what} {text!r} is reserved (a file name of the green-screen exports); choose another")
+    return text
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's content, hex (how an import recognises a video it has seen)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pair_sha256(video1: str | Path, video2: str | Path) -> str:
+    """The content hashes of a pair's two videos, ``<sha256 of 1>+<sha256 of 2>``."""
+    return f"{file_sha256(video1)}+{file_sha256(video2)}"
+
+
+def video_fps(video: str | Path) -> float:
+    """The frame rate a video's header gives (0 for a folder of frames, which has none)."""
+    if Path(video).is_dir():
+        return 0.0
+    with open_frames(video, cache_frames=1) as source:
+        return round(float(source.fps or 0.0), 4)
 
 
 def local_url(root: Path, path: Path) -> str:
@@ -100,10 +146,16 @@ def pair_task(
     *,
     stride: int = 30,
     progress: Callable[[int, int], None] | None = None,
+    source_sha256: str = "",
 ) -> dict[str, Any]:
-    """Task data for a SceneDiff pair; videos are copied under ``<root>/pairs/<name>/``."""
+    """Task data for a SceneDiff pair; videos are copied under ``<root>/pairs/<name>/``.
+    ``source_sha256`` (:func:`pair_sha256`, computed when not given) identifies the pair's videos."""
     base = Path(root) / "pairs" / name
     data: dict[str, Any] = {"pair": name}
+    if not source_sha256 and Path(video1).is_file() and Path(video2).is_file():
+        source_sha256 = pair_sha256(video1, video2)
+    if source_sha256:
+        data["source_sha256"] = source_sha256
     for k, video in ((1, Path(video1)), (2, Path(video2))):
         target = base / f"video{k}{video.suffix}" if video.is_file() else Path(video)
         if video.is_file() and not target.exists():
@@ -138,7 +190,8 @@ def split_video(
 
     Segment ``k`` holds frames ``[k·L, (k+1)·L]`` (L = seconds × fps), so its last frame is the
     next segment's first. Each segment is a ``video_part_XXX`` folder of PNG frames (lossless, and
-    read by the same decoder).
+    read by the same decoder), numbered from 000 like ``segment_index``; ``progress(done, total)``
+    counts segments.
     """
     from PIL import Image
 
@@ -149,7 +202,7 @@ def split_video(
         folders = []
         for k, start in enumerate(starts):
             end = min(start + length, n - 1)
-            folder = out_dir / f"video_part_{k + 1:03d}"
+            folder = out_dir / f"video_part_{k:03d}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(start, end + 1):
                 path = folder / f"{i - start:06d}.png"
@@ -162,15 +215,24 @@ def split_video(
 
 
 def segment_tasks(
-    folders: Sequence[Path], root: Path, *, later_frames: int = 2, start_frame: int = 0
+    folders: Sequence[Path],
+    root: Path,
+    *,
+    later_frames: int = 2,
+    start_frame: int = 0,
+    take: str = "",
+    fps: float = 0.0,
+    source_sha256: str = "",
 ) -> list[dict[str, Any]]:
-    """Task data for green-screen segments (folders of frames, in order).
+    """Task data for green-screen segments (folders of frames, in order) of one take.
 
     Each task shows the segment's first frame and ``later_frames`` more, evenly spaced, for drift
-    fixes. ``segment_frames`` lists every segment's length so the worker derives frame offsets.
+    fixes. ``segment_frames`` lists every segment's length so the worker derives frame offsets;
+    ``take`` names the source video (the export folder), ``fps`` its frame rate (0 = unknown).
     """
     counts = [ImageFolderFrames(f, cache_frames=2).num_frames for f in folders]
     tasks = []
+    first = start_frame
     for k, folder in enumerate(folders):
         n = counts[k]
         picks = sorted({0, *(round(j * (n - 1) / (later_frames + 1)) for j in range(1, later_frames + 1))})
@@ -178,12 +240,18 @@ def segment_tasks(
         tasks.append(
             {
                 **review_fields(["video"]),
+                "take": take,
                 "frames": [local_url(root, source.files[i]) for i in picks],
                 "frame_indices": picks,
                 "video": local_url(root, folder),
                 "segment_index": k,
                 "segment_frames": counts,
                 "start_frame": start_frame,
+                "first_frame": first,
+                "last_frame": first + n - 1,
+                "fps": fps,
+                **({"source_sha256": source_sha256} if source_sha256 else {}),
             }
         )
+        first += n - 1
     return tasks

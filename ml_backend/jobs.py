@@ -352,6 +352,23 @@ def propagate_prompts(prompts: dict[str, Any], videos: dict[str, str], out_dir: 
         return _summary(result)
 
 
+def job_out_dir(results_root: Path, project_id: int, task_id: int, spec: Any) -> Path:
+    """The one folder a Label Studio task job publishes into (``spec``: its
+    :class:`~ml_backend.prompts.PromptSpec`):
+
+    - a green-screen segment: ``<results>/project_<id>/greenscreen/<take>/``, one folder per
+      source video (take), shared by the take's segments, so two takes never touch each other's
+      files; a task imported before takes existed (no ``take`` in its data) keeps today's
+      ``<results>/project_<id>/greenscreen/``;
+    - a SceneDiff pair: ``<results>/project_<id>/task_<id>/``.
+    """
+    project = Path(results_root) / f"project_{project_id}"
+    if spec.format == "greenscreen":
+        take = spec.greenscreen.take if spec.greenscreen else ""
+        return project / "greenscreen" / take if take else project / "greenscreen"
+    return project / f"task_{task_id}"
+
+
 @_no_retry_on_bad_input
 def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[str, Any]:
     """RQ job: propagate a Label Studio annotation and post the result back as a prediction."""
@@ -376,11 +393,7 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
         state.write({"job_state": "running", "job_progress": 0, "job_error": ""}, seconds=5.0)
         progress.stage("loading task")
         task_job = load_task_job(settings, project_id, task_id, annotation_id)
-        out_dir = (
-            settings.results_root
-            / f"project_{project_id}"
-            / ("greenscreen" if task_job.spec.format == "greenscreen" else f"task_{task_id}")
-        )
+        out_dir = job_out_dir(settings.results_root, project_id, task_id, task_job.spec)
         with _run(task_job.spec, task_job.videos, out_dir, settings, progress) as result:
             state.close()  # no progress write may land after the final state
             try:

@@ -162,7 +162,7 @@ def run_job(
     autocast: Callable[[], Any] | None = None,
     bounded: bool = True,
     greenscreen_mp4: bool = False,
-    greenscreen_fps: float = 30.0,
+    greenscreen_fps: float = 0.0,
     device_rle: bool | None = None,
     publish: bool = True,
 ) -> JobResult:

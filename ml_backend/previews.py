@@ -73,32 +73,42 @@ def png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def preview_frames(num_frames: int, worst: int | None) -> list[tuple[int, str]]:
-    """``(frame, caption)`` of a video's strip: first, middle, last, then the worst flagged frame."""
+def preview_frames(num_frames: int, worst: int | None, first_frame: int = 0) -> list[tuple[int, str]]:
+    """``(frame, caption)`` of a video's strip: first, middle, last, then the worst flagged frame.
+    ``frame`` indexes the video; the caption shows ``first_frame + frame`` (the original number)."""
     picks = [(0, "first"), ((num_frames - 1) // 2, "middle"), (num_frames - 1, "last")]
     seen: set[int] = set()
     out = []
     for frame, what in picks:
         if frame not in seen:
             seen.add(frame)
-            out.append((frame, f"{what} #{frame}"))
+            out.append((frame, f"{what} #{first_frame + frame}"))
     if worst is not None:
-        out.append((worst, f"flagged #{worst}"))
+        out.append((worst, f"flagged #{first_frame + worst}"))
     return out
 
 
-def job_preview(videos: Mapping[str, Any], masks: Mapping[str, Any], ranges: list[dict[str, Any]]) -> bytes:
+def job_preview(
+    videos: Mapping[str, Any],
+    masks: Mapping[str, Any],
+    ranges: list[dict[str, Any]],
+    first_frames: Mapping[str, int] | None = None,
+) -> bytes:
     """The preview of a finished job as PNG: one strip per video (``videos``: ``{video: path}``;
-    ``masks[video][obj_id][str(frame)]``: COCO RLE; ``ranges``: ranked flagged ranges)."""
+    ``masks[video][obj_id][str(frame)]``: COCO RLE; ``ranges``: ranked flagged ranges, as in
+    ``quality.json``). ``first_frames[video]``: the original frame number of the video's frame 0
+    (a green-screen segment), so captions show original numbers."""
     from .exports import rle_decode
     from .frames import open_frames
+    from .quality import segment_frame
 
     rows = []
     for video, path in videos.items():
-        worst = next((int(r["frame"]) for r in ranges if r["video"] == video), None)
+        worst = next((segment_frame(r) for r in ranges if r["video"] == video), None)
+        first = (first_frames or {}).get(video, 0)
         with open_frames(path, cache_frames=2) as source:
             tiles = []
-            for frame, caption in preview_frames(source.num_frames, worst):
+            for frame, caption in preview_frames(source.num_frames, worst, first):
                 frame_masks = {
                     obj_id: rle_decode(per_frame[str(frame)])
                     for obj_id, per_frame in masks.get(video, {}).items()

@@ -13,7 +13,8 @@
          ]}
       ],
       "greenscreen": {"segment_index": 0, "segment_frames": [301, 301, 120],
-                      "start_frame": 0, "background": [0, 255, 0]},
+                      "start_frame": 0, "background": [0, 255, 0],
+                      "take": "take1", "fps": 25},        # optional: source name and frame rate
       "exports": ["davis", "ytvis", "mots"]       # optional: formats beside the job's own
     }
 
@@ -34,6 +35,7 @@ the frame offset of a segment is derived from it (see :mod:`ml_backend.exports`)
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,9 @@ from .exceptions import PromptError
 from .propagation import FramePrompt
 
 VIDEO_KEYS = ("video1", "video2")
+
+#: A take's name: it is a folder name in the local-files root and under ``RESULTS_DIR``.
+TAKE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass
@@ -62,10 +67,22 @@ class ObjectSpec:
 
 @dataclass
 class GreenScreenSpec:
+    """A green-screen segment: its 0-based ``segment_index`` into ``segment_frames`` (frame count
+    of every segment of the take, in order), the number of the take's first exported frame
+    (``start_frame``), the background colour, the ``take`` (name of the source video, which keys
+    the export folder; "" for tasks imported before takes existed) and the source's frame rate
+    (``fps``, frames per second; 0 = unknown)."""
+
     segment_index: int = 0
     segment_frames: list[int] = field(default_factory=list)
     start_frame: int = 0
     background: tuple[int, int, int] = (0, 255, 0)
+    take: str = ""
+    fps: float = 0.0
+
+    def first_frame(self) -> int:
+        """The original frame number of the segment's frame 0."""
+        return self.start_frame + sum(n - 1 for n in self.segment_frames[: self.segment_index])
 
 
 @dataclass
@@ -183,7 +200,13 @@ def parse_greenscreen(raw: Any, where: str = "greenscreen.") -> GreenScreenSpec:
         or not all(_is_int(c) and 0 <= c <= 255 for c in background)
     ):
         raise PromptError(f"{where}background must be [R, G, B] in 0..255")
-    return GreenScreenSpec(index, list(frames), start, tuple(background))  # type: ignore[arg-type]
+    take = raw.get("take") or ""
+    if take and (not isinstance(take, str) or not TAKE_NAME.fullmatch(take)):
+        raise PromptError(f"{where}take must be a take name (letters, digits, '.', '_', '-'), got {take!r:.60}")
+    fps = raw.get("fps") or 0.0
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (0 <= fps <= 1000):
+        raise PromptError(f"{where}fps must be the source's frames per second (0–1000), got {fps!r:.40}")
+    return GreenScreenSpec(index, list(frames), start, tuple(background), take, float(fps))  # type: ignore[arg-type]
 
 
 def parse_prompts(data: Any) -> PromptSpec:

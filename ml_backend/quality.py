@@ -32,6 +32,14 @@ of each range (:func:`pages_to_add`).
 The report (:func:`QualityReport.to_json`) is written as ``review/quality.json`` (one file for
 every video of the job) or, for a green-screen segment, ``review/segment_XXX_quality.json``
 (segments publish into one folder, one at a time). Frame indices are 0-based in decode order.
+
+**Green-screen segments** count in the original video: a range's ``start``/``end``/``frame``
+are original frame numbers (segment frame + the segment's ``first_frame``, recorded per video),
+and the same range's numbers within the segment are ``segment_start``/``segment_end``/
+``segment_frame`` (what :func:`pages_to_add` uses: pages are frames of the segment). The
+per-frame arrays (``scores``, ``areas``...) are indexed by segment frame. ``fps`` is the
+source's frame rate (:meth:`~ml_backend.exporter.ExportJob.fps_of`), so ``start / fps`` is the
+time in the original video.
 """
 
 from __future__ import annotations
@@ -198,8 +206,27 @@ class QualityReport:
             "confidence": round(confidence, 4),
         }
 
+    def _original(self, ranges: list[dict[str, Any]], video: str) -> list[dict[str, Any]]:
+        """``ranges`` of ``video`` in original frame numbers where the video is a segment (its
+        ``first_frame`` is known): ``start``/``end``/``frame`` shifted, ``segment_*`` kept."""
+        first = self.videos.get(video, {}).get("first_frame")
+        if first is None:
+            return ranges
+        return [
+            {
+                **r,
+                "start": r["start"] + first,
+                "end": r["end"] + first,
+                "frame": r["frame"] + first,
+                "segment_start": r["start"],
+                "segment_end": r["end"],
+                "segment_frame": r["frame"],
+            }
+            for r in ranges
+        ]
+
     def to_json(self) -> dict[str, Any]:
-        ranges = self.ranges()
+        ranges = [r for ranked in self.ranges() for r in self._original([ranked], ranked["video"])]
         videos: dict[str, Any] = {}
         for video, tracks in self.tracks.items():
             objects = {}
@@ -217,7 +244,7 @@ class QualityReport:
                     "shown_frames": int(visible.sum()),
                     "mean_score": round(float(scores.mean()), 4) if len(scores) else None,
                     "min_score": round(float(scores.min()), 4) if len(scores) else None,
-                    "ranges": flag_ranges(track, self.rule),
+                    "ranges": self._original(flag_ranges(track, self.rule), video),
                 }
             videos[video] = {**self.videos.get(video, {}), "objects": objects}
         return {
@@ -229,13 +256,19 @@ class QualityReport:
         }
 
 
+def segment_frame(r: Mapping[str, Any]) -> int:
+    """The frame of the job's video that range ``r`` sends a reviewer to: ``segment_frame`` for a
+    green-screen segment (``frame`` is then the original video's number), else ``frame``."""
+    return int(r.get("segment_frame", r["frame"]))
+
+
 def pages_to_add(ranges: list[dict[str, Any]], existing: Mapping[str, list[int]], cap: int) -> dict[str, list[int]]:
     """The frames to append as annotation pages: the ``frame`` of each ranked range, per video,
     skipping frames that are already pages (``existing[video]``) and stopping at ``cap`` new
     pages per video. Returns ``{video: [frame, ...]}`` in rank order."""
     out: dict[str, list[int]] = {}
     for r in ranges:
-        video, frame = r["video"], int(r["frame"])
+        video, frame = r["video"], segment_frame(r)
         pages = out.setdefault(video, [])
         if frame in existing.get(video, ()) or frame in pages or len(pages) >= cap:
             continue
@@ -264,9 +297,14 @@ class QualityExport(Exporter):
         self.report.videos[video] = {
             "label": self.job.video_label(video),
             "num_frames": source.num_frames,
-            "fps": round(float(source.fps or 0.0), 4),
+            "fps": round(self.job.fps_of(source), 4),
             "size": [source.height, source.width],
         }
+        if self.job.spec.format == "greenscreen":
+            gs = self.job.spec.greenscreen
+            self.report.videos[video]["first_frame"] = self.job.first_frame()
+            if gs is not None and gs.take:
+                self.report.videos[video]["take"] = gs.take
         self.report.tracks[video] = {obj_id: Track(source.num_frames) for obj_id in self.job.spec.objects_in(video)}
 
     def add(

@@ -224,7 +224,8 @@ class Settings:
         metadata=_env("GREENSCREEN_MP4", "assemble green-screen frames into an mp4 once every segment is exported"),
     )
     greenscreen_fps: float = field(
-        default=defaults.GREENSCREEN_FPS, metadata=_env("GREENSCREEN_FPS", "frame rate of that mp4")
+        default=defaults.GREENSCREEN_FPS,
+        metadata=_env("GREENSCREEN_FPS", "override the frame rate of that mp4 and of flag times; 0 = the source's"),
     )
     prefetch_frames: int = field(
         default=defaults.PREFETCH_FRAMES,

@@ -203,7 +203,9 @@ def _review_files(
     from .previews import job_preview
 
     propagated = {v: path for v, path in task_job.videos.items() if v in result.masks}
-    data = job_preview(propagated, result.masks, ranges)
+    gs = task_job.spec.greenscreen if task_job.spec.format == "greenscreen" else None
+    first_frames = {v: gs.first_frame() for v in images} if gs is not None else {}
+    data = job_preview(propagated, result.masks, ranges, first_frames)
     stem = f"{labels_of['video1'] if single else 'pair'}_preview"
     target = review_dir / f"{stem}-{key}.png"
     atomic_write_bytes(target, data)

@@ -22,6 +22,10 @@ if str(ROOT) not in sys.path:
 
 API_KEY_VAR = "LABEL_STUDIO_API_KEY"
 
+# FFmpeg inside OpenCV prints its own complaints ("moov atom not found") before ours: the
+# scripts say what is wrong with a video in one error line instead.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 
 class Fail(Exception):
     """A problem the user can fix; the message is one sentence, printed after ``error:``."""
@@ -131,22 +135,113 @@ def get_project(client: Any, project_id: int) -> Any:
         raise
 
 
+def stack_redis_url(url: str | None = None) -> str | None:
+    """The Redis URL (with its password) of the stack ``scripts/stack.py up`` (``make run``) runs
+    from ``.stack/`` in the current folder or the repository, read from its ``stack.json`` (0600);
+    with ``url``, only if that stack's Redis is at the same host and port. None otherwise."""
+    import json
+    from urllib.parse import urlsplit
+
+    for state in (Path.cwd() / ".stack", ROOT / ".stack"):
+        try:
+            found = json.loads((state / "stack.json").read_text())["redis_url"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if url is None:
+            return found
+        a, b = urlsplit(url), urlsplit(found)
+        hosts = {"localhost", "127.0.0.1", "::1"}
+        same_host = a.hostname == b.hostname or {a.hostname, b.hostname} <= hosts
+        if same_host and (a.port or 6379) == (b.port or 6379):
+            return found
+    return None
+
+
+KINDS = {
+    "greenscreen": ("a green-screen project (one video per task)", "scripts/import_segments.py"),
+    "scenediff": ("a SceneDiff project (two videos per task)", "scripts/import_pairs.py"),
+}
+
+
+def check_project_config(project: Any, kind: str, data: dict[str, Any]) -> None:
+    """:class:`Fail` unless ``project``'s labeling config is of ``kind`` (``greenscreen`` or
+    ``scenediff``) and asks for no task-data key that ``data`` (a task this import makes) lacks:
+    checked before any frame is extracted, since Label Studio would refuse the tasks after."""
+    from ml_backend.automation import project_kind, required_data_keys
+
+    config = getattr(project, "label_config", None) or ""
+    try:
+        found = project_kind(config)
+        needed = required_data_keys(config)
+    except Exception:
+        raise Fail(f"project {project.id}'s labeling config cannot be read; create the project with "
+                   "scripts/create_project.py and a config from label_config/") from None  # fmt: skip
+    if found != kind:
+        if found is None:
+            raise Fail(
+                f"project {project.id} has no labeling config for video annotation (no <Image valueList> with "
+                f"KeyPointLabels or BrushLabels); create it with scripts/create_project.py --config "
+                f"label_config/{'greenscreen_segment' if kind == 'greenscreen' else 'scenediff_pair'}.xml"
+            )
+        what, script = KINDS[found]
+        raise Fail(f"project {project.id} is {what}; use {script}")
+    missing = [key for key in needed if key not in data]
+    if missing:
+        raise Fail(
+            f"project {project.id}'s labeling config shows task data {', '.join(repr(k) for k in missing)} that "
+            f"this import does not make; use a config from label_config/ or add those keys to it"
+        )
+
+
+def undo_storage(client: Any, storage: Any) -> None:
+    """Delete a local-files storage this run created (best effort: a warning if it cannot)."""
+    try:
+        client.import_storage.local.delete(id=storage.id)
+    except Exception:
+        print(f"warning: could not delete the local-files storage {storage.id} this run created; "
+              "delete it in Label Studio (Settings → Cloud Storage)", file=sys.stderr)  # fmt: skip
+
+
 def redis_queue(env: dict[str, str] | None = None) -> Any:
-    """The worker's job queue (settings from the environment, plus ``env``), Redis checked with a ping."""
+    """The worker's job queue (settings from the environment, plus ``env``), Redis checked with a ping.
+
+    Without ``REDIS_URL``, the Redis of the running ``make run`` stack (``.stack/stack.json``),
+    password included; with a ``REDIS_URL`` that lacks the stack's password, the same. The URL
+    found is put in ``REDIS_URL`` for the rest of the script."""
     from redis import Redis
     from redis.exceptions import AuthenticationError, ResponseError
 
     from ml_backend.jobs import JobQueue
     from ml_backend.settings import Settings
 
-    settings = Settings.from_env({**os.environ, **(env or {})})
+    merged = {**os.environ, **(env or {})}
+    if not merged.get("REDIS_URL") and stack_redis_url():
+        merged["REDIS_URL"] = stack_redis_url()
+    settings = Settings.from_env(merged)
     url = _public_url(settings.redis_url)
-    try:  # once, without the queue's retries: a wrong REDIS_URL should not take a minute to report
-        Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5).ping()
+
+    def ping(redis_url: str) -> None:  # once, without the queue's retries: a wrong URL reports at once
+        Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5).ping()
+
+    try:
+        ping(settings.redis_url)
     except (AuthenticationError, ResponseError):
-        raise Fail(f"Redis at {url} refused the connection: check the password in REDIS_URL") from None
+        stack = stack_redis_url(settings.redis_url)
+        if stack is None or stack == settings.redis_url:
+            raise Fail(
+                f"Redis at {url} refused the connection: check the password in REDIS_URL (the stack of "
+                "`make run` keeps it in .stack/redis/password: REDIS_URL=redis://:$(cat .stack/redis/password)"
+                "@127.0.0.1:6380/0)"
+            ) from None
+        try:
+            ping(stack)
+        except Exception:
+            raise Fail(f"Redis at {url} refused the connection: check the password in REDIS_URL") from None
+        _public_url(stack)
+        settings = settings.replace(redis_url=stack)
     except Exception:
-        raise Fail(f"cannot reach Redis at {url} (set REDIS_URL)") from None
+        raise Fail(f"cannot reach Redis at {url} (set REDIS_URL, or start the stack: make run)") from None
+    os.environ["REDIS_URL"] = settings.redis_url
     return JobQueue.from_settings(settings)
 
 
@@ -259,19 +354,30 @@ def _http_status(status: int, body: Any) -> str:
     return f"{service} at {url} refused the request (HTTP {status}{said})"
 
 
-def _detail(body: Any) -> str:
-    """A short, single-line reading of an error body (``detail``, validation errors...)."""
+def _detail(body: Any, limit: int = 300) -> str:
+    """A short, single-line reading of an error body: Label Studio's validation messages as it
+    wrote them (``validation_errors``, ahead of its generic ``detail: Validation error``), else
+    ``detail``, ``error`` or ``message``; a bare ``{field: [messages]}`` names the field."""
     if isinstance(body, dict):
-        for key in ("detail", "validation_errors", "error", "message"):
+        for key in ("validation_errors", "detail", "error", "message"):
             if body.get(key):
-                return _detail(body[key])
-        return ""
+                return _detail(body[key], limit)
+        parts = []
+        for key, value in body.items():
+            text = _detail(value, limit)
+            if text:
+                parts.append(text if key in ("non_field_errors", "__all__") else f"{key}: {text}")
+        return _short("; ".join(parts), limit)
     if isinstance(body, list):
-        return "; ".join(filter(None, map(_detail, body)))
+        return _short("; ".join(filter(None, (_detail(b, limit) for b in body))), limit)
     if isinstance(body, str) and not body.lstrip().startswith("<"):  # not an HTML error page
-        text = " ".join(body.split())
-        return text if len(text) <= 200 else text[:197] + "..."
+        return _short(body, limit)
     return ""
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _json_or_text(response: Any) -> Any:
@@ -316,10 +422,11 @@ def run(main: Callable[[], int | None]) -> NoReturn:
     sys.exit(status or 0)
 
 
-def progress_bar(desc: str):
+def progress_bar(desc: str, unit: str = "frame"):
+    """A tqdm bar driven by ``update(done, total)`` callbacks, counting ``unit``s."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit="frame")
+    bar = tqdm(desc=desc, unit=f" {unit}")
 
     def update(done: int, total: int) -> None:
         bar.total = total

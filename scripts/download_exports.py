@@ -4,6 +4,11 @@ videos) from the ML backend, which serves what its workers wrote under RESULTS_D
 
     python scripts/download_exports.py --backend http://localhost:9090 --project 1 --out exports/
     python scripts/download_exports.py --project 1 --task 7 --out exports/     # one task only
+    python scripts/download_exports.py --project 2 --take take1 --out exports/ # one green-screen take
+
+Green-screen exports are keyed by take: greenscreen/<take>/frame_XXXXXX_masked.png,
+greenscreen/<take>/greenscreen.mp4 and greenscreen/<take>/review/ (tasks imported before takes
+existed: greenscreen/ itself).
 
 If a download fails, the files this run wrote are removed again.
 """
@@ -21,6 +26,7 @@ def main() -> int:
     parser.add_argument("--backend", default=os.environ.get("ML_BACKEND_URL", "http://localhost:9090"))
     parser.add_argument("--project", type=positive(), required=True)
     parser.add_argument("--task", type=positive(), help="only task_<id>/")
+    parser.add_argument("--take", help="only the green-screen take greenscreen/<take>/")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--basic-auth", metavar="USER:PASS", type=user_password, default=None)
     args = parser.parse_args()
@@ -39,8 +45,11 @@ def main() -> int:
         raise Fail(f"{base} does not answer like the ML backend; check --backend or ML_BACKEND_URL") from None
     if args.task is not None:
         files = [f for f in files if f["path"].startswith(f"task_{args.task}/")]
+    if args.take is not None:
+        files = [f for f in files if f["path"].startswith(f"greenscreen/{args.take}/")]
     if not files:
-        what = f"task {args.task} of project {args.project}" if args.task else f"project {args.project}"
+        what = f"project {args.project}"
+        what = f"task {args.task} of {what}" if args.task else f"take {args.take!r} of {what}" if args.take else what
         raise Fail(f"no exports for {what} yet (has the propagation job finished? see scripts/job_status.py)")
     total = sum(f["bytes"] for f in files)
     new = NewFiles(args.out)

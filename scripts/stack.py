@@ -612,7 +612,8 @@ class Stack:
                 path = video.write(self.demo_dir / "shapes.mkv", fps=10)
                 folders = split_video(path, self.files_root / "segments" / "demo_shapes", seconds=1.0)
                 ensure_local_storage(client, project.id, self.files_root / "segments")
-                tasks = import_tasks(client, project.id, segment_tasks(folders, self.files_root))
+                made = segment_tasks(folders, self.files_root, take="demo_shapes", fps=10.0)
+                tasks = import_tasks(client, project.id, made)
             out["greenscreen"] = {"project": project.id, "tasks": tasks, "backend": backend.id}
         self.demo = out
         self.write_info()

@@ -2,7 +2,11 @@
 
 Serves ``GET /api/projects/<id>/``, ``/api/tasks/<id>/``, ``/api/annotations/<id>/``, ``/api/ml/``,
 ``POST /api/predictions/``, ``PATCH /api/tasks/<id>/`` (data replaced whole) and task files under ``/data/local-files/?d=<path>``, checking the
-legacy token. It can be taken down and brought back on the same port (``stop`` / ``start``), and
+legacy token. For the import scripts also: ``GET /api/projects/`` (list), ``GET /api/tasks/?project=``,
+``DELETE /api/tasks/<id>/``, ``POST /api/projects/<id>/import`` (refusing a task that lacks a key
+the config's object tags read, with Label Studio's message), local-files storages
+(``GET``/``POST``/``DELETE /api/storages/localfiles/``, the path checked against ``root`` as the
+document root) and ``/api/webhooks/``. It can be taken down and brought back on the same port (``stop`` / ``start``), and
 records the predictions it receives. The real Label Studio 1.23.2 answers the same calls in the
 end-to-end suite (``make test-e2e``); this stand-in lets the fast suite break it on purpose.
 """
@@ -26,6 +30,8 @@ class FakeLabelStudio:
         self.predictions: list[dict[str, Any]] = []
         self.task_updates: list[tuple[int, dict[str, Any]]] = []  # PATCH /api/tasks/<id>/ bodies
         self.ml_backends: list[dict[str, Any]] = []  # GET /api/ml/?project=<id>
+        self.storages: dict[int, dict[str, Any]] = {}  # local-files storages by id
+        self.imports = 0  # POST /api/projects/<id>/import calls
         self.fail_with: int | None = None  # answer every API call with this status (e.g. 502)
         self.requests = 0
         with socket.socket() as s:
@@ -58,9 +64,12 @@ class FakeLabelStudio:
                 body = request.get_json(force=True)
                 self.predictions.append(body)
                 return reply({"id": len(self.predictions), **body}, 201)
-            if parts == ["api", "ml"]:
+            if parts == ["api", "ml"] and request.method == "GET":
                 project = request.args.get("project", type=int)
                 return reply([b for b in self.ml_backends if project is None or b["project"] == project])
+            answer = self._scripts_api(request, parts)
+            if answer is not None:
+                return reply(*answer)
             if len(parts) == 3 and parts[0] == "api" and parts[2].isdigit():
                 store = {"projects": self.projects, "tasks": self.tasks, "annotations": self.annotations}.get(parts[1])
                 if store is not None and int(parts[2]) in store:
@@ -72,6 +81,72 @@ class FakeLabelStudio:
             return reply({"detail": "Not found."}, 404)
 
         return app
+
+    def _scripts_api(self, request: Any, parts: list[str]) -> tuple[Any, int] | None:
+        """The calls of the import scripts (module docstring); None for any other path."""
+        method, page = request.method, request.args.get("page", 1, type=int)
+        if parts == ["api", "projects"] and method == "GET":
+            return {"count": len(self.projects), "results": list(self.projects.values()) if page == 1 else []}, 200
+        if parts == ["api", "projects"] and method == "POST":
+            body = request.get_json(force=True)
+            project_id = max(self.projects, default=0) + 1
+            self.add_project(project_id, body["label_config"])
+            self.projects[project_id].update(title=body.get("title", ""))
+            return self.projects[project_id], 201
+        if parts == ["api", "ml"] and method == "POST":
+            backend = {"id": len(self.ml_backends) + 1, **request.get_json(force=True)}
+            self.ml_backends.append(backend)
+            return backend, 201
+        if len(parts) == 3 and parts[:2] == ["api", "ml"] and method == "PATCH":
+            found = [b for b in self.ml_backends if str(b["id"]) == parts[2]]
+            if not found:
+                return {"detail": "Not found."}, 404
+            found[0].update(request.get_json(force=True))
+            return found[0], 200
+        if parts == ["api", "tasks"] and method == "GET":
+            project = request.args.get("project", type=int)
+            tasks = [t for t in self.tasks.values() if project is None or t["project"] == project]
+            return {"tasks": tasks if page == 1 else [], "total": len(tasks)}, 200
+        if len(parts) == 3 and parts[:2] == ["api", "tasks"] and method == "DELETE":
+            return (None, 204) if self.tasks.pop(int(parts[2]), None) else ({"detail": "Not found."}, 404)
+        if len(parts) == 4 and parts[:2] == ["api", "projects"] and parts[3] == "import" and method == "POST":
+            project = int(parts[2])
+            if project not in self.projects:
+                return {"detail": "Not found."}, 404
+            self.imports += 1
+            needed = _object_keys(self.projects[project]["label_config"])
+            body = request.get_json(force=True)
+            for item in body:
+                missing = [k for k in needed if k not in item.get("data", {})]
+                if missing:  # what Label Studio 1.23.2 answers (its exception handler's shape)
+                    message = f'"{missing[0]}" key is expected in task data [id=None]'
+                    return {"status_code": 400, "detail": "Validation error",
+                            "validation_errors": {"non_field_errors": [message]}}, 400  # fmt: skip
+            first = max(self.tasks, default=0) + 1
+            for i, item in enumerate(body):
+                self.add_task(first + i, project, dict(item["data"]))
+            return {"task_count": len(body)}, 201
+        if parts[:3] == ["api", "storages", "localfiles"]:
+            if len(parts) == 3 and method == "GET":
+                project = request.args.get("project", type=int)
+                return [s for s in self.storages.values() if project is None or s["project"] == project], 200
+            if len(parts) == 3 and method == "POST":
+                body = request.get_json(force=True)
+                path = Path(body.get("path") or "")
+                root = self.root.resolve()
+                if not path.resolve().is_relative_to(root) or path.resolve() == root:
+                    message = (f"Path {path} must start with LOCAL_FILES_DOCUMENT_ROOT={root} and must be a child, "
+                               f"e.g.: {root / 'abc'}")  # fmt: skip
+                    return {"status_code": 400, "detail": "Validation error",
+                            "validation_errors": {"non_field_errors": [message]}}, 400  # fmt: skip
+                storage = {"id": max(self.storages, default=0) + 1, **body}
+                self.storages[storage["id"]] = storage
+                return storage, 201
+            if len(parts) == 4 and method == "DELETE":
+                return (None, 204) if self.storages.pop(int(parts[3]), None) else ({"detail": "Not found."}, 404)
+        if parts == ["api", "webhooks"]:
+            return ([], 200) if method == "GET" else ({"id": 1, **request.get_json(force=True)}, 201)
+        return None
 
     def add_project(self, project_id: int, label_config: str) -> None:
         self.projects[project_id] = {"id": project_id, "title": f"project {project_id}", "label_config": label_config}
@@ -96,3 +171,15 @@ class FakeLabelStudio:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _object_keys(label_config: str) -> list[str]:
+    """The task-data keys Label Studio checks on import: ``value="$key"`` of object tags."""
+    import xml.etree.ElementTree as ET
+
+    keys = []
+    for tag in ET.fromstring(label_config).iter():
+        value = tag.attrib.get("value", "")
+        if tag.tag in ("Image", "Video", "Text", "Audio", "HyperText") and value.startswith("$"):
+            keys.append(value[1:])
+    return keys

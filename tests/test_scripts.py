@@ -37,7 +37,8 @@ class FakeLabelStudio:
         from werkzeug.serving import make_server
         from werkzeug.wrappers import Request, Response
 
-        self.projects: dict[int, dict] = {1: {"id": 1, "title": "Existing", "label_config": "<View/>"}}
+        config = (ROOT / "label_config" / "scenediff_pair.xml").read_text()  # the import scripts check it
+        self.projects: dict[int, dict] = {1: {"id": 1, "title": "Existing", "label_config": config}}
         self.fail: dict[tuple[str, str], int] = {}
         self.calls: list[tuple[str, str]] = []
         self.tasks: list[dict] = []
@@ -82,6 +83,8 @@ class FakeLabelStudio:
             return 201, {"task_count": len(new)}
         if path == "/api/tasks":
             return 200, {"tasks": [{"id": t["id"]} for t in self.tasks] if page == 1 else [], "total": len(self.tasks)}
+        if re.fullmatch(r"/api/storages/localfiles/\d+", path) and method == "DELETE":
+            return 204, None
         if path in ("/api/ml", "/api/webhooks", "/api/storages/localfiles"):
             return (200, []) if method == "GET" else (201, {"id": 7, **request.get_json()})
         return 404, {"detail": "Not found."}
@@ -310,8 +313,10 @@ def test_import_segments_bad_numbers_and_folders(ls, videos, tmp_path: Path) -> 
 
 
 def test_import_segments_removes_split_frames_when_labelstudio_fails(ls, videos, tmp_path: Path) -> None:
+    config = (ROOT / "label_config" / "greenscreen_segment.xml").read_text()
+    ls.projects[2] = {"id": 2, "title": "Green screen", "label_config": config}
     ls.fail[("POST", "/api/storages/localfiles")] = 500
-    done = script("import_segments.py", "--project", "1", "--local-root", str(tmp_path),
+    done = script("import_segments.py", "--project", "2", "--local-root", str(tmp_path),
                   "--video", str(videos["good"]), "--seconds", "0.2", url=ls.url)  # fmt: skip
     assert_error(done, "HTTP 500")
     assert tree(tmp_path) == set()

@@ -230,7 +230,7 @@ def test_propagated_prediction_shows_in_the_task(page: Any, ui_stack: Any) -> No
 
     (pred,) = wait_for(prediction, 300, 1, "the worker's prediction")
     assert pred.result and {r["to_name"] for r in pred.result} == {"image"}
-    out = stack.results_root / f"project_{project}" / "greenscreen"
+    out = stack.results_root / f"project_{project}" / "greenscreen" / "demo_shapes"  # the demo's take
     assert sorted(p.name for p in out.glob("frame_*_masked.png"))[0] == "frame_000000_masked.png"
     open_task(page, stack, project, task)
     before = canvas_pixels(page)
