@@ -375,7 +375,9 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
     try:
         state.write({"job_state": "running", "job_progress": 0, "job_error": ""}, seconds=5.0)
         progress.stage("loading task")
-        task_job = load_task_job(settings, project_id, task_id, annotation_id)
+        task_job = load_task_job(
+            settings, project_id, task_id, annotation_id, connection=job.connection if job else None
+        )
         out_dir = (
             settings.results_root
             / f"project_{project_id}"
@@ -436,6 +438,7 @@ def _finish_task(
     summary = _summary(result)
     summary["prediction_regions"] = len(prediction)
     summary["review"] = summary_review
+    summary["signs"] = task_job.signs  # keypoints whose sign was given, recorded or unknown
     return summary
 
 
