@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: install system-deps run test test-e2e test-slow bench check clean
+.PHONY: install system-deps checkpoint run test test-e2e test-slow bench check clean
 
 # System tools (each apt package is named like its command). As root, whatever is missing is
 # installed with apt-get (CI on a fresh machine); other users are told exactly what is missing.
@@ -43,7 +43,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: system-deps $(STAMP)
 
-run: install
+# The checkpoint is checked first, with the system Python: a missing one is said before minutes of
+# installing (SAM2_CHECKPOINT=random for a smoke run with random weights).
+checkpoint:
+	@$(PY) scripts/check_checkpoint.py
+
+run: checkpoint
+	@$(MAKE) --no-print-directory install
 	$(BIN)/python scripts/stack.py up
 
 test: install
