@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 EVALUATORS ?= .evaluators
 EVAL_STAMP := $(EVALUATORS)/.installed-$(shell sha1sum < requirements-evaluators.txt | cut -c1-12)
 
-.PHONY: install system-deps evaluators run test test-e2e test-slow bench check clean
+.PHONY: install system-deps evaluators checkpoint run test test-e2e test-slow bench check clean
 
 # System tools (each apt package is named like its command). As root, whatever is missing is
 # installed with apt-get (CI on a fresh machine); other users are told exactly what is missing.
@@ -54,7 +54,13 @@ $(EVAL_STAMP): requirements-evaluators.txt
 
 evaluators: $(EVAL_STAMP)
 
-run: install
+# The checkpoint is checked first, with the system Python: a missing one is said before minutes of
+# installing (SAM2_CHECKPOINT=random for a smoke run with random weights).
+checkpoint:
+	@$(PY) scripts/check_checkpoint.py
+
+run: checkpoint
+	@$(MAKE) --no-print-directory install
 	$(BIN)/python scripts/stack.py up
 
 test: install evaluators

@@ -62,6 +62,7 @@ class TaskJob:
     spec: PromptSpec
     videos: dict[str, str]
     images: dict[str, VideoImage]
+    signs: dict[str, Any] = field(default_factory=dict)  # SignReport.as_dict() of the keypoints
 
     def prediction(self, result: Any, version: str) -> list[dict[str, Any]]:
         """Brush regions of the propagated masks on every annotation frame of the task."""
@@ -198,6 +199,7 @@ def _prompt_region(region: dict[str, Any], info: VideoImage, config: Any, where:
         if region.get("from_name") not in config.keypoints:
             return None
         x, y = _percent(value, "x", where), _percent(value, "y", where)
+        # no is_positive: a plain keypoint (load_task_job filled in the recorded signs first)
         return _Click(obj_id, info, page, point=(x, y), positive=region.get("is_positive") is not False)
     if not (region.get("original_height") and region.get("original_width")):
         raise PromptError(f"{where}: a brush region needs 'original_width' and 'original_height'")
@@ -361,9 +363,14 @@ def build_task_job(
     return TaskJob(spec, videos, {info.key: info for info in images})
 
 
-def load_task_job(settings: Any, project_id: int, task_id: int, annotation_id: int) -> TaskJob:
+def load_task_job(
+    settings: Any, project_id: int, task_id: int, annotation_id: int, *, connection: Any = None
+) -> TaskJob:
     """Fetch project, task and annotation with the SDK and build the job.
 
+    Keypoints that Label Studio saved without ``is_positive`` (every earlier one after an
+    Update) take the sign recorded in Redis (``connection``) when the backend first saw them
+    (:mod:`ml_backend.signs`); ``TaskJob.signs`` says how many were given, recorded or unknown.
     Label Studio unreachable or answering 5xx is retried with backoff for
     ``settings.label_studio_retry_seconds`` (a restart); a 4xx is an input error.
     """
@@ -403,7 +410,14 @@ def load_task_job(settings: Any, project_id: int, task_id: int, annotation_id: i
 
     task_dict = task.dict() if hasattr(task, "dict") else dict(task)
     ann_dict = annotation.dict() if hasattr(annotation, "dict") else dict(annotation)
+    from .signs import RedisSigns, apply_signs
+
+    store = RedisSigns(connection) if connection is not None else None
+    ann_dict["result"], report = apply_signs(
+        store, project_id, task_id, ann_dict.get("result"), where=f"annotation {annotation_id}"
+    )
     job = build_task_job(project.label_config, task_dict, ann_dict, fetch_video, background=settings.background_color)
+    job.signs = report.as_dict()
     job.spec.exports = [*job.spec.exports, *project_exports(settings, project_id)]
     return job
 

@@ -4,7 +4,8 @@ Routes (the Label Studio ML-backend protocol, payloads in the README):
 
 - ``GET /health`` → ``{"status": "UP", "model_loaded": bool}``, never waits for the model;
 - ``POST /setup`` → ``{"model_version": ...}``, remembers the project's config;
-- ``POST /predict`` → ``{"results": [...]}``, interactive clicks → brush masks;
+- ``POST /predict`` → ``{"results": [...]}``, interactive clicks → brush masks; a call without
+  clicks → an empty list of predictions per task;
 - ``POST /webhook`` → enqueue propagation for submitted annotations / "Start training", and render
   a submitted annotation's first-frame preview in the background (:mod:`.firstframe`);
 - ``GET /versions`` → ``{"versions": [...]}``;
@@ -125,6 +126,10 @@ def create_app(
 
     first_frames = FirstFramePreviews(settings, predictor, connection=getattr(jobs, "connection", None))
     app.extensions["sam2_first_frames"] = first_frames
+    from .signs import sign_webhook, store_for
+
+    signs = store_for(getattr(jobs, "connection", None))  # keypoint signs, shared with the worker
+    predictor.signs = signs
 
     if warmup:
 
@@ -198,6 +203,8 @@ def create_app(
         from .jobs import clean_webhook
 
         cleaned = clean_webhook(data)  # a malformed webhook is a 400 with or without a queue
+        if data["action"] in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            cleaned = sign_webhook(signs, cleaned)  # record the signs the annotation carries
         answer = (
             jobs.on_webhook(data) if jobs is not None else {"status": "ignored", "reason": "no job queue configured"}
         )

@@ -7,6 +7,11 @@ the image (0–100, origin top-left) and ``item_index`` the **0-based** page of 
 (absent for a single image). The newest click is the last element. The frontend groups smart
 keypoints by type, label and ``to_name`` — not by page — so the context may hold points of other
 pages; :func:`parse_clicks` keeps those that belong to the newest click's image.
+
+The context may also hold no keypoint at all: Label Studio sends ``result: []`` when the last
+smart keypoint of a label is deleted, and other regions of a "smart" control (a ``number``,
+``choices`` or ``textarea`` result, a brush stroke) when they are edited. That is nothing to
+segment (:class:`NoKeypoints`), not a malformed call.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .exceptions import BadPayload, BadPoint
+
+
+class NoKeypoints(BadPayload):
+    """The context is well formed but holds no keypoint: nothing to segment (answered with an
+    empty suggestion, not an error, when it comes from Label Studio)."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,9 @@ def _click(region: Any, position: int) -> Click:
 def parse_clicks(context: Any) -> tuple[Click, list[Click]]:
     """``(newest, group)``: the newest click and every click of the same label on the same image.
 
-    ``group`` is in click order and ends with ``newest``. Raises :class:`BadPayload` when the
-    context holds no keypoint and :class:`BadPoint` for a point outside the image.
+    ``group`` is in click order and ends with ``newest``; results of other types are left out.
+    Raises :class:`NoKeypoints` when the context holds no keypoint, :class:`BadPayload` for a
+    malformed one and :class:`BadPoint` for a point outside the image.
     """
     if not isinstance(context, dict):
         raise BadPayload("params.context must be an object with a 'result' list of keypoints")
@@ -104,9 +115,14 @@ def parse_clicks(context: Any) -> tuple[Click, list[Click]]:
         raise BadPayload("params.context has no 'result': nothing was clicked")
     if not isinstance(result, list):
         raise BadPayload("params.context.result must be a list of keypoint regions")
-    if not result:
-        raise BadPayload("params.context.result is empty: click a point with a smart keypoint label")
-    clicks = [_click(region, i) for i, region in enumerate(result)]
+    for i, region in enumerate(result):
+        if not isinstance(region, dict):
+            raise BadPayload(f"context.result[{i}] must be an object, got {type(region).__name__}")
+        if not isinstance(region.get("type"), str):
+            raise BadPayload(f"context.result[{i}] has no 'type' (a Label Studio result type, e.g. keypointlabels)")
+    clicks = [_click(region, i) for i, region in enumerate(result) if region["type"] == "keypointlabels"]
+    if not clicks:
+        raise NoKeypoints("params.context.result holds no keypoint: click a point with a smart keypoint label")
     newest = clicks[-1]
     group = [
         c

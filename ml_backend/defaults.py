@@ -136,6 +136,9 @@ QUALITY_JUMP = 0.5
 
 #: Most flagged frames a job appends as new annotation pages, per video of a task.
 REVIEW_MAX_PAGES = 8
+#: Versions of each review file (overlay video, preview) kept beside a task's frames: the newest
+#: job's and the ones before it, which task pages opened earlier still show.
+REVIEW_KEEP_VERSIONS = 3
 
 #: After the last missing green-screen segment is exported, assemble all frames into an
 #: H.264 mp4 with ffmpeg (when ffmpeg is installed).

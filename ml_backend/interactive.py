@@ -2,9 +2,12 @@
 
 One call of :meth:`InteractivePredictor.predict` does, in order:
 
-1. read ``params.context`` (``None`` → a batch call → an empty result per task);
-2. take the newest click and the other clicks of its label on its image (:mod:`.context`),
-   merged with the server-side session (:mod:`.sessions`);
+1. read ``params.context`` (``None`` → a batch call → no prediction for any task, see
+   :meth:`InteractivePredictor.predict`);
+2. fill in the signs of earlier keypoints that Label Studio sends without ``is_positive``
+   (:mod:`.signs`), take the newest click and the other clicks of its label on its image
+   (:mod:`.context`; a context without keypoints → an empty suggestion), merged with the
+   server-side session (:mod:`.sessions`);
 3. find the brush tag and the image from the project's config (:mod:`.labelconfig`), and the
    image URL from the task data (``item_index`` picks from a ``valueList``);
 4. fetch the file (:mod:`.fetch`), embed it once (:mod:`.segmenter`), decode the points;
@@ -21,13 +24,14 @@ from typing import Any
 import numpy as np
 
 from . import brush
-from .context import parse_clicks
+from .context import NoKeypoints, parse_clicks
 from .exceptions import BadPayload, ItemIndexOutOfRange
 from .fetch import FileFetcher, decode_image
 from .labelconfig import parse_label_config
 from .models import model_version
 from .sessions import SessionStore
 from .settings import Settings
+from .signs import MemorySigns, apply_signs
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class InteractivePredictor:
         self._segmenter: Any = None
         self._build_lock = threading.Lock()
         self.project_configs: dict[str, str] = {}
+        self.signs: Any = MemorySigns()  # the app sets the Redis store when it has a job queue
         self._clicks = 0  # clicks being answered; the prefetcher waits while there are any
         self._clicks_lock = threading.Lock()
         self.prefetcher = None
@@ -111,13 +116,16 @@ class InteractivePredictor:
             raise BadPayload("'params' must be an object")
         context = params.get("context", payload.get("context"))
         if context is None:
-            # Batch call (no clicks; Label Studio also makes one whenever a task is opened).
-            # Propagated masks reach the task from the worker; answering an empty result per
-            # task would store an empty prediction on every opened task, so answer none. The
-            # annotator is about to click: embed the task's frames meanwhile.
+            # Batch call: Label Studio makes one when a task without predictions is opened (and
+            # after Submit/Update, while the task has none), and for "Retrieve predictions".
+            # Propagated masks reach the task from the worker, so there is nothing to add: one
+            # empty list of predictions per task, which Label Studio 1.23.2 accepts and stores
+            # nothing for (``{"results": []}`` is logged as an incorrect response; an empty
+            # ``result`` would be stored as an empty prediction tab). The annotator is about to
+            # click: embed the task's frames meanwhile.
             if self.prefetcher is not None and len(tasks) == 1 and isinstance(tasks[0].get("id"), (int, str)):
                 self._open_task(payload, tasks[0])
-            return {"results": []}
+            return {"results": [[] for _ in tasks]}
         with self._clicks_lock:
             self._clicks += 1
         try:
@@ -132,7 +140,16 @@ class InteractivePredictor:
         task = tasks[0]
         if isinstance(task.get("id"), bool) or not isinstance(task.get("id"), (int, str, type(None))):
             raise BadPayload(f"the task 'id' must be an integer, got {type(task.get('id')).__name__}")
-        newest, group = parse_clicks(context)
+        if isinstance(context, dict) and isinstance(context.get("result"), list):
+            store = self.signs if task.get("id") is not None else None
+            regions, _ = apply_signs(store, payload.get("project"), task.get("id"), context["result"], where="clicks")
+            context = {**context, "result": regions}
+        try:
+            newest, group = parse_clicks(context)
+        except NoKeypoints:
+            # Label Studio asks after a smart keypoint was deleted, or another smart region
+            # edited: no point to segment, so an empty suggestion (it clears the old one)
+            return {"results": [{"result": [], "score": 0.0, "model_version": self.model_version}]}
         xml = payload.get("label_config")
         if xml is None or xml == "":
             xml = self.project_configs.get(str(payload.get("project")))

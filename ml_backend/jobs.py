@@ -392,7 +392,9 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
     try:
         state.write({"job_state": "running", "job_progress": 0, "job_error": ""}, seconds=5.0)
         progress.stage("loading task")
-        task_job = load_task_job(settings, project_id, task_id, annotation_id)
+        task_job = load_task_job(
+            settings, project_id, task_id, annotation_id, connection=job.connection if job else None
+        )
         out_dir = job_out_dir(settings.results_root, project_id, task_id, task_job.spec)
         with _run(task_job.spec, task_job.videos, out_dir, settings, progress) as result:
             state.close()  # no progress write may land after the final state
@@ -449,6 +451,7 @@ def _finish_task(
     summary = _summary(result)
     summary["prediction_regions"] = len(prediction)
     summary["review"] = summary_review
+    summary["signs"] = task_job.signs  # keypoints whose sign was given, recorded or unknown
     return summary
 
 

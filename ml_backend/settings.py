@@ -219,6 +219,13 @@ class Settings:
         default=defaults.REVIEW_MAX_PAGES,
         metadata=_env("REVIEW_MAX_PAGES", "most flagged frames a job appends as annotation pages, per video"),
     )
+    review_keep_versions: int = field(
+        default=defaults.REVIEW_KEEP_VERSIONS,
+        metadata=_env(
+            "REVIEW_KEEP_VERSIONS",
+            "versions of each review video and preview kept (the newest job's and older ones that open pages show)",
+        ),
+    )
     greenscreen_mp4: bool = field(
         default=defaults.GREENSCREEN_MP4,
         metadata=_env("GREENSCREEN_MP4", "assemble green-screen frames into an mp4 once every segment is exported"),
@@ -266,6 +273,10 @@ class Settings:
             )
         if self.review_max_pages < 0:
             raise ConfigurationError(f"REVIEW_MAX_PAGES={self.review_max_pages} must not be negative")
+        if self.review_keep_versions < 1:
+            raise ConfigurationError(
+                f"REVIEW_KEEP_VERSIONS={self.review_keep_versions} must be at least 1 (the newest job's files)"
+            )
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigurationError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
 

@@ -17,7 +17,11 @@
 4. **State**: ``job_state`` done, ``job_progress`` 100, ``flagged_ranges``, ``lowest_score``.
 
 Files go into ``<task folder>/review/`` (:func:`ml_backend.taskdata.task_folder`), named with
-the job's fingerprint so a browser never shows a stale cached copy; older copies are removed.
+the job's fingerprint so a browser never shows a stale cached copy. Older copies are **kept** up
+to ``REVIEW_KEEP_VERSIONS`` versions of each file (:func:`prune_versions`): a task page opened
+before a newer job published still references the older overlay video and preview, and Label
+Studio blocks the whole page with an error dialog when its video answers 404. A reload shows the
+new files.
 When the task's frames are not local-files files (or the worker has no
 ``LOCAL_FILES_DOCUMENT_ROOT``), no files can be served: pages, videos and previews are skipped
 with a log line and the state columns are still set.
@@ -69,23 +73,30 @@ def _extract(video_path: str, frames: list[int], folder: Path) -> dict[int, Path
     return out
 
 
-def _drop_older(target: Path, stem: str, suffix: str) -> Path:
-    """Delete the other ``<stem>-*<suffix>`` files beside ``target`` (copies of older jobs)."""
-    for old in target.parent.glob(f"{stem}-*{suffix}"):
-        if old != target:
-            old.unlink(missing_ok=True)
-    return target
+def prune_versions(folder: Path, stem: str, suffix: str, keep: int, current: Path | None = None) -> list[Path]:
+    """Keep ``keep`` versions of ``<stem>-*<suffix>`` in ``folder``: ``current`` (the one just
+    published, or None when this job has no such file; it counts as a version either way) and
+    the ``keep - 1`` newest others; delete the rest. Returns the files kept, newest first. Newest = latest mtime, ties
+    broken by name."""
+    keep = max(1, int(keep))
+    files = [p for p in folder.glob(f"{stem}-*{suffix}") if p.is_file() and p != current]
+    files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    kept = ([current] if current is not None else []) + files[: keep - 1]
+    for old in files[keep - 1 :]:
+        old.unlink(missing_ok=True)
+    return kept
 
 
-def _replace_copy(src: Path, folder: Path, stem: str, suffix: str, key: str) -> Path:
-    """Copy ``src`` to ``folder/<stem>-<key><suffix>`` (atomically) and delete older ``<stem>-*``."""
+def _replace_copy(src: Path, folder: Path, stem: str, suffix: str, key: str, keep: int) -> Path:
+    """Copy ``src`` to ``folder/<stem>-<key><suffix>`` (atomically); keep ``keep`` versions."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{stem}-{key}{suffix}"
     tmp = folder / f".{target.name}.part"
     shutil.copyfile(src, tmp)
     tmp.chmod(0o644)
     tmp.replace(target)
-    return _drop_older(target, stem, suffix)
+    prune_versions(folder, stem, suffix, keep, current=target)
+    return target
 
 
 def object_name(obj: Any, task_job: Any) -> str:
@@ -193,11 +204,11 @@ def _review_files(
         webm = _published(result, f"review/{label}_overlay.webm")
         field = "review_video" if single else f"review_{video}"
         if webm is not None:
-            copy = _replace_copy(webm, review_dir, f"{label}_overlay", ".webm", key)
+            copy = _replace_copy(webm, review_dir, f"{label}_overlay", ".webm", key, settings.review_keep_versions)
             changes[field] = local_url(settings, copy)
         else:  # nothing propagated there this time (no object in it, or REVIEW_EXPORTS=0)
             changes[field] = ""
-            _drop_older(review_dir / f"{label}_overlay-{key}.webm", f"{label}_overlay", ".webm")
+            prune_versions(review_dir, f"{label}_overlay", ".webm", settings.review_keep_versions)
 
     # 3. preview strip
     from .previews import job_preview
@@ -209,5 +220,6 @@ def _review_files(
     stem = f"{labels_of['video1'] if single else 'pair'}_preview"
     target = review_dir / f"{stem}-{key}.png"
     atomic_write_bytes(target, data)
-    changes["preview"] = local_url(settings, _drop_older(target, stem, ".png"))
+    prune_versions(review_dir, stem, ".png", settings.review_keep_versions, current=target)
+    changes["preview"] = local_url(settings, target)
     return changes

@@ -44,7 +44,8 @@ def frames_with(first: str) -> list[str]:
 CASES = {
     "context without result": (lambda: _with_context({}), 400, "no 'result'"),
     "context not an object": (lambda: _with_context("click"), 400, "context must be an object"),
-    "empty result": (lambda: predict_payload([]), 400, "empty"),
+    "result entry not an object": (lambda: predict_payload([7]), 400, "must be an object"),
+    "result entry without a type": (lambda: predict_payload([{"id": "a", "value": {}}]), 400, "no 'type'"),
     "unknown keypoint tag": (
         lambda: predict_payload([keypoint(40, 30, from_name="nope")]),
         422,
@@ -97,10 +98,10 @@ CASES = {
         "MAX_IMAGE_PIXELS",
     ),
     "tasks missing": (lambda: {"params": {"context": {"result": [keypoint(1, 1)]}}}, 400, "tasks"),
-    "not a keypoint": (
-        lambda: predict_payload([dict(keypoint(40, 30), type="rectanglelabels")]),
+    "a keypoint without x": (
+        lambda: predict_payload([dict(keypoint(40, 30), value={"y": 3, "keypointlabels": ["Object 1"]})]),
         400,
-        "keypointlabels",
+        "numeric x and y",
     ),
     "no label_config": (
         lambda: dict(predict_payload([keypoint(40, 30)]), label_config=None, project="unknown"),
