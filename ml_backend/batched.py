@@ -202,7 +202,13 @@ class BatchedObjects:
                         self._clear_obj_non_cond_mem_around_input(inference_state, frame_idx, obj_idx)
                 else:
                     to_track.append(obj_idx)
-            for group in group_objects(per_obj, to_track, frame_idx, reverse, window):
+            if self.non_overlap_masks_for_mem_enc:
+                # that option compares the objects of a batch in the memory encoder: SAM 2's loop
+                # (batch size 1) never does, so neither may we (SAM 2.1's configs leave it off)
+                groups = [[obj_idx] for obj_idx in to_track]
+            else:
+                groups = group_objects(per_obj, to_track, frame_idx, reverse, window)
+            for group in groups:
                 results = self._track_group(inference_state, group, frame_idx, reverse, window)
                 for obj_idx, (current_out, pred_masks) in zip(group, results, strict=True):
                     per_obj[obj_idx]["non_cond_frame_outputs"][frame_idx] = current_out
