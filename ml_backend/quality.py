@@ -56,7 +56,9 @@ from . import defaults
 from .exporter import Exporter, ExportJob
 from .exports import atomic_write_bytes
 
-SCHEMA_VERSION = 1
+#: 2: a green-screen segment's ranges count in the original video (``segment_*`` within the
+#: segment), with ``first_frame``, ``take`` and the take's ``fps`` per video.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
