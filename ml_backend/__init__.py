@@ -4,6 +4,7 @@ Importing this package is cheap: torch, sam2 and the model load only when first 
 """
 
 from .exceptions import (
+    AlreadyPublished,
     BadPayload,
     BadPoint,
     CheckpointMissing,
@@ -32,6 +33,7 @@ from .settings import Settings
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyPublished",
     "BadPayload",
     "BadPoint",
     "CheckpointMissing",

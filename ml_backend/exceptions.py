@@ -23,8 +23,10 @@ The tree::
     │   ├── VideoError              missing, corrupt or empty video
     │   ├── PromptError             prompts that do not fit the video or the objects
     │   └── JobRefused              a queued job that is not one of ours (the worker never runs it)
-    └── Superseded                  a job whose annotation is no longer the task's latest: it
-                                    publishes nothing and ends quietly
+    └── Superseded                  a job that must not publish (a newer annotation, a deleted
+        │                           one, another execution owns it): it publishes nothing and
+        │                           ends quietly
+        └── AlreadyPublished        this run of the job was published by an earlier execution
 
 Errors with ``transient = True`` (Label Studio or Redis briefly away) are retried with backoff
 (``LABEL_STUDIO_RETRY_SECONDS``, ``REDIS_RETRY_SECONDS``); every other error fails at once.
@@ -133,3 +135,8 @@ class JobRefused(JobError):
 
 class Superseded(MLBackendError):
     """The job's annotation is no longer the task's latest: a newer job publishes instead."""
+
+
+class AlreadyPublished(Superseded):
+    """This run of the job has been published already (an execution that was presumed dead
+    finished after all, and the job had been requeued meanwhile): nothing is published twice."""
