@@ -15,17 +15,11 @@ from ml_backend import worker as worker_module
 from ml_backend.jobs import RECORD_KEY, PublishGate
 from ml_backend.worker import OWNER_KEY
 
-from .test_task_jobs import (  # noqa: F401  (fixtures)
-    Hooked,
-    ls,
-    point,
-    published,
-    queue,
-    run,
-    settings,
-    submit,
-    video,
-)
+from . import test_task_jobs as task_jobs
+from .test_task_jobs import Hooked, point, published, run, submit
+
+# the task-job fixtures: a stand-in Label Studio, settings, the queue and a video
+ls, settings, queue, video = task_jobs.ls, task_jobs.settings, task_jobs.queue, task_jobs.video
 
 
 def _as(execution: str | None):
