@@ -3,7 +3,8 @@
 Label Studio restarting, a reset connection, a 502 from a proxy: these go away by themselves, so a
 job waits for them instead of failing. An error is transient when it has ``transient = True``
 (:class:`~ml_backend.exceptions.Unavailable`), is an ``httpx`` transport error, or is a
-label-studio-sdk ``ApiError`` with a 5xx, 408 or 429 status. Everything else is raised at once.
+label-studio-sdk ``ApiError`` with a 5xx (but 501, Not Implemented, which no retry changes), 408 or 429
+status. Everything else (a 4xx, a 501) is a permanent answer and is raised at once.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ T = TypeVar("T")
 #: Retried HTTP statuses besides 5xx: request time-out and too many requests.
 RETRIED_STATUSES = (408, 429)
 
+#: 5xx statuses that are permanent answers: 501 Not Implemented.
+PERMANENT_5XX = (501,)
+
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors that a later attempt may not meet (see the module docstring)."""
     if getattr(exc, "transient", False):
         return True
     status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and status in PERMANENT_5XX:
+        return False
     if isinstance(status, int) and (status >= 500 or status in RETRIED_STATUSES):
         return True
     try:
@@ -37,6 +43,12 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+def _sleep(seconds: float) -> None:
+    from .liveness import sleep
+
+    sleep(seconds)  # a worker's stop request cuts the pause short in a stoppable job
+
+
 def with_backoff(
     call: Callable[[], T],
     *,
@@ -44,7 +56,7 @@ def with_backoff(
     what: str,
     first_wait: float = 0.5,
     max_wait: float = 15.0,
-    sleep: Callable[[float], Any] = time.sleep,
+    sleep: Callable[[float], Any] = _sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """``call()``, retried while it raises a transient error, for at most ``seconds``.

@@ -107,6 +107,15 @@ JOB_RETRIES = 2
 #: (long enough to cover a restart of Label Studio: a cold start takes about 75 s).
 LABEL_STUDIO_RETRY_SECONDS = 300
 
+#: Seconds a best-effort write to Label Studio (a task's state columns, progress, preview and
+#: review-file links) may retry before it is given up: such a write never holds a job up for long.
+#: The prediction, the task's annotation and files keep ``LABEL_STUDIO_RETRY_SECONDS``.
+LABEL_STUDIO_BEST_EFFORT_SECONDS = 5.0
+
+#: Seconds a worker's liveness key (``sam2:worker-alive:<name>``) lives unless its own thread renews
+#: it (every fifth of that); a started job whose worker's key is gone is requeued at once.
+WORKER_ALIVE_TTL = 10
+
 #: Seconds every Redis command keeps retrying, with backoff, while Redis is unreachable (a
 #: restart), before the error reaches the caller.
 REDIS_RETRY_SECONDS = 60

@@ -28,6 +28,9 @@ The tree::
         │                           ends quietly
         └── AlreadyPublished        this run of the job was published by an earlier execution
 
+    WorkerStopping (a BaseException, not an error): the worker was asked to stop (SIGINT/SIGTERM);
+    the job stops at its next frame and goes back to the front of the queue without using a retry
+
 Errors with ``transient = True`` (Label Studio or Redis briefly away) are retried with backoff
 (``LABEL_STUDIO_RETRY_SECONDS``, ``REDIS_RETRY_SECONDS``); every other error fails at once.
 
@@ -140,3 +143,9 @@ class Superseded(MLBackendError):
 class AlreadyPublished(Superseded):
     """This run of the job has been published already (an execution that was presumed dead
     finished after all, and the job had been requeued meanwhile): nothing is published twice."""
+
+
+class WorkerStopping(BaseException):
+    """The worker was asked to stop: the running job stops at its next frame and is put back at
+    the front of the queue, without using a retry (:mod:`ml_backend.liveness`). A BaseException so
+    that no ``except Exception`` in job code swallows it."""

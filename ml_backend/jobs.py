@@ -17,8 +17,15 @@ execution still owns the job (a job requeued after its worker was presumed dead 
 published twice); only then are the files renamed into place and the prediction posted.
 
 **Faults**: Label Studio unreachable or answering 5xx is retried with backoff for
-``LABEL_STUDIO_RETRY_SECONDS`` (:mod:`.backoff`); input errors (:class:`JobError`) fail at once,
+``LABEL_STUDIO_RETRY_SECONDS`` (:mod:`.backoff`) when it reads the job's input or posts its
+prediction; the task's state columns, progress, preview and review links are best-effort writes
+with a short budget (``LABEL_STUDIO_BEST_EFFORT_SECONDS``), sent from a background thread while
+the job propagates, so they never hold it up. Input errors (:class:`JobError`) fail at once,
 without retries. Progress writes are best-effort: a Redis hiccup never stops a job.
+
+**Stops**: the progress callback is where a worker's stop request (SIGINT/SIGTERM) meets the job:
+it raises :class:`~ml_backend.exceptions.WorkerStopping` at the next frame, before publishing
+(:mod:`.liveness`); the worker puts the job back at the front of the queue.
 Progress is kept in ``job.meta["progress"]``: ``{video: {"done": n, "total": N}}``.
 """
 
@@ -40,6 +47,9 @@ log = logging.getLogger(__name__)
 
 LATEST_KEY = "sam2:task-latest:{project}:{task}"
 
+#: ``job_error`` while a job runs again after its worker stopped or was lost.
+RERUN_NOTE = "re-running after a restart"
+
 #: Largest id accepted from a webhook (Label Studio ids are 64-bit).
 MAX_ID = 2**63 - 1
 
@@ -50,6 +60,9 @@ class ProgressMeta:
     Best-effort: when Redis cannot take the write (a restart), the error is logged and the next
     write waits ``retry_after`` seconds; the job goes on either way.
     """
+
+    #: Stages at which a stopping worker's job stops (all before publishing).
+    STOPPABLE_STAGES = ("loading task", "loading model", "propagating", "staged")
 
     def __init__(self, job: Any, interval: float = 0.5, retry_after: float = 2.0, on_percent: Any = None) -> None:
         self.job = job
@@ -64,6 +77,8 @@ class ProgressMeta:
 
     def _save(self, force: bool = False) -> None:
         now = time.monotonic()
+        if self.job is None:
+            return
         if not force and now < self._blocked_until:
             return
         try:
@@ -84,6 +99,9 @@ class ProgressMeta:
         self._save(force=True)
 
     def __call__(self, video: str, done: int, total: int) -> None:
+        from .liveness import check_stop
+
+        check_stop()  # a stopping worker: the job stops here, at its next frame
         if self.job is None:
             return
         self.job.meta["progress"][video] = {"done": done, "total": total}
@@ -98,6 +116,12 @@ class ProgressMeta:
             self._save(force=done == total)
 
     def stage(self, name: str) -> None:
+        from .liveness import check_stop, stoppable
+
+        if name == "publishing":
+            stoppable(False)  # a stop never cuts a publish in two
+        elif name in self.STOPPABLE_STAGES:
+            check_stop()
         if self.job is not None:
             self.job.meta["stage"] = name
             self._save(force=True)
@@ -105,13 +129,19 @@ class ProgressMeta:
 
 class JobState:
     """The task's state columns in Label Studio (:mod:`ml_backend.taskdata`), written only while
-    this job is the task's latest. Progress goes out from a background thread, at most every
-    ``interval`` seconds, so the job never waits for Label Studio; every write is best-effort.
+    this job is the task's latest. ``running`` and the progress go out from a background thread,
+    at most every ``interval`` seconds, so the job never waits for Label Studio; every write is
+    best-effort, with ``LABEL_STUDIO_BEST_EFFORT_SECONDS`` of retries. Progress never goes back
+    within an execution; ``note`` is shown in ``job_error`` while running ("re-running after a
+    restart"). Each write first notes the task in :data:`ml_backend.jobcolumns.OPEN_KEY`, so the
+    columns are settled however the job ends.
     """
 
     def __init__(self, settings: Settings, job: Any, project_id: int, task_id: int, interval: float = 3.0) -> None:
         self.settings, self.job, self.task_id, self.interval = settings, job, task_id, interval
+        self.project_id = project_id
         self.latest_key = LATEST_KEY.format(project=project_id, task=task_id)
+        self.note = ""
         self._pending: int | None = None
         self._sent = -1
         self._last = 0.0
@@ -130,17 +160,20 @@ class JobState:
 
     def write(self, changes: dict[str, Any], *, seconds: float | None = None) -> bool:
         """Merge ``changes`` into the task data now, if this job is still the latest."""
+        from .jobcolumns import remember
         from .taskdata import update_task_data
 
         if not self.is_latest():
             return False
+        if self.job is not None:
+            remember(self.job.connection, self.project_id, self.task_id, self.job.id)
         try:
             update_task_data(
                 self.settings,
                 self.job.connection if self.job is not None else None,
                 self.task_id,
                 changes,
-                seconds=min(30.0, self.settings.label_studio_retry_seconds) if seconds is None else seconds,
+                seconds=self.settings.label_studio_best_effort_seconds if seconds is None else seconds,
             )
             return True
         except Exception as exc:  # the state columns are not worth a failed job
@@ -148,7 +181,10 @@ class JobState:
             return False
 
     def progress(self, percent: int) -> None:
-        """Queue ``job_state=running, job_progress=percent`` (sent from the background thread)."""
+        """Queue ``job_state=running, job_progress=percent`` (sent from the background thread);
+        a percent below one queued before is ignored (progress never goes back)."""
+        if self._pending is not None and percent < self._pending:
+            return
         self._pending = percent
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="task-state", daemon=True)
@@ -166,7 +202,7 @@ class JobState:
             if self._closed or percent is None or percent == self._sent:
                 continue
             self._last = time.monotonic()
-            if self.write({"job_state": "running", "job_progress": percent, "job_error": ""}, seconds=5.0):
+            if self.write({"job_state": "running", "job_progress": percent, "job_error": self.note}):
                 self._sent = percent
 
     def close(self) -> None:
@@ -182,6 +218,9 @@ class JobState:
 
         if isinstance(exc, JobError):
             reason, retrying = str(exc), False
+        elif type(exc).__name__ == "JobTimeoutException":
+            timeout = getattr(self.job, "timeout", None)
+            reason, retrying = f"it ran longer than JOB_TIMEOUT ({timeout} s) and was stopped", False
         else:
             kind = type(exc).__name__
             text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
@@ -189,11 +228,9 @@ class JobState:
             reason = text if transient and text else f"the job stopped on an unexpected {kind}; the worker log has it"
             retrying = self.job is not None and (self.job.retries_left or 0) > 0
         if retrying:
-            self.write(
-                {"job_state": "queued", "job_progress": 0, "job_error": f"retrying after: {reason}"}, seconds=5.0
-            )
+            self.write({"job_state": "queued", "job_progress": 0, "job_error": f"retrying after: {reason}"})
         else:
-            self.write({"job_state": "failed", "job_error": reason}, seconds=5.0)
+            self.write({"job_state": "failed", "job_error": reason})
 
 
 def _no_retry_on_bad_input(func):
@@ -538,7 +575,10 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
     state = JobState(settings, job, project_id, task_id)
     progress = ProgressMeta(job, on_percent=state.progress)
     try:
-        state.write({"job_state": "running", "job_progress": 0, "job_error": ""}, seconds=5.0)
+        from .worker import current_rerun
+
+        state.note = RERUN_NOTE if current_rerun() else ""
+        state.progress(0)  # "running", from the background thread: the job does not wait for it
         progress.stage("loading task")
         task_job = load_task_job(
             settings, project_id, task_id, annotation_id, connection=job.connection if job else None
@@ -557,8 +597,10 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
             except Superseded as exc:
                 return _superseded(job, exc)
     except BaseException as exc:
+        from .exceptions import WorkerStopping
+
         state.close()
-        if not isinstance(exc, Superseded):
+        if not isinstance(exc, (Superseded, WorkerStopping)):  # a stopped job: the worker says "queued"
             state.failed(exc)
         raise
     finally:
@@ -583,7 +625,18 @@ def _finish_task(
         summary_review.update(review)
         return changes
 
-    update_task_data(settings, job.connection if job else None, task_id, change)
+    try:  # best-effort: the prediction is the job's result, not the columns
+        update_task_data(
+            settings,
+            job.connection if job else None,
+            task_id,
+            change,
+            seconds=settings.label_studio_best_effort_seconds,
+        )
+    except Exception as exc:
+        log.warning(
+            "could not write task %s's review columns (%s); posting the prediction", task_id, type(exc).__name__
+        )
     progress.stage("posting prediction")
     version = f"{model_version(settings)}-job-{job.id if job else 'local'}"
     prediction = task_job.prediction(result, version)
@@ -791,7 +844,7 @@ class JobQueue:
                         return None
                     return {"job_state": "queued", "job_progress": 0, "job_error": ""}
 
-                state.write(queued, seconds=10.0)
+                state.write(queued)
 
         thread = threading.Thread(target=run, name="task-state-queued", daemon=True)
         thread.start()
@@ -811,7 +864,11 @@ class JobQueue:
             "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
             "ended_at": job.ended_at.isoformat() if job.ended_at else None,
         }
-        out.update(_speed(out["progress"], job.meta.get("propagation_started"), out["status"]))
+        held = out["status"] == "started" and self._held(job)
+        out.update(_speed(out["progress"], job.meta.get("propagation_started"), out["status"] if held else "waiting"))
+        if out["status"] == "started" and not held:
+            out["worker"] = "gone: the job is requeued within seconds"
+            out["eta_seconds"] = None
         if job.meta.get("superseded_by"):
             out["superseded_by"] = job.meta["superseded_by"]
         if out["status"] == "finished":
@@ -819,6 +876,15 @@ class JobQueue:
         if out["status"] == "failed":
             out["error"] = _reason(job)
         return out
+
+    def _held(self, job: Any) -> bool:
+        """Whether a live worker holds ``job`` (its liveness key exists)."""
+        from .liveness import is_alive
+
+        try:
+            return is_alive(self.connection, job.worker_name)
+        except Exception:
+            return False
 
     def jobs(self) -> list[str]:
         from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -884,7 +950,8 @@ def clean_webhook(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _speed(progress: dict[str, Any], started: float | None, status: str, now: float | None = None) -> dict[str, Any]:
     """``frames`` (done, total and percent over every video of the job), ``fps`` since
-    propagation started, and ``eta_seconds`` while the job runs (None until a frame is done)."""
+    propagation started, and ``eta_seconds`` while a worker runs the job (None until a frame is
+    done, and for a job no worker holds: queued again, or its worker gone; 0 once finished)."""
     done = sum(int(p.get("done", 0)) for p in progress.values())
     total = sum(int(p.get("total", 0)) for p in progress.values())
     out: dict[str, Any] = {
@@ -895,7 +962,10 @@ def _speed(progress: dict[str, Any], started: float | None, status: str, now: fl
     if started and done:
         elapsed = max(1e-6, (now if now is not None else time.time()) - float(started))
         out["fps"] = round(done / elapsed, 3)
-        out["eta_seconds"] = round((total - done) / (done / elapsed), 1) if status == "started" else 0.0
+        if status == "started":  # held by a live worker (see JobQueue.status)
+            out["eta_seconds"] = round((total - done) / (done / elapsed), 1)
+        elif status == "finished":
+            out["eta_seconds"] = 0.0
     return out
 
 

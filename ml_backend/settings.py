@@ -187,6 +187,20 @@ class Settings:
             "LABEL_STUDIO_RETRY_SECONDS", "seconds a job retries, with backoff, while Label Studio is down or failing"
         ),
     )
+    label_studio_best_effort_seconds: float = field(
+        default=defaults.LABEL_STUDIO_BEST_EFFORT_SECONDS,
+        metadata=_env(
+            "LABEL_STUDIO_BEST_EFFORT_SECONDS",
+            "seconds a best-effort write (state columns, progress, previews, review links) retries before giving up",
+        ),
+    )
+    worker_alive_ttl: int = field(
+        default=defaults.WORKER_ALIVE_TTL,
+        metadata=_env(
+            "WORKER_ALIVE_TTL",
+            "seconds a worker's liveness key lives unless renewed; its job is requeued once it is gone",
+        ),
+    )
     redis_retry_seconds: float = field(
         default=defaults.REDIS_RETRY_SECONDS,
         metadata=_env("REDIS_RETRY_SECONDS", "seconds a Redis command retries, with backoff, while Redis is down"),
@@ -267,6 +281,12 @@ class Settings:
             raise ConfigurationError(f"JOB_HEARTBEAT_TTL={self.job_heartbeat_ttl} must be at least 2 seconds")
         if self.label_studio_retry_seconds < 0 or self.redis_retry_seconds < 0:
             raise ConfigurationError("LABEL_STUDIO_RETRY_SECONDS and REDIS_RETRY_SECONDS must not be negative")
+        if self.label_studio_best_effort_seconds < 0:
+            raise ConfigurationError(
+                f"LABEL_STUDIO_BEST_EFFORT_SECONDS={self.label_studio_best_effort_seconds} must not be negative"
+            )
+        if self.worker_alive_ttl < 2:
+            raise ConfigurationError(f"WORKER_ALIVE_TTL={self.worker_alive_ttl} must be at least 2 seconds")
         if not 0 <= self.quality_min_score <= 1 or self.quality_area_ratio <= 1 or self.quality_jump <= 0:
             raise ConfigurationError(
                 "QUALITY_MIN_SCORE must lie in 0..1, QUALITY_AREA_RATIO be above 1 and QUALITY_JUMP above 0"

@@ -5,10 +5,19 @@ forked child, so jobs run in the worker process itself. Around RQ's loop this wo
 
 - **a heartbeat thread** while a job runs: it keeps the job's entry in RQ's started registry
   alive for ``JOB_HEARTBEAT_TTL`` seconds at a time;
+- **a liveness key** (``sam2:worker-alive:<name>``, :mod:`ml_backend.liveness`) renewed by a thread
+  of its own every ``WORKER_ALIVE_TTL``/5 seconds and deleted on a clean exit;
 - **a watchdog thread** all the time: every few seconds one worker of the queue (a Redis lock
-  picks it) requeues jobs whose heartbeat expired — their worker was killed — so an abandoned job
-  runs again within ``JOB_HEARTBEAT_TTL`` + :func:`watchdog_interval` seconds, with the same job id
-  (``JOB_RETRIES`` permitting). RQ's own maintenance would do it only every 10 minutes;
+  picks it) requeues the started jobs whose worker is known gone (its liveness key missing on two
+  passes), within :func:`ml_backend.liveness.requeue_bound` seconds of the death (about 17 s with
+  the defaults), and those whose heartbeat expired (``JOB_HEARTBEAT_TTL``), with the same job id
+  (``JOB_RETRIES`` permitting). RQ's own maintenance would do it only every 10 minutes. The first
+  pass runs when the worker starts;
+- **a columns thread**: Label Studio's job columns follow RQ's truth however a job ends
+  (:mod:`ml_backend.jobcolumns`), reconciled at start and every few seconds;
+- **graceful stops**: SIGINT/SIGTERM stop the running job at its next frame and put it back at the
+  front of the queue without using a retry, its columns saying ``queued`` ("worker restarted");
+  a second signal stops at once (the job is still put back);
 - **a job owner record** (``sam2:job-owner:<job id>`` = the execution's id): a job publishes
   only while its execution still owns the job (:mod:`ml_backend.jobs`), so a job requeued by the
   watchdog is never published twice;
@@ -25,7 +34,9 @@ Run with ``python -m ml_backend worker``; several workers on several machines ma
 from __future__ import annotations
 
 import logging
+import queue as queue_module
 import threading
+import time
 from typing import Any
 
 from rq.serializers import JSONSerializer
@@ -69,6 +80,11 @@ def current_execution() -> str | None:
     return getattr(_local, "execution", None)
 
 
+def current_rerun() -> bool:
+    """Whether the job running in this thread runs its run again (after a stop or a lost worker)."""
+    return bool(getattr(_local, "rerun", False))
+
+
 def get_predictor(settings: Settings) -> Any:
     """The process's SAM 2 video predictor for ``settings``, built on first use."""
     global _predictor, _predictor_key
@@ -109,45 +125,153 @@ def refusal(job: Any) -> str | None:
 
 
 class Worker(SimpleWorker):
-    """``SimpleWorker`` with heartbeats, an abandoned-job watchdog, job owners and a job allowlist."""
+    """``SimpleWorker`` with heartbeats, liveness, an abandoned-job watchdog, graceful stops that
+    requeue the job, job owners, columns that follow RQ, and a job allowlist."""
 
     heartbeat_ttl = 120
+    alive_ttl = 10
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_job = False
+        self._columns: queue_module.Queue = queue_module.Queue()
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         return int(self.heartbeat_ttl)
 
     # -- the watchdog ---------------------------------------------------------------------------
     def reap_abandoned(self) -> None:
-        """Requeue (or fail, without retries left) the jobs whose heartbeat expired. One worker
-        of a queue does it at a time."""
+        """Requeue (or fail, without retries left) the started jobs whose worker is known gone or
+        whose heartbeat expired. One worker of a queue does it at a time."""
         from rq.registry import StartedJobRegistry
+
+        from .jobcolumns import WORKER_LOST
+        from .liveness import holder_gone
 
         interval = watchdog_interval(self.heartbeat_ttl)
         for queue in self.queues:
             lock = f"sam2:watchdog:{queue.name}"
             if not self.connection.set(lock, self.name, nx=True, px=int(interval * 1000)):
                 continue
-            StartedJobRegistry(queue=queue).cleanup()
+            registry = StartedJobRegistry(queue=queue)
+            for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+                job = queue.fetch_job(job_id)
+                name = getattr(job, "worker_name", None) if job is not None else None
+                if name and name != self.name and holder_gone(self.connection, name, self.alive_ttl):
+                    log.warning("job %s: its worker %s is gone; requeueing the job now", job_id, name)
+                    # expired now: RQ's cleanup below retries it (or fails it without retries left)
+                    self.connection.zadd(registry.key, {f"{job_id}:{execution_id}": 1}, xx=True)
+            lost: list[Any] = []
+            registry.cleanup(exception_handlers=[lambda job, *exc, lost=lost: lost.append(job)])
+            for job in lost:
+                self._columns.put((job, WORKER_LOST))
 
     def _watch(self, stop: threading.Event) -> None:
         interval = watchdog_interval(self.heartbeat_ttl)
-        while not stop.wait(interval):
+        while True:
             try:
                 self.reap_abandoned()
             except Exception:  # Redis away: the next pass tries again
                 log.debug("watchdog pass failed", exc_info=True)
+            if stop.wait(interval):
+                return
+
+    def _keep_columns(self, stop: threading.Event) -> None:
+        """Settle the columns of jobs that ended outside their own code, and reconcile every open
+        task: at start (a job left ``running`` by a worker that is gone says ``queued``), then
+        every few seconds. Best-effort; Label Studio away just delays it."""
+        from .jobcolumns import reconcile, settle
+
+        settings = current_settings()
+        restarted, last = True, 0.0
+        interval = max(2.0, watchdog_interval(self.heartbeat_ttl))
+        while not stop.is_set():
+            try:
+                job, reason = self._columns.get(timeout=0.5)
+            except queue_module.Empty:
+                job = None
+            try:
+                if job is not None:
+                    settle(settings, self.connection, job, reason=reason)
+                if time.monotonic() - last >= interval and self.connection.set(
+                    "sam2:columns-reconcile", self.name, nx=True, px=int(interval * 1000)
+                ):
+                    last = time.monotonic()
+                    reconcile(settings, self.connection, restarted=restarted)
+                    restarted = False
+            except Exception:  # Redis or Label Studio away: the next round tries again
+                log.debug("columns pass failed", exc_info=True)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        from .liveness import AliveKey, reset
+
+        reset()
+        alive = AliveKey(self.connection, self.name, self.alive_ttl).start()
         stop = threading.Event()
-        watchdog = threading.Thread(target=self._watch, args=(stop,), name="job-watchdog", daemon=True)
-        watchdog.start()
+        threads = [
+            threading.Thread(target=self._watch, args=(stop,), name="job-watchdog", daemon=True),
+            threading.Thread(target=self._keep_columns, args=(stop,), name="job-columns", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
         try:
             return super().work(*args, **kwargs)
         finally:
             stop.set()
+            alive.stop()  # a clean exit: other workers know at once that nothing runs here
+
+    # -- stopping -------------------------------------------------------------------------------
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        """First SIGINT/SIGTERM: the running job stops at its next frame and goes back to the
+        front of the queue; the worker exits after that."""
+        from .liveness import request_stop
+
+        if self._in_job:
+            log.info("stop requested: the running job stops at its next frame and goes back on the queue")
+            request_stop()
+        super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum: Any, frame: Any) -> None:
+        """Second signal: stop at once; a running job is still put back on the queue."""
+        from .exceptions import WorkerStopping
+
+        if self._in_job and self._shutdown_requested_date is not None:
+            from rq.utils import now
+
+            if (now() - self._shutdown_requested_date).total_seconds() >= 1:  # not the same Ctrl-C twice
+                log.warning("second stop signal: stopping at once")
+                self._in_job = False
+                raise WorkerStopping("stopped at once by a second signal")
+            return
+        super().request_force_stop(signum, frame)
+
+    def _finalize_failure(self, job: Any, queue: Any, execution: Any, exc_info: Any) -> None:
+        from .exceptions import WorkerStopping
+
+        if exc_info[0] is not None and issubclass(exc_info[0], WorkerStopping):
+            self._put_back(job, queue, execution, at_once="second" in str(exc_info[1]))
+            return
+        super()._finalize_failure(job, queue, execution, exc_info)
+        self._columns.put((job, ""))  # failed, or queued for a retry: the columns say so
+
+    def _put_back(self, job: Any, queue: Any, execution: Any, at_once: bool) -> None:
+        """Put a stopped job back at the front of the queue, its retries untouched, then (unless
+        stopping at once) make its columns say ``queued`` — "worker restarted"."""
+        from .jobcolumns import WORKER_RESTARTED, settle
+
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            queue._enqueue_job(job, pipeline=pipeline, at_front=True)
+            pipeline.execute()
+        log.info("job %s is back at the front of the queue (retries left: %s)", job.id, job.retries_left)
+        if not at_once:
+            settle(current_settings(), self.connection, job, reason=WORKER_RESTARTED)
 
     # -- one job --------------------------------------------------------------------------------
     def execute_job(self, job: Any, queue: Any) -> None:
+        from .jobs import run_token
+        from .liveness import count_execution, job_ended, job_started
+
         reason = refusal(job)
         if reason is not None:
             self._refuse(job, queue, reason)
@@ -155,6 +279,7 @@ class Worker(SimpleWorker):
         execution = self.prepare_execution(job)
         owner_ttl = int(max(job.timeout or 0, 0)) + 3600
         self.connection.set(OWNER_KEY.format(job_id=job.id), execution.id, ex=owner_ttl)
+        runs = count_execution(self.connection, job.id, run_token(job), owner_ttl)
         stop = threading.Event()
 
         def beat() -> None:
@@ -168,10 +293,16 @@ class Worker(SimpleWorker):
         thread = threading.Thread(target=beat, name="job-heartbeat", daemon=True)
         thread.start()
         _local.execution = execution.id
+        _local.rerun = runs > 1
+        job_started()
+        self._in_job = True
         try:
             self.perform_job(job, queue, execution)
         finally:
+            self._in_job = False
+            job_ended()
             _local.execution = None
+            _local.rerun = False
             stop.set()
             thread.join()
         self.set_state("idle")
@@ -198,6 +329,7 @@ def make_worker(settings: Settings, connection: Any = None, *, preload: bool = T
     queue = Queue(settings.queue_name, connection=connection, serializer=SERIALIZER)
     worker = Worker([queue], connection=connection, serializer=SERIALIZER, **kwargs)
     worker.heartbeat_ttl = settings.job_heartbeat_ttl
+    worker.alive_ttl = settings.worker_alive_ttl
     if preload:
         from .speed import measure_worker
 

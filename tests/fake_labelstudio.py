@@ -33,7 +33,9 @@ class FakeLabelStudio:
         self.storages: dict[int, dict[str, Any]] = {}  # local-files storages by id
         self.imports = 0  # POST /api/projects/<id>/import calls
         self.fail_with: int | None = None  # answer every API call with this status (e.g. 502)
+        self.fail_task_writes: int | None = None  # answer every PATCH /api/tasks/<id>/ with this status
         self.requests = 0
+        self.failed_task_writes = 0
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -74,6 +76,9 @@ class FakeLabelStudio:
                 store = {"projects": self.projects, "tasks": self.tasks, "annotations": self.annotations}.get(parts[1])
                 if store is not None and int(parts[2]) in store:
                     if request.method == "PATCH" and parts[1] == "tasks":
+                        if self.fail_task_writes is not None:
+                            self.failed_task_writes += 1
+                            return reply({"detail": "failing task writes on purpose"}, self.fail_task_writes)
                         body = request.get_json(force=True)
                         self.task_updates.append((int(parts[2]), body))
                         store[int(parts[2])].update(body)  # Label Studio replaces 'data' whole

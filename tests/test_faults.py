@@ -197,6 +197,18 @@ def test_backoff_retries_transient_errors_only():
             self.status_code = status_code
 
     assert is_transient(ApiError(502)) and is_transient(ApiError(429)) and not is_transient(ApiError(404))
+    assert is_transient(ApiError(500)) and is_transient(ApiError(503)) and is_transient(ApiError(408))
+    # permanent answers: no retry changes them, so they are not waited for as if Label Studio were down
+    assert not is_transient(ApiError(501)) and not is_transient(ApiError(400)) and not is_transient(ApiError(403))
+    calls = []
+
+    def not_implemented():
+        calls.append(1)
+        raise ApiError(501)
+
+    with pytest.raises(ApiError):
+        with_backoff(not_implemented, seconds=300, what="Label Studio", sleep=lambda s: None)
+    assert calls == [1]  # asked once
 
 
 def test_a_webhook_while_redis_is_down_is_a_503(small_settings):

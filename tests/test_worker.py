@@ -401,6 +401,9 @@ def test_speed_arithmetic():
     out = _speed(progress, started=100.0, status="started", now=110.0)
     assert out == {"frames": {"done": 30, "total": 100, "percent": 30.0}, "fps": 3.0, "eta_seconds": 23.3}
     assert _speed({}, None, "queued")["eta_seconds"] is None
+    # a job no worker holds (queued again after a stop, or its worker gone) promises no ETA
+    assert _speed(progress, started=100.0, status="queued", now=110.0)["eta_seconds"] is None
+    assert _speed(progress, started=100.0, status="waiting", now=110.0)["eta_seconds"] is None
 
 
 def test_a_starting_worker_measures_and_shares_its_speed(job_settings, redis_conn, monkeypatch, caplog):
