@@ -531,19 +531,26 @@ class Stack:
         for name in list(self.children):
             self._check_alive(name)
 
+    #: Seconds a worker gets to stop after SIGTERM (its stop_grace_period): its running job
+    #: stops at the next frame, goes back to the front of the queue and its Label Studio columns
+    #: say "queued" (worker restarted) — a few seconds on a busy CPU, so 30 s is plenty.
+    WORKER_GRACE = 30.0
+
     def stop(self, timeout: float = 20.0) -> None:
         """Stop every child: SIGTERM to its process group, SIGKILL what is left after ``timeout``.
 
-        Label Studio, backend and worker go first (together), Redis last, so the worker can still
-        unregister. A worker in the middle of a job gets ``timeout`` seconds; after a SIGKILL the
-        job is retried by the next worker.
+        The worker goes first, with :data:`WORKER_GRACE` seconds, while Label Studio and Redis
+        are still up, so it can put its job back on the queue and say so in the task's columns;
+        then Label Studio and the backend (together), Redis last. After a SIGKILL the job is
+        found by the next worker's watchdog (see README, "Stopping and restarting").
         """
-        first = [c for name, c in self.children.items() if name != "redis"]
+        workers = [c for name, c in self.children.items() if name == "worker"]
+        first = [c for name, c in self.children.items() if name not in ("redis", "worker")]
         last = [c for name, c in self.children.items() if name == "redis"]
-        for group in (first, last):
+        for group, grace in ((workers, max(timeout, self.WORKER_GRACE)), (first, timeout), (last, timeout)):
             for child in group:
                 _signal_group(child.proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + grace
             for child in group:
                 try:
                     child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
