@@ -19,6 +19,7 @@ class DiscSegmenter:
         self.encode_seconds = encode_seconds
         self.encodes = 0
         self.encoded: list = []  # keys in encode order
+        self.on_encode = None  # called with the key inside each encode (holding the model lock)
         self._cache: dict = {}
         self._model_lock = threading.Lock()
         self._key_locks: dict = {}
@@ -36,6 +37,8 @@ class DiscSegmenter:
                 array = image() if callable(image) else image
                 with self._model_lock:
                     time.sleep(self.encode_seconds)
+                    if self.on_encode is not None:
+                        self.on_encode(key)  # a gate of the test's: the encode lasts until it returns
                     self.encodes += 1
                     self.encoded.append(key)
                 self._cache[key] = SimpleNamespace(orig_hw=array.shape[:2])

@@ -1,5 +1,8 @@
 """Embedding a task's frames when Label Studio opens it: order, clicks first, one encode per
-frame, newest task first, the off switch, cache bounds; and one case with real SAM 2."""
+frame, newest task first, the off switch, cache bounds; and one case with real SAM 2.
+
+Where order matters, encodes are held with gates the test opens (:class:`Gates`), never by
+sleeping: a loaded machine changes how long things take, not what these tests see."""
 
 from __future__ import annotations
 
@@ -36,12 +39,43 @@ def open_task(client, frames=FRAMES, task_id=1):
 
 
 def click(client, page, frames=FRAMES, task_id=1):
-    started = time.monotonic()
     response = client.post(
         "/predict", json=predict_payload([keypoint(40, 30, item_index=page)], frames=frames, task_id=task_id)
     )
     assert response.status_code == 200, response.get_json()
-    return time.monotonic() - started
+
+
+class Gates:
+    """Holds the encode of each page in ``hold`` until :meth:`release`; :meth:`wait_started`
+    returns once that encode is running (inside the model lock)."""
+
+    def __init__(self, segmenter, hold=("f0",)) -> None:
+        self.started = {name: threading.Event() for name in hold}
+        self.open = {name: threading.Event() for name in hold}
+        segmenter.on_encode = self._encode
+
+    def _encode(self, key) -> None:
+        name = key[0].rsplit("/", 1)[1].removesuffix(".png")
+        if name in self.open:
+            self.started[name].set()
+            assert self.open[name].wait(60), f"{name} was never released"
+
+    def wait_started(self, name: str) -> None:
+        assert self.started[name].wait(60), f"{name} never started encoding"
+
+    def release(self, name: str) -> None:
+        self.open[name].set()
+
+
+def click_in_background(predictor, client, page) -> threading.Thread:
+    """A click on ``page`` from another thread; returns once the backend is answering it."""
+    thread = threading.Thread(target=click, args=(client, page))
+    thread.start()
+    for _ in range(6000):  # until the click is counted (an event of the backend's, polled)
+        if predictor._clicks > 0:
+            return thread
+        time.sleep(0.01)
+    raise AssertionError("the click never reached the backend")
 
 
 def test_page_order_puts_every_first_page_first():
@@ -61,36 +95,43 @@ def test_an_opened_task_is_embedded_page_by_page_and_clicks_encode_nothing(small
 
 
 def test_a_click_preempts_prefetching_and_waits_at_most_one_encode(small_settings, local_root, tmp_path):
-    segmenter = DiscSegmenter(encode_seconds=0.4)
+    segmenter = DiscSegmenter()
+    gates = Gates(segmenter)
     predictor, client = make(small_settings, local_root, tmp_path, segmenter)
     open_task(client)
-    time.sleep(0.1)  # the prefetcher is inside its first encode
-    took = click(client, 3)
-    assert took < 0.4 + 0.4 + 0.3  # the encode in progress, then its own; not the whole task
-    assert "f3" in pages(segmenter)[:2]
+    gates.wait_started("f0")  # the prefetcher is inside its first encode
+    clicking = click_in_background(predictor, client, 3)
+    gates.release("f0")
+    clicking.join(60)
+    # the encode in progress, then the click's own; not the rest of the task
+    assert pages(segmenter)[:2] == ["f0", "f3"]
     assert predictor.prefetcher.wait_idle(10)
     assert sorted(pages(segmenter)) == ["f0", "f1", "f2", "f3"]  # each once
 
 
 def test_a_click_on_the_frame_being_embedded_waits_for_that_embedding(small_settings, local_root, tmp_path):
-    segmenter = DiscSegmenter(encode_seconds=0.4)
+    segmenter = DiscSegmenter()
+    gates = Gates(segmenter)
     predictor, client = make(small_settings, local_root, tmp_path, segmenter)
     open_task(client)
-    time.sleep(0.1)
-    took = click(client, 0)
-    assert took < 0.4 + 0.35 and pages(segmenter).count("f0") == 1
+    gates.wait_started("f0")
+    clicking = click_in_background(predictor, client, 0)
+    gates.release("f0")
+    clicking.join(60)
+    assert pages(segmenter).count("f0") == 1  # it waited for that embedding: no second encode
+    assert predictor.prefetcher.wait_idle(10)
 
 
 def test_a_newly_opened_task_goes_first(small_settings, local_root, tmp_path):
-    segmenter = DiscSegmenter(encode_seconds=0.2)
+    segmenter = DiscSegmenter()
+    gates = Gates(segmenter)
     predictor, client = make(small_settings, local_root, tmp_path, segmenter)
     open_task(client, FRAMES, task_id=1)
-    time.sleep(0.05)
+    gates.wait_started("f0")  # task 1's first frame is running when task 2 opens
     open_task(client, [FRAMES[3], FRAMES[2]], task_id=2)
+    gates.release("f0")
     assert predictor.prefetcher.wait_idle(10)
-    order = pages(segmenter)  # task 1's first frame may already be running when task 2 opens
-    assert sorted(order) == ["f0", "f1", "f2", "f3"]
-    assert order.index("f3") < order.index("f2") < order.index("f1")
+    assert pages(segmenter) == ["f0", "f3", "f2", "f1"]
 
 
 def test_prefetching_can_be_switched_off(small_settings, local_root, tmp_path):
@@ -143,11 +184,13 @@ def test_clicks_from_several_threads_while_prefetching_keep_one_encode_per_frame
 
 
 def test_tasks_beyond_prefetch_tasks_are_dropped(small_settings, local_root, tmp_path):
-    segmenter = DiscSegmenter(encode_seconds=0.2)
+    segmenter = DiscSegmenter()
+    gates = Gates(segmenter)
     predictor, client = make(small_settings, local_root, tmp_path, segmenter, prefetch_tasks=1)
     open_task(client, FRAMES[:3], task_id=1)
-    time.sleep(0.05)
+    gates.wait_started("f0")
     open_task(client, [FRAMES[3]], task_id=2)  # only the newest task is kept
+    gates.release("f0")
     assert predictor.prefetcher.wait_idle(10)
     assert "f3" in pages(segmenter) and "f2" not in pages(segmenter)  # task 1's rest was dropped
 

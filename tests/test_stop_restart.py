@@ -31,7 +31,7 @@ from ml_backend.synthetic import moving_shapes
 from ml_backend.worker import watchdog_interval
 
 from .fake_labelstudio import FakeLabelStudio
-from .test_task_jobs import CONFIG, H, PROJECT, TASK, W
+from .test_task_jobs import CONFIG, PROJECT, TASK, H, W
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 20

@@ -1,5 +1,7 @@
 """A worker killed with SIGKILL mid-job leaves no partial export; an idle worker's watchdog
-requeues the job within JOB_HEARTBEAT_TTL + a few seconds, and it completes."""
+requeues the job (same id, one retry used) within the documented bound once it is up, and it
+completes. Moments are found by watching Redis (progress, liveness keys), never by sleeping.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +13,16 @@ import time
 from pathlib import Path
 
 from ml_backend.jobs import JobQueue
+from ml_backend.liveness import ALIVE_KEY
 from ml_backend.synthetic import moving_shapes
+from ml_backend.worker import watchdog_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker_process(env: dict[str, str]) -> subprocess.Popen:
+def worker_process(env: dict[str, str], *flags: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "ml_backend", "worker"],
+        [sys.executable, "-m", "ml_backend", "worker", *flags],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -63,8 +67,14 @@ def test_kill_9_mid_job_then_retry(small_settings, redis_server, redis_conn, tmp
             time.sleep(0.2)
         else:
             raise AssertionError("the job never made progress")
-        spare = worker_process(env)  # an idle worker, already waiting on the queue
-        time.sleep(2)
+        holder = queue.fetch(job.id).worker_name
+        spare = worker_process(env, "--lazy")  # an idle worker, waiting on the queue once it is up
+        while not [
+            k for k in redis_conn.keys(ALIVE_KEY.format(name="*")) if k.decode() != ALIVE_KEY.format(name=holder)
+        ]:
+            assert spare.poll() is None, "the spare worker exited"
+            time.sleep(0.2)
+        spare_up = time.time()
         os.killpg(first.pid, signal.SIGKILL)
         killed_at = time.time()
         first.wait(timeout=10)
@@ -76,22 +86,22 @@ def test_kill_9_mid_job_then_retry(small_settings, redis_server, redis_conn, tmp
         )
         assert visible == [], visible  # nothing half-written is visible
         # No one restarts anything: the spare worker's watchdog requeues the abandoned job (same
-        # id) once its heartbeat expires, and the spare runs it.
-        limit = settings.job_heartbeat_ttl + 60
-        while time.time() - killed_at < limit + 240:
+        # id) once its heartbeat expires or its worker's liveness key is gone, and the spare runs it.
+        deadline = time.time() + 600  # only so a broken build ends; the bound is checked below
+        while time.time() < deadline:
             status = queue.status(job.id)
             if status["status"] == "finished":
                 break
             time.sleep(0.5)
-        requeued_after = time.time() - killed_at
         assert status["status"] == "finished", status
         assert len(queue.fetch(job.id).results()) == 1  # the killed run left no result
         retried = queue.fetch(job.id)  # the same job id, one retry used
         assert retried.retries_left == settings.job_retries - 1
-        started_again = retried.started_at.timestamp() - killed_at
-        print(f"requeued and started {started_again:.1f} s after the kill, finished after {requeued_after:.1f} s")
-        assert started_again <= settings.job_heartbeat_ttl + 10, f"picked up {started_again:.1f} s after the kill"
-        assert requeued_after <= limit, f"finished {requeued_after:.1f} s after the kill"
+        started_again = retried.started_at.timestamp() - max(killed_at, spare_up)
+        bound = settings.job_heartbeat_ttl + watchdog_interval(settings.job_heartbeat_ttl)
+        print(f"requeued and started {started_again:.1f} s after the kill (bound {bound:.0f} s)")
+        # the documented bound, plus 10 s for process scheduling on a loaded machine
+        assert started_again <= bound + 10, f"picked up {started_again:.1f} s after the kill"
     finally:
         for proc in (first, spare):
             if proc is not None and proc.poll() is None:
