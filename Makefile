@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 EVALUATORS ?= .evaluators
 EVAL_STAMP := $(EVALUATORS)/.installed-$(shell sha1sum < requirements-evaluators.txt | cut -c1-12)
 
-.PHONY: install system-deps evaluators checkpoint run test test-e2e test-slow bench check clean
+.PHONY: install system-deps evaluators checkpoint run test test-loaded test-e2e test-slow bench check clean
 
 # System tools (each apt package is named like its command). As root, whatever is missing is
 # installed with apt-get (CI on a fresh machine); other users are told exactly what is missing.
@@ -65,6 +65,11 @@ run: checkpoint
 
 test: install evaluators
 	$(BIN)/python -m pytest
+
+# The fast suite 3 times in a row while one CPU hog per core keeps the machine busy, with each
+# run's time printed: no test may lean on a wall-clock margin. Not part of CI (it takes a while).
+test-loaded: install evaluators
+	$(BIN)/python scripts/test_loaded.py --runs 3
 
 test-e2e: install
 	bash scripts/install_label_studio.sh
