@@ -6,9 +6,11 @@ and filter, so the job's state lives there (task meta is not shown). The keys:
 ================  ======  ==================================================================
 key               type    meaning
 ================  ======  ==================================================================
-``job_state``     str     ``queued``, ``running``, ``done`` or ``failed``
+``job_state``     str     ``queued``, ``running``, ``done``, ``failed``, ``cancelled`` or
+                          ``superseded`` (:mod:`ml_backend.jobcolumns` keeps it true to RQ)
 ``job_progress``  int     percent of all frames of all videos of the job (0–100)
-``job_error``     str     why the job failed, one sentence ("" otherwise)
+``job_error``     str     why, one sentence: the failure, "worker restarted…", "re-running
+                          after a restart" ("" when there is nothing to say)
 ``flagged_ranges`` int    drift-flagged frame ranges of the last finished job
 ``lowest_score``  float   lowest SAM 2 object score on a shown mask (None without scores)
 ``review_video*`` str     the overlay WebM of each video (``review_video1``/``review_video2``

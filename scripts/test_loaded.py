@@ -30,7 +30,9 @@ def start_hogs(count: int) -> list[subprocess.Popen]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="times the suite runs (default 3)")
-    parser.add_argument("--hogs", type=int, default=os.cpu_count() or 2, help="CPU hog processes (default: one per core)")
+    parser.add_argument(
+        "--hogs", type=int, default=os.cpu_count() or 2, help="CPU hog processes (default: one per core)"
+    )
     parser.add_argument("pytest_args", nargs="*", help="arguments for pytest (after --)")
     args = parser.parse_args(argv)
 
