@@ -864,9 +864,11 @@ class JobQueue:
             "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
             "ended_at": job.ended_at.isoformat() if job.ended_at else None,
         }
-        held = out["status"] == "started" and self._held(job)
-        out.update(_speed(out["progress"], job.meta.get("propagation_started"), out["status"] if held else "waiting"))
-        if out["status"] == "started" and not held:
+        orphaned = out["status"] == "started" and not self._held(job)  # no live worker holds it
+        out.update(
+            _speed(out["progress"], job.meta.get("propagation_started"), "waiting" if orphaned else out["status"])
+        )
+        if orphaned:
             out["worker"] = "gone: the job is requeued within seconds"
             out["eta_seconds"] = None
         if job.meta.get("superseded_by"):
