@@ -220,7 +220,8 @@ class JobState:
             reason, retrying = str(exc), False
         elif type(exc).__name__ == "JobTimeoutException":
             timeout = getattr(self.job, "timeout", None)
-            reason, retrying = f"it ran longer than JOB_TIMEOUT ({timeout} s) and was stopped", False
+            reason = f"it ran longer than JOB_TIMEOUT ({timeout} s) and was stopped"
+            retrying = self.job is not None and (self.job.retries_left or 0) > 0
         else:
             kind = type(exc).__name__
             text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""

@@ -34,6 +34,7 @@ class FakeLabelStudio:
         self.imports = 0  # POST /api/projects/<id>/import calls
         self.fail_with: int | None = None  # answer every API call with this status (e.g. 502)
         self.fail_task_writes: int | None = None  # answer every PATCH /api/tasks/<id>/ with this status
+        self.fail_predictions: int | None = None  # answer every POST /api/predictions/ with this status
         self.requests = 0
         self.failed_task_writes = 0
         with socket.socket() as s:
@@ -63,6 +64,8 @@ class FakeLabelStudio:
                     return Response("not found", status=404)
                 return Response(path.read_bytes(), mimetype="application/octet-stream")
             if parts[:2] == ["api", "predictions"] and request.method == "POST":
+                if self.fail_predictions is not None:
+                    return reply({"detail": "failing predictions on purpose"}, self.fail_predictions)
                 body = request.get_json(force=True)
                 self.predictions.append(body)
                 return reply({"id": len(self.predictions), **body}, 201)

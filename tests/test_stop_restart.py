@@ -4,6 +4,8 @@ real SAM 2 (random weights, small images), a real Redis and the stand-in Label S
 - SIGTERM: the job stops at its next frame, is back at the front of the queue within the grace
   period with its retries untouched, its columns say ``queued`` ("worker restarted"); another
   worker finishes it; one prediction; the columns went running → queued → running → done;
+- a second signal while the job publishes (which the first does not cut): the worker exits at
+  once, the job is back at the front with its retries, and the next worker publishes it once;
 - kill -9, then a new worker: the job runs again within the documented bound
   (:func:`ml_backend.liveness.requeue_bound`), not after ``JOB_HEARTBEAT_TTL``, and ends ``done``;
 - kill -9 without retries left: RQ fails the job (``AbandonedJobError``) and the task's columns
@@ -276,3 +278,33 @@ def test_a_job_abandoned_without_retries_shows_failed_with_a_reason(settings, re
     reason = ls.tasks[TASK]["data"]["job_error"]
     assert "worker running it was lost" in reason and "\n" not in reason, reason
     assert ls.predictions == []
+
+
+def test_a_second_signal_stops_at_once_even_while_publishing(settings, redis_conn, ls, clip, workers):
+    """Label Studio refuses the prediction (503) for longer than anyone waits: the job sits in
+    "posting prediction", where the first SIGTERM does not cut it. The second one stops the
+    worker at once; the job is back at the front, retries untouched, its publish claim released,
+    and the next worker posts exactly one prediction."""
+    workers.env["LABEL_STUDIO_RETRY_SECONDS"] = "3600"
+    queue = JobQueue(redis_conn, settings)
+    ls.fail_predictions = 503
+    job_id = submit(queue, ls, clip)
+    first = workers.start()
+    wait_for(lambda: queue.status(job_id)["stage"] == "posting prediction", 300, "the job posting", workers)
+    os.kill(first.pid, signal.SIGTERM)
+    wait_for(lambda: "stop requested" in workers.logs(), 60, "the first signal being seen", workers)
+    assert first.poll() is None  # publishing is not cut by the first signal
+    time.sleep(1.5)  # RQ ignores a repeat within 1 s (one Ctrl-C reaching a pool twice); a lower bound only
+    os.kill(first.pid, signal.SIGTERM)
+    first.wait(timeout=GRACE)  # "at once": without it the worker would retry the post for an hour
+    job = queue.fetch(job_id)
+    status = job.get_status()
+    assert str(getattr(status, "value", status)) == "queued", workers.logs()
+    assert queue.queue.get_job_ids()[:1] == [job_id] and job.retries_left == settings.job_retries
+    assert redis_conn.get(f"sam2:publish-record:{job_id}") is None  # the claim was released
+    assert ls.predictions == []
+    ls.fail_predictions = None
+    workers.start()
+    wait_for(lambda: queue.status(job_id)["status"] == "finished", 300, "the next worker finishing", workers)
+    assert len(ls.predictions) == 1 and int(redis_conn.get(f"sam2:published:{job_id}")) == 1
+    wait_for(lambda: ls.tasks[TASK]["data"]["job_state"] == "done", 60, "the columns saying done", workers)
