@@ -8,7 +8,7 @@ instead of waiting for the job's heartbeat TTL (``JOB_HEARTBEAT_TTL``, 120 s). T
 worker from a Redis restart that dropped keys, a key must be missing on two watchdog passes at
 least a renewal apart (:func:`holder_gone`), so a job whose worker was killed is requeued within
 ``WORKER_ALIVE_TTL`` + ``WORKER_ALIVE_TTL``/5 + two watchdog intervals (:func:`requeue_bound`):
-about 17 s with the defaults, 7 s after a clean exit.
+about 22 s with the defaults (a watchdog interval is 1–5 s).
 
 **Graceful stop.** On SIGINT/SIGTERM the worker calls :func:`request_stop`; the job thread meets
 :func:`check_stop` at its next frame (the progress callback), at a stage before publishing, or in

@@ -9,7 +9,7 @@ forked child, so jobs run in the worker process itself. Around RQ's loop this wo
   of its own every ``WORKER_ALIVE_TTL``/5 seconds and deleted on a clean exit;
 - **a watchdog thread** all the time: every few seconds one worker of the queue (a Redis lock
   picks it) requeues the started jobs whose worker is known gone (its liveness key missing on two
-  passes), within :func:`ml_backend.liveness.requeue_bound` seconds of the death (about 17 s with
+  passes), within :func:`ml_backend.liveness.requeue_bound` seconds of the death (about 22 s with
   the defaults), and those whose heartbeat expired (``JOB_HEARTBEAT_TTL``), with the same job id
   (``JOB_RETRIES`` permitting). RQ's own maintenance would do it only every 10 minutes. The first
   pass runs when the worker starts;
