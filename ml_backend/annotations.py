@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import JobError, PromptError
+from .exceptions import JobError, PromptError, VideoError
 from .labelconfig import parse_label_config
 from .prompts import GreenScreenSpec, ObjectSpec, PromptSpec, _merge_same_frame, parse_greenscreen
 from .propagation import FramePrompt
@@ -294,9 +294,15 @@ def build_task_job(
     videos: dict[str, str] = {}
     for info in images:
         path = str(fetch_video(info.video_ref))
-        with open_frames(path, cache_frames=2) as source:
-            info.size = (source.height, source.width)
-            num_frames = source.num_frames
+        try:
+            with open_frames(path, cache_frames=2) as source:
+                info.size = (source.height, source.width)
+                num_frames = source.num_frames
+        except VideoError as exc:  # name the video as the task gives it, never the server's path
+            from .lifecycle import shown_ref
+
+            why = str(exc).replace(f"video {path}", "").replace(path, "").strip() or "cannot be opened"
+            raise VideoError(f"{info.key} {shown_ref(info.video_ref)} {why}") from None
         bad = [i for i in info.frame_indices if i >= num_frames]
         if bad:
             raise PromptError(
@@ -406,7 +412,10 @@ def load_task_job(
         except FetchError as exc:
             if is_transient(exc):
                 raise
-            raise JobError(f"video {ref}: {exc}") from None
+            from .lifecycle import shown_ref
+
+            why = str(exc).replace(repr(ref), "").replace(ref, "").strip(" :") or "cannot be fetched"
+            raise JobError(f"video {shown_ref(ref)}: {why}") from None
 
     task_dict = task.dict() if hasattr(task, "dict") else dict(task)
     ann_dict = annotation.dict() if hasattr(annotation, "dict") else dict(annotation)
