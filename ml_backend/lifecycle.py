@@ -255,6 +255,9 @@ def delete_predictions(settings: Any, project: int, task: int, annotation: int, 
 
 # -- files ----------------------------------------------------------------------------------------
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link of the file ``src`` names (through symbolic links: the SceneDiff
+    pair's files are links into its ``.scenediff`` folder), or a copy where links fail."""
+    src = Path(src).resolve()
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
@@ -377,6 +380,12 @@ def _remove(settings: Any, connection: Any, project: int, task: int, annotation:
     if task_gone:
         return done
     extra: dict[str, Any] = {}
+    from .jobs import LATEST_KEY as TASK_LATEST_KEY
+
+    newest = connection.get(TASK_LATEST_KEY.format(project=project, task=task))
+    if was_primary or (newest is not None and newest.decode().startswith(f"p{project}-t{task}-a{annotation}-")):
+        # the columns showed this annotation's job: they say it is gone (or what runs instead)
+        extra = {"job_state": "deleted", "job_progress": 0, "job_error": ""}
     if was_primary:
         from .taskdata import update_task_data
 

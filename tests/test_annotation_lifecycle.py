@@ -225,3 +225,21 @@ def test_an_unreadable_video_is_flagged_at_import_and_its_job_fails_without_serv
     assert "failed" in line and "bad/video.mp4" in line and str(ls.root) not in line, line
     assert line.count("bad/video.mp4") == 1 and "/" not in line.split("bad/video.mp4")[0].split()[-1], line
     assert str(ls.root) not in data["job_error"] and data["job_error"].count("bad/video.mp4") == 1, data["job_error"]
+
+
+def test_the_task_folder_mirrors_files_reached_through_links(tmp_path):
+    """A SceneDiff pair's files are links into its ``.scenediff`` folder: the task's folder gets
+    the files themselves (hard links), and swapping it leaves nothing behind."""
+    source = tmp_path / "annotation_1"
+    (source / ".scenediff-v1").mkdir(parents=True)
+    (source / ".scenediff-v1" / "segments.pkl").write_bytes(b"pair")
+    (source / "segments.pkl").symlink_to(".scenediff-v1/segments.pkl")
+    task_dir = tmp_path / "task_7"
+    task_dir.mkdir()
+    (task_dir / "stale.txt").write_text("an older job's file")
+    rels = lifecycle.mirror([source / "segments.pkl"], source, task_dir, shared=False)
+    assert rels == ["segments.pkl"]
+    assert (task_dir / "segments.pkl").read_bytes() == b"pair" and not (task_dir / "segments.pkl").is_symlink()
+    assert (task_dir / "segments.pkl").stat().st_ino == (source / ".scenediff-v1" / "segments.pkl").stat().st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotation_1", "task_7"]
+    assert not (task_dir / "stale.txt").exists()
