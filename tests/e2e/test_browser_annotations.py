@@ -141,10 +141,15 @@ def exported(folder: Path) -> dict[str, int]:
 
 
 def shown_message(page: Any) -> str:
-    """The job_message Text as the labeling screen shows it."""
-    node = page.get_by_text(re.compile(r"^Rule: each annotation has its own job")).first
+    """The job_message Text as the labeling screen shows it (not the Data Manager's column)."""
+    node = message_box(page)
     node.wait_for(state="visible", timeout=30_000)
-    return node.locator("xpath=..").inner_text()
+    return node.inner_text()
+
+
+def message_box(page: Any) -> Any:
+    """The job_message ``<Text>`` in the labeling area (a ``.lsf-richtext``, one span a line)."""
+    return page.locator(".lsf-main-view .lsf-richtext").filter(has_text="Rule: each annotation").first
 
 
 def delete_in_ui(page: Any) -> None:
@@ -152,10 +157,7 @@ def delete_in_ui(page: Any) -> None:
     page.locator(".lsf-annotation-button_selected .lsf-annotation-button__trigger").first.click()
     with page.expect_response(lambda r: "/api/annotations/" in r.url and r.request.method == "DELETE"):
         page.get_by_text(re.compile(r"^Delete Annotation$", re.I)).first.click()
-        confirm = page.locator(".ant-modal, .lsf-modal, [role=dialog]").get_by_role(
-            "button", name=re.compile(r"^(Delete|OK|Yes|Proceed)$", re.I)
-        )
-        confirm.first.click()
+        page.locator("[class*='modal'] button").filter(has_text=re.compile(r"^\s*Delete\s*$")).first.click()
 
 
 def assert_all_gone(stack: Any, project: int, task: int, annotation: int) -> dict:
@@ -242,7 +244,7 @@ def test_two_annotations_submitted_while_the_first_job_runs(page: Any, ui_stack:
     tb.open_task(page, stack, project, task)
     shown = shown_message(page)
     assert f"annotation_{first.id}/" in shown and f"Annotation {second.id}: done · the task's result" in shown, shown
-    page.get_by_text(re.compile(r"^Rule: each annotation has its own job")).first.scroll_into_view_if_needed()
+    message_box(page).scroll_into_view_if_needed()
     tb.shot(page, "several_annotations.png", doc="several_annotations.png")
 
 
