@@ -552,11 +552,15 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
         if gate is not None
         else ProgressMeta(job, on_percent=state.progress)
     )
-    if job is not None:
+    running: dict[str, Any] = {"job_state": "running", "job_progress": 0, "job_error": ""}
+    if job is not None:  # the annotation's line goes with the columns (one write), or alone
         lifecycle.note(conn, project_id, task_id, annotation_id, "running", job=job.id, reason="")
-        lifecycle.write_message(settings, conn, project_id, task_id)
+        if state.is_latest():
+            running["job_message"] = lifecycle.message(conn, project_id, task_id)
+        else:
+            lifecycle.write_message(settings, conn, project_id, task_id)
     try:
-        state.write({"job_state": "running", "job_progress": 0, "job_error": ""}, seconds=5.0)
+        state.write(running, seconds=5.0)
         progress.stage("loading task")
         try:
             task_job = load_task_job(settings, project_id, task_id, annotation_id, connection=conn)
@@ -664,7 +668,7 @@ def _finish_task(
     progress.stage("updating the task")
     key = (job.id.rsplit("-", 1)[-1] if job else "local")[:16]
     summary_review: dict[str, Any] = {}
-    where = str(result.out_dir)
+    where, rels = str(result.out_dir), []
     if lifecycled:
         deleted_now()
         shared = task_job.spec.format == "greenscreen"
@@ -683,11 +687,23 @@ def _finish_task(
             if record is not None and int(record["annotation"]) == annotation_id:
                 lifecycle.remove_task_result(conn, project_id, task_id)  # its older version was primary
 
+    root = Path(settings.results_root)
+    if lifecycled:  # the annotation's line is written with the task's review fields (one write)
+        if is_primary:
+            lifecycle.note(conn, project_id, task_id, annotation_id, "done", role="primary", job=job.id,
+                           task_dir=_relative(task_dir, root), dir=_relative(result.out_dir, root), reason="")  # fmt: skip
+        else:
+            why = f"annotation {primary} is the task's primary one: the ground truth, else the most recently updated"
+            lifecycle.note(conn, project_id, task_id, annotation_id, "done", role="other", job=job.id,
+                           dir=_relative(result.out_dir, root), reason=why)  # fmt: skip
+
     def change(data: dict[str, Any]) -> dict[str, Any]:
         changes, review = review_task(settings, task_job, result, data, key)
         summary_review.update(review)
         if lifecycled and not is_primary:  # the task shows its primary annotation's review
             changes = {}
+        if lifecycled:
+            changes["job_message"] = lifecycle.message(conn, project_id, task_id)
         return changes
 
     update_task_data(settings, conn, task_id, change)
@@ -712,22 +728,16 @@ def _finish_task(
             )
         except Exception as exc:  # the new one is posted: an old tab left is not worth a failed job
             log.warning("could not delete older predictions of annotation %s (%s)", annotation_id, exc)
-        root = Path(settings.results_root)
-        if is_primary:
-            lifecycle.note(conn, project_id, task_id, annotation_id, "done", role="primary", job=job.id,
-                           task_dir=_relative(task_dir, root), dir=_relative(result.out_dir, root), reason="")  # fmt: skip
-        else:
-            why = f"annotation {primary} is the task's primary one: the ground truth, else the most recently updated"
-            lifecycle.note(conn, project_id, task_id, annotation_id, "done", role="other", job=job.id,
-                           dir=_relative(result.out_dir, root), reason=why)  # fmt: skip
-        lifecycle.write_message(settings, conn, project_id, task_id)
     progress.stage("exported")
     summary = _summary(result)
     summary["prediction_regions"] = len(prediction)
     summary["review"] = summary_review
     summary["signs"] = task_job.signs  # keypoints whose sign was given, recorded or unknown
     if lifecycled:
-        summary.update(annotation=annotation_id, primary=is_primary, task_dir=where, replaced_predictions=replaced)
+        summary.update(annotation=annotation_id, primary=is_primary, annotation_dir=str(result.out_dir),
+                       replaced_predictions=replaced)  # fmt: skip
+        if is_primary:  # where the task's export is (the annotation's own folder holds the same files)
+            summary.update(out_dir=where, files=[str(Path(where) / rel) for rel in rels])
     return summary
 
 
@@ -881,7 +891,6 @@ class JobQueue:
             job, created = self.enqueue_task(project_id, task_id, annotation["id"], fingerprint(annotation))
             if created:
                 self.mark_queued([(project_id, task_id, job.id)])
-                self.write_message(project_id, task_id)
             return {"status": "queued" if created else "exists", "job_id": job.id}
         if action in ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED", "TASKS_DELETED"):
             from .lifecycle import on_deleted
@@ -940,13 +949,22 @@ class JobQueue:
                     self.settings, SimpleNamespace(id=job_id, connection=self.connection), project_id, task_id
                 )
 
-                def queued(data: dict[str, Any], job_id: str = job_id) -> dict[str, Any] | None:
+                def queued(
+                    data: dict[str, Any], job_id: str = job_id, project_id: int = project_id, task_id: int = task_id
+                ) -> dict[str, Any] | None:
                     # checked under the task's lock: a worker that started the job already wrote
                     # "running", which must not go back to "queued"
                     job = self.fetch(job_id)
                     if job is None or job.get_status() not in waiting:
                         return None
-                    return {"job_state": "queued", "job_progress": 0, "job_error": ""}
+                    from .lifecycle import message
+
+                    return {
+                        "job_state": "queued",
+                        "job_progress": 0,
+                        "job_error": "",
+                        "job_message": message(self.connection, project_id, task_id),
+                    }
 
                 state.write(queued, seconds=10.0)
 

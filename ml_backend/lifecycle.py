@@ -411,6 +411,10 @@ def _remove(settings: Any, connection: Any, project: int, task: int, annotation:
     return done
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
 def cancel_jobs(queue: Any, project: int, task: int, annotation: int | None) -> list[str]:
     """Cancel the queued jobs of ``annotation`` (every annotation of the task when None)."""
     from rq.job import JobStatus
@@ -439,7 +443,7 @@ def on_deleted(queue: Any, action: str, payload: dict[str, Any]) -> dict[str, An
         items = payload.get("tasks") or []
         for item in items if isinstance(items, list) else []:
             task = item.get("id") if isinstance(item, dict) else item
-            if not isinstance(task, int):
+            if not _is_id(task):
                 continue
             conn.set(TASK_DELETED_KEY.format(task=task), 1, ex=KEEP_SECONDS)
             for key in conn.scan_iter(STATUS_KEY.format(project="*", task=task)):
@@ -453,7 +457,7 @@ def on_deleted(queue: Any, action: str, payload: dict[str, Any]) -> dict[str, An
             items = [payload["annotation"]]
         for item in items if isinstance(items, list) else []:
             annotation = item.get("id") if isinstance(item, dict) else item
-            if not isinstance(annotation, int):
+            if not _is_id(annotation):
                 continue
             conn.set(DELETED_KEY.format(annotation=annotation), 1, ex=KEEP_SECONDS)
             found = where_is(conn, annotation)
@@ -550,7 +554,8 @@ def check_imported(queue: Any, payload: dict[str, Any]) -> dict[str, Any]:
     from .taskdata import update_task_data
 
     settings, conn = queue.settings, queue.connection
-    tasks = [t for t in payload.get("tasks") or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
+    items = payload.get("tasks")
+    tasks = [t for t in items if isinstance(t, dict) and _is_id(t.get("id"))] if isinstance(items, list) else []
 
     def run() -> None:
         for task in tasks:

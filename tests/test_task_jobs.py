@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend import worker as worker_module
 from ml_backend import lifecycle
+from ml_backend import worker as worker_module
 from ml_backend.jobs import JobQueue
 from ml_backend.synthetic import moving_shapes
 from ml_backend.worker import OWNER_KEY, make_worker
