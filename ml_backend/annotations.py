@@ -63,6 +63,7 @@ class TaskJob:
     videos: dict[str, str]
     images: dict[str, VideoImage]
     signs: dict[str, Any] = field(default_factory=dict)  # SignReport.as_dict() of the keypoints
+    annotation_fp: str = ""  # fingerprint of the annotation as Label Studio gave it (jobs.fingerprint)
 
     def prediction(self, result: Any, version: str) -> list[dict[str, Any]]:
         """Brush regions of the propagated masks on every annotation frame of the task."""
@@ -419,14 +420,17 @@ def load_task_job(
 
     task_dict = task.dict() if hasattr(task, "dict") else dict(task)
     ann_dict = annotation.dict() if hasattr(annotation, "dict") else dict(annotation)
+    from .jobs import fingerprint
     from .signs import RedisSigns, apply_signs
 
+    loaded_fp = fingerprint(ann_dict)  # before the recorded signs are filled in
     store = RedisSigns(connection) if connection is not None else None
     ann_dict["result"], report = apply_signs(
         store, project_id, task_id, ann_dict.get("result"), where=f"annotation {annotation_id}"
     )
     job = build_task_job(project.label_config, task_dict, ann_dict, fetch_video, background=settings.background_color)
     job.signs = report.as_dict()
+    job.annotation_fp = loaded_fp
     job.spec.exports = [*job.spec.exports, *project_exports(settings, project_id)]
     return job
 

@@ -580,9 +580,9 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
             with gate:
                 progress.stage("publishing")
                 queue = JobQueue(conn, settings)
-                primary = lifecycle.verify(
-                    settings, conn, queue, project_id, task_id, annotation_id, job.id.rsplit("-", 1)[-1]
-                )
+                # the version this job propagated (as loaded), not the one its id was made from
+                loaded = task_job.annotation_fp or job.id.rsplit("-", 1)[-1]
+                primary = lifecycle.verify(settings, conn, queue, project_id, task_id, annotation_id, loaded)
                 result.publish()
                 return _finish_task(
                     result, task_job, task_id, settings, job, progress,

@@ -503,7 +503,7 @@ class Watched(ProgressMeta):
 
 def verify(settings: Any, connection: Any, queue: Any, project: int, task: int, annotation: int, fp: str) -> int | None:
     """Ask Label Studio, just before publishing, whether ``annotation`` still exists at version
-    ``fp``; returns the task's primary annotation. Raises :class:`Superseded` when it was deleted
+    ``fp`` (the fingerprint of the annotation as the job loaded it); returns the task's primary annotation. Raises :class:`Superseded` when it was deleted
     (recorded as if the webhook had come) or changed (its newer version is enqueued)."""
     from .exceptions import Superseded
     from .jobs import fingerprint
