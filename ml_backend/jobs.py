@@ -7,12 +7,15 @@ Job functions are importable module-level functions, as RQ wants:
   exported and posted back to the task as a prediction.
 
 Job ids are deterministic: ``p<project>-t<task>-a<annotation>-<fingerprint of the result>``, so
-the same annotation submitted twice makes one job. A newer annotation of a task supersedes an
-older one: the older job is cancelled if it has not started, and publishes nothing if it has.
+the same annotation submitted twice makes one job. A newer version of an annotation supersedes
+the older one: the older job is cancelled if it has not started, stops at its next frame and
+publishes nothing if it has. Other annotations of the task keep their own jobs and results
+(:mod:`ml_backend.lifecycle`).
 Submitting an earlier state again (R1 → R2 → R1) makes R1 the latest again and runs it again.
 
 **Publishing** (:class:`PublishGate`): a job writes its exports to a hidden staging folder, then,
-holding a per-task Redis lock, checks that its annotation is still the task's latest and that its
+holding a per-task Redis lock, checks that its annotation version is still the latest (and not
+deleted) and that its
 execution still owns the job (a job requeued after its worker was presumed dead is not
 published twice); only then are the files renamed into place and the prediction posted.
 
