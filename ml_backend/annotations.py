@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import JobError, PromptError
+from .exceptions import JobError, PromptError, VideoError
 from .labelconfig import parse_label_config
 from .prompts import GreenScreenSpec, ObjectSpec, PromptSpec, _merge_same_frame, parse_greenscreen
 from .propagation import FramePrompt
@@ -63,6 +63,7 @@ class TaskJob:
     videos: dict[str, str]
     images: dict[str, VideoImage]
     signs: dict[str, Any] = field(default_factory=dict)  # SignReport.as_dict() of the keypoints
+    annotation_fp: str = ""  # fingerprint of the annotation as Label Studio gave it (jobs.fingerprint)
 
     def prediction(self, result: Any, version: str) -> list[dict[str, Any]]:
         """Brush regions of the propagated masks on every annotation frame of the task."""
@@ -294,9 +295,15 @@ def build_task_job(
     videos: dict[str, str] = {}
     for info in images:
         path = str(fetch_video(info.video_ref))
-        with open_frames(path, cache_frames=2) as source:
-            info.size = (source.height, source.width)
-            num_frames = source.num_frames
+        try:
+            with open_frames(path, cache_frames=2) as source:
+                info.size = (source.height, source.width)
+                num_frames = source.num_frames
+        except VideoError as exc:  # name the video as the task gives it, never the server's path
+            from .lifecycle import shown_ref
+
+            why = str(exc).replace(f"video {path}", "").replace(path, "").strip() or "cannot be opened"
+            raise VideoError(f"{info.key} {shown_ref(info.video_ref)} {why}") from None
         bad = [i for i in info.frame_indices if i >= num_frames]
         if bad:
             raise PromptError(
@@ -406,18 +413,24 @@ def load_task_job(
         except FetchError as exc:
             if is_transient(exc):
                 raise
-            raise JobError(f"video {ref}: {exc}") from None
+            from .lifecycle import shown_ref
+
+            why = str(exc).replace(repr(ref), "").replace(ref, "").strip(" :") or "cannot be fetched"
+            raise JobError(f"video {shown_ref(ref)}: {why}") from None
 
     task_dict = task.dict() if hasattr(task, "dict") else dict(task)
     ann_dict = annotation.dict() if hasattr(annotation, "dict") else dict(annotation)
+    from .jobs import fingerprint
     from .signs import RedisSigns, apply_signs
 
+    loaded_fp = fingerprint(ann_dict)  # before the recorded signs are filled in
     store = RedisSigns(connection) if connection is not None else None
     ann_dict["result"], report = apply_signs(
         store, project_id, task_id, ann_dict.get("result"), where=f"annotation {annotation_id}"
     )
     job = build_task_job(project.label_config, task_dict, ann_dict, fetch_video, background=settings.background_color)
     job.signs = report.as_dict()
+    job.annotation_fp = loaded_fp
     job.spec.exports = [*job.spec.exports, *project_exports(settings, project_id)]
     return job
 

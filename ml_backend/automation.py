@@ -13,7 +13,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "START_TRAINING"]
+#: What the backend's webhook is sent: submissions start jobs, deletions remove their results
+#: (:mod:`ml_backend.lifecycle`), new tasks have their videos checked. (Label Studio sends
+#: ``START_TRAINING`` to ``/webhook`` itself; it is not a webhook action it accepts.) The webhook
+#: Label Studio makes on its own when a backend is connected is sent every action.
+WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_CREATED", "TASKS_DELETED"]
 
 
 def ensure_project(client: Any, title: str, label_config: str, description: str = "") -> Any:
@@ -56,6 +60,10 @@ def connect_backend(
             client.webhooks.create(
                 url=hook_url, project=project_id, send_payload=True, send_for_all_actions=False, actions=WEBHOOK_ACTIONS
             )
+        elif not getattr(hooks[0], "send_for_all_actions", False) and not set(WEBHOOK_ACTIONS) <= set(
+            getattr(hooks[0], "actions", None) or []
+        ):  # made by an older version of this function
+            client.webhooks.update(id=hooks[0].id, actions=WEBHOOK_ACTIONS, url=hook_url, send_payload=True)
     return backend
 
 

@@ -95,6 +95,7 @@ def review_fields(videos: Sequence[str]) -> dict[str, Any]:
         "preview": "",
         **{f"review_{video}": "" for video in videos},
         "review_flags": "",
+        "job_message": "",
     }
 
 

@@ -7,12 +7,15 @@ Job functions are importable module-level functions, as RQ wants:
   exported and posted back to the task as a prediction.
 
 Job ids are deterministic: ``p<project>-t<task>-a<annotation>-<fingerprint of the result>``, so
-the same annotation submitted twice makes one job. A newer annotation of a task supersedes an
-older one: the older job is cancelled if it has not started, and publishes nothing if it has.
+the same annotation submitted twice makes one job. A newer version of an annotation supersedes
+the older one: the older job is cancelled if it has not started, stops at its next frame and
+publishes nothing if it has. Other annotations of the task keep their own jobs and results
+(:mod:`ml_backend.lifecycle`).
 Submitting an earlier state again (R1 → R2 → R1) makes R1 the latest again and runs it again.
 
 **Publishing** (:class:`PublishGate`): a job writes its exports to a hidden staging folder, then,
-holding a per-task Redis lock, checks that its annotation is still the task's latest and that its
+holding a per-task Redis lock, checks that its annotation version is still the latest (and not
+deleted) and that its
 execution still owns the job (a job requeued after its worker was presumed dead is not
 published twice); only then are the files renamed into place and the prediction posted.
 
@@ -553,87 +556,209 @@ def job_out_dir(results_root: Path, project_id: int, task_id: int, spec: Any) ->
 
 @_no_retry_on_bad_input
 def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[str, Any]:
-    """RQ job: propagate a Label Studio annotation and post the result back as a prediction."""
+    """RQ job: propagate a Label Studio annotation and post the result back as a prediction.
+
+    Each annotation has its own job and result (:mod:`ml_backend.lifecycle`): the job publishes
+    into the annotation's folder and, when its annotation is the task's primary one, into the
+    task's export folder too. It stops at its next frame once its annotation is deleted or
+    updated, and publishes nothing then.
+    """
     from rq import get_current_job
 
+    from . import lifecycle
     from .annotations import load_task_job
-    from .exceptions import Superseded
+    from .exceptions import JobError, Superseded
     from .worker import current_settings
 
     settings = current_settings()
     job = get_current_job()
-    latest_key = LATEST_KEY.format(project=project_id, task=task_id)
-    gate = (
-        PublishGate(job.connection, job.id, f"task:{project_id}:{task_id}", latest_key, run=run_token(job))
-        if job
-        else None
-    )
-    if gate is not None:
+    conn = job.connection if job else None
+    gate = None
+    if job is not None:
+        gate = PublishGate(
+            conn,
+            job.id,
+            f"task:{project_id}:{task_id}",
+            lifecycle.latest_key(project_id, task_id, annotation_id),
+            deny_keys=lifecycle.deny_keys(task_id, annotation_id),
+            run=run_token(job),
+        )
         try:
-            gate.check()  # not worth propagating: a newer annotation exists already
+            gate.check()  # not worth propagating: deleted, or a newer version exists already
         except Superseded as exc:
-            return _superseded(job, exc)
+            return _task_superseded(settings, job, project_id, task_id, annotation_id, exc)
     state = JobState(settings, job, project_id, task_id)
-    progress = ProgressMeta(job, on_percent=state.progress)
+    progress = (
+        lifecycle.Watched(job, gate.check, on_percent=state.progress)
+        if gate is not None
+        else ProgressMeta(job, on_percent=state.progress)
+    )
+    running: dict[str, Any] = {"job_state": "running", "job_progress": 0, "job_error": ""}
+    if job is not None:  # the annotation's line goes with the columns (one write), or alone
+        lifecycle.note(conn, project_id, task_id, annotation_id, "running", job=job.id, reason="")
+        if state.is_latest():
+            running["job_message"] = lifecycle.message(conn, project_id, task_id)
+        else:
+            lifecycle.write_message(settings, conn, project_id, task_id)
     try:
         from .worker import current_rerun
 
-        state.note = RERUN_NOTE if current_rerun() else ""
-        state.progress(0)  # "running", from the background thread: the job does not wait for it
+        state.note = running["job_error"] = RERUN_NOTE if current_rerun() else ""
+        state.write(running)  # best-effort: LABEL_STUDIO_BEST_EFFORT_SECONDS at most
         progress.stage("loading task")
-        task_job = load_task_job(
-            settings, project_id, task_id, annotation_id, connection=job.connection if job else None
-        )
-        out_dir = job_out_dir(settings.results_root, project_id, task_id, task_job.spec)
+        try:
+            task_job = load_task_job(settings, project_id, task_id, annotation_id, connection=conn)
+        except JobError:
+            if gate is not None:
+                gate.check()  # a deletion seen meanwhile is the reason, not the missing annotation
+            raise
+        task_dir = job_out_dir(settings.results_root, project_id, task_id, task_job.spec)
+        if job is None:  # a local run: the task's folder, no Label Studio lifecycle
+            with _run(task_job.spec, task_job.videos, task_dir, settings, progress) as result:
+                state.close()
+                result.publish()
+                return _finish_task(result, task_job, task_id, settings, job, progress)
+        out_dir = lifecycle.annotation_dir(settings.results_root, project_id, task_id, annotation_id)
         with _run(task_job.spec, task_job.videos, out_dir, settings, progress) as result:
             state.close()  # no progress write may land after the final state
-            try:
-                if gate is None:
-                    result.publish()
-                    return _finish_task(result, task_job, task_id, settings, job, progress)
-                with gate:
-                    progress.stage("publishing")
-                    result.publish()
-                    return _finish_task(result, task_job, task_id, settings, job, progress)
-            except Superseded as exc:
-                return _superseded(job, exc)
+            with gate:
+                progress.stage("publishing")
+                queue = JobQueue(conn, settings)
+                # the version this job propagated (as loaded), not the one its id was made from
+                loaded = task_job.annotation_fp or job.id.rsplit("-", 1)[-1]
+                primary = lifecycle.verify(settings, conn, queue, project_id, task_id, annotation_id, loaded)
+                result.publish()
+                return _finish_task(
+                    result, task_job, task_id, settings, job, progress,
+                    project_id=project_id, annotation_id=annotation_id, primary=primary, task_dir=task_dir,
+                )  # fmt: skip
+    except Superseded as exc:
+        state.close()
+        if job is None:
+            raise
+        return _task_superseded(settings, job, project_id, task_id, annotation_id, exc)
     except BaseException as exc:
         from .exceptions import WorkerStopping
 
         state.close()
-        if not isinstance(exc, (Superseded, WorkerStopping)):  # a stopped job: the worker says "queued"
-            state.failed(exc)
+        if isinstance(exc, WorkerStopping):  # the worker puts it back and says "queued"
+            if job is not None:
+                lifecycle.note(conn, project_id, task_id, annotation_id, "queued", reason="worker restarted")
+                lifecycle.write_message(settings, conn, project_id, task_id)
+            raise
+        state.failed(exc)
+        if job is not None:
+            reason = str(exc) if isinstance(exc, JobError) else f"the job stopped on an unexpected {type(exc).__name__}"
+            retrying = not isinstance(exc, JobError) and (job.retries_left or 0) > 0
+            lifecycle.note(
+                conn, project_id, task_id, annotation_id, "queued" if retrying else "failed",
+                reason=("retrying after: " if retrying else "") + lifecycle.user_reason(reason, settings),
+            )  # fmt: skip
+            lifecycle.write_message(settings, conn, project_id, task_id)
         raise
     finally:
         state.close()
 
 
-def _finish_task(
-    result: Any, task_job: Any, task_id: int, settings: Settings, job: Any, progress: ProgressMeta
+def _task_superseded(
+    settings: Settings, job: Any, project_id: int, task_id: int, annotation_id: int, exc: BaseException
 ) -> dict[str, Any]:
-    from . import labelstudio
+    """A task job that publishes nothing: its annotation's status line says why; a deleted
+    annotation's results are removed (again: idempotent)."""
+    from . import lifecycle
+    from .exceptions import AlreadyPublished
+
+    conn = job.connection
+    if isinstance(exc, AlreadyPublished):
+        return _superseded(job, exc)
+    if lifecycle.is_deleted(conn, task_id, annotation_id):
+        lifecycle.remove_annotation(settings, conn, project_id, task_id, annotation_id, queue=JobQueue(conn, settings))
+    else:
+        latest = conn.get(lifecycle.latest_key(project_id, task_id, annotation_id))
+        if latest is None or latest.decode() == job.id:  # e.g. requeued elsewhere: that run reports
+            return _superseded(job, exc)
+        lifecycle.note(conn, project_id, task_id, annotation_id, "superseded",
+                       reason=f"a newer version of this annotation runs ({latest.decode()})")  # fmt: skip
+        lifecycle.write_message(settings, conn, project_id, task_id)
+    return _superseded(job, exc)
+
+
+def _finish_task(
+    result: Any,
+    task_job: Any,
+    task_id: int,
+    settings: Settings,
+    job: Any,
+    progress: ProgressMeta,
+    *,
+    project_id: int | None = None,
+    annotation_id: int | None = None,
+    primary: int | None = None,
+    task_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Publish a finished task job (called with the publish gate held, files published under
+    ``result.out_dir``): the task's export folder and review fields when the annotation is the
+    task's primary one, the prediction (older ones of the same annotation deleted after it), and
+    the annotation's status line."""
+    from . import labelstudio, lifecycle
     from .backoff import with_backoff
+    from .exceptions import Superseded
     from .models import model_version
     from .taskdata import update_task_data
     from .taskreview import review_task
 
+    conn = job.connection if job else None
+    lifecycled = conn is not None and annotation_id is not None
+    is_primary = not lifecycled or primary == annotation_id
+
+    def deleted_now() -> None:
+        if lifecycled and lifecycle.is_deleted(conn, task_id, annotation_id):
+            lifecycle.remove_annotation(settings, conn, project_id, task_id, annotation_id, lock_held=True)
+            raise Superseded(f"annotation {annotation_id} was deleted while its job published")
+
     progress.stage("updating the task")
     key = (job.id.rsplit("-", 1)[-1] if job else "local")[:16]
     summary_review: dict[str, Any] = {}
+    where, rels = str(result.out_dir), []
+    if lifecycled:
+        deleted_now()
+        shared = task_job.spec.format == "greenscreen"
+        if is_primary:
+            rels = lifecycle.mirror(result.files, Path(result.out_dir), task_dir, shared=shared)
+            lifecycle.set_primary(conn, project_id, task_id, annotation_id, job.id, task_dir, rels, shared)
+            gs = task_job.spec.greenscreen
+            if shared and settings.greenscreen_mp4 and gs is not None and gs.segment_frames:
+                from .greenscreen import assemble_greenscreen_mp4
+
+                assemble_greenscreen_mp4(task_dir, list(gs.segment_frames), gs.start_frame,
+                                         gs.fps or settings.greenscreen_fps or 30.0)  # fmt: skip
+            where = str(task_dir)
+        else:
+            record = lifecycle.primary_record(conn, project_id, task_id)
+            if record is not None and int(record["annotation"]) == annotation_id:
+                lifecycle.remove_task_result(conn, project_id, task_id)  # its older version was primary
+
+    root = Path(settings.results_root)
+    if lifecycled:  # the annotation's line is written with the task's review fields (one write)
+        if is_primary:
+            lifecycle.note(conn, project_id, task_id, annotation_id, "done", role="primary", job=job.id,
+                           task_dir=_relative(task_dir, root), dir=_relative(result.out_dir, root), reason="")  # fmt: skip
+        else:
+            why = f"annotation {primary} is the task's primary one: the ground truth, else the most recently updated"
+            lifecycle.note(conn, project_id, task_id, annotation_id, "done", role="other", job=job.id,
+                           dir=_relative(result.out_dir, root), reason=why)  # fmt: skip
 
     def change(data: dict[str, Any]) -> dict[str, Any]:
         changes, review = review_task(settings, task_job, result, data, key)
         summary_review.update(review)
+        if lifecycled and not is_primary:  # the task shows its primary annotation's review
+            changes = {}
+        if lifecycled:
+            changes["job_message"] = lifecycle.message(conn, project_id, task_id)
         return changes
 
     try:  # best-effort: the prediction is the job's result, not the columns
-        update_task_data(
-            settings,
-            job.connection if job else None,
-            task_id,
-            change,
-            seconds=settings.label_studio_best_effort_seconds,
-        )
+        update_task_data(settings, conn, task_id, change, seconds=settings.label_studio_best_effort_seconds)
     except Exception as exc:
         log.warning(
             "could not write task %s's review columns (%s); posting the prediction", task_id, type(exc).__name__
@@ -642,19 +767,41 @@ def _finish_task(
     version = f"{model_version(settings)}-job-{job.id if job else 'local'}"
     prediction = task_job.prediction(result, version)
     score = float(summary_review.get("confidence", 1.0))
-    with_backoff(
+    if lifecycled:
+        deleted_now()
+    posted = with_backoff(
         lambda: labelstudio.client(settings.label_studio_url, settings.label_studio_api_key).predictions.create(
             task=task_id, result=prediction, model_version=version, score=score
         ),
         seconds=settings.label_studio_retry_seconds,
         what=f"Label Studio at {settings.label_studio_url}",
     )
+    replaced = 0
+    if lifecycled:
+        try:
+            replaced = lifecycle.delete_predictions(
+                settings, project_id, task_id, annotation_id, keep=int(getattr(posted, "id", 0) or 0)
+            )
+        except Exception as exc:  # the new one is posted: an old tab left is not worth a failed job
+            log.warning("could not delete older predictions of annotation %s (%s)", annotation_id, exc)
     progress.stage("exported")
     summary = _summary(result)
     summary["prediction_regions"] = len(prediction)
     summary["review"] = summary_review
     summary["signs"] = task_job.signs  # keypoints whose sign was given, recorded or unknown
+    if lifecycled:
+        summary.update(annotation=annotation_id, primary=is_primary, annotation_dir=str(result.out_dir),
+                       replaced_predictions=replaced)  # fmt: skip
+        if is_primary:  # where the task's export is (the annotation's own folder holds the same files)
+            summary.update(out_dir=where, files=[str(Path(where) / rel) for rel in rels])
     return summary
+
+
+def _relative(path: Any, root: Path) -> str:
+    try:
+        return "results/" + Path(path).relative_to(root).as_posix() + "/"
+    except ValueError:
+        return Path(path).name
 
 
 def fingerprint(annotation: dict[str, Any]) -> str:
@@ -673,6 +820,7 @@ class JobQueue:
         self.connection = connection
         self.settings = settings
         self.serializer = SERIALIZER
+        self.cleanups: list[threading.Thread] = []  # background removals and import checks
         self.queue = Queue(
             settings.queue_name, connection=connection, default_timeout=settings.job_timeout, serializer=SERIALIZER
         )
@@ -715,26 +863,36 @@ class JobQueue:
             meta={"run": uuid.uuid4().hex[:16]},
         )
 
-    def enqueue_task(self, project_id: int, task_id: int, annotation_id: int, fp: str) -> tuple[Any, bool]:
-        """``(job, created)``: the job for this annotation version, which becomes the task's latest.
+    def enqueue_task(
+        self, project_id: int, task_id: int, annotation_id: int, fp: str, *, rerun: bool = False
+    ) -> tuple[Any, bool]:
+        """``(job, created)``: the job for this annotation version, which becomes the annotation's
+        latest (:data:`ml_backend.lifecycle.LATEST_KEY`) and the task's newest (its state columns).
 
         An unfinished job for the same version is reused. A finished one is reused only if it
-        is already the latest (the same submission twice); when another version was submitted
-        in between (R1 → R2 → R1), R1 runs again, since R2's results were published after it.
-        A queued job of another version is cancelled; a running one publishes nothing.
+        is already the annotation's latest (the same submission twice) and ``rerun`` is not set;
+        when another version was submitted in between (R1 → R2 → R1), R1 runs again, since R2's
+        results were published after it. A queued job of another version of the *same*
+        annotation is cancelled; a running one stops at its next frame and publishes nothing.
+        Other annotations of the task keep their jobs (:mod:`ml_backend.lifecycle`).
         """
         from rq.job import JobStatus
 
+        from . import lifecycle
+
         job_id = f"p{project_id}-t{task_id}-a{annotation_id}-{fp}"
-        latest_key = LATEST_KEY.format(project=project_id, task=task_id)
-        previous = self.connection.get(latest_key)
+        task_key = LATEST_KEY.format(project=project_id, task=task_id)
+        ann_key = lifecycle.latest_key(project_id, task_id, annotation_id)
+        previous = self.connection.get(ann_key)
         previous = previous.decode() if previous is not None else None
+        lifecycle.remember(self.connection, project_id, task_id, annotation_id)
         existing = self.fetch(job_id)
         if existing is not None:
             status = existing.get_status()
             unfinished = status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
-            if unfinished or (status == JobStatus.FINISHED and previous == job_id):
-                self.connection.set(latest_key, job_id)
+            if unfinished or (status == JobStatus.FINISHED and previous == job_id and not rerun):
+                self.connection.set(ann_key, job_id)
+                self.connection.set(task_key, job_id)
                 return existing, False
             existing.delete()
         if previous is not None and previous != job_id:
@@ -743,7 +901,8 @@ class JobQueue:
                 old.meta["superseded_by"] = job_id
                 old.save_meta()
                 old.cancel()
-        self.connection.set(latest_key, job_id)
+        self.connection.set(ann_key, job_id)
+        self.connection.set(task_key, job_id)
         job = self.queue.enqueue(
             propagate_task,
             project_id,
@@ -756,6 +915,7 @@ class JobQueue:
             description=f"propagate task {task_id} annotation {annotation_id}",
             meta={"run": uuid.uuid4().hex[:16]},
         )
+        lifecycle.note(self.connection, project_id, task_id, annotation_id, "queued", job=job_id, reason="")
         return job, True
 
     # -- webhooks -----------------------------------------------------------------------------
@@ -788,6 +948,14 @@ class JobQueue:
             if created:
                 self.mark_queued([(project_id, task_id, job.id)])
             return {"status": "queued" if created else "exists", "job_id": job.id}
+        if action in ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED", "TASKS_DELETED"):
+            from .lifecycle import on_deleted
+
+            return on_deleted(self, action, payload)
+        if action == "TASKS_CREATED":
+            from .lifecycle import check_imported
+
+            return check_imported(self, payload)
         if action == "START_TRAINING":
             if project_id is None:
                 raise BadPayload("START_TRAINING webhook without a project id")
@@ -837,18 +1005,40 @@ class JobQueue:
                     self.settings, SimpleNamespace(id=job_id, connection=self.connection), project_id, task_id
                 )
 
-                def queued(data: dict[str, Any], job_id: str = job_id) -> dict[str, Any] | None:
+                def queued(
+                    data: dict[str, Any], job_id: str = job_id, project_id: int = project_id, task_id: int = task_id
+                ) -> dict[str, Any] | None:
                     # checked under the task's lock: a worker that started the job already wrote
                     # "running", which must not go back to "queued"
                     job = self.fetch(job_id)
                     if job is None or job.get_status() not in waiting:
                         return None
-                    return {"job_state": "queued", "job_progress": 0, "job_error": ""}
+                    from .lifecycle import message
+
+                    return {
+                        "job_state": "queued",
+                        "job_progress": 0,
+                        "job_error": "",
+                        "job_message": message(self.connection, project_id, task_id),
+                    }
 
                 state.write(queued)
 
         thread = threading.Thread(target=run, name="task-state-queued", daemon=True)
         thread.start()
+        return thread
+
+    def write_message(self, project_id: int, task_id: int) -> threading.Thread | None:
+        """Rewrite the task's ``job_message`` (:mod:`ml_backend.lifecycle`) in the background."""
+        if not self.settings.label_studio_api_key:
+            return None
+        from .lifecycle import write_message
+
+        thread = threading.Thread(
+            target=write_message, args=(self.settings, self.connection, project_id, task_id), daemon=True
+        )
+        thread.start()
+        self.cleanups.append(thread)
         return thread
 
     def status(self, job_id: str) -> dict[str, Any] | None:

@@ -6,8 +6,9 @@ and filter, so the job's state lives there (task meta is not shown). The keys:
 ================  ======  ==================================================================
 key               type    meaning
 ================  ======  ==================================================================
-``job_state``     str     ``queued``, ``running``, ``done``, ``failed``, ``cancelled`` or
-                          ``superseded`` (:mod:`ml_backend.jobcolumns` keeps it true to RQ)
+``job_state``     str     ``queued``, ``running``, ``done``, ``failed``, ``cancelled``,
+                          ``superseded`` or ``deleted`` (the annotation whose job the columns
+                          showed was deleted); :mod:`ml_backend.jobcolumns` keeps it true to RQ
 ``job_progress``  int     percent of all frames of all videos of the job (0–100)
 ``job_error``     str     why, one sentence: the failure, "worker restarted…", "re-running
                           after a restart" ("" when there is nothing to say)
@@ -17,6 +18,8 @@ key               type    meaning
                           for a pair, ``review_video`` for a segment), a local-files URL
 ``review_flags``  str     the flagged ranges with frames and times, one per line
 ``preview``       str     a preview image URL (grid view)
+``job_message``   str     one line per annotation: its job's state, whether its result is the
+                          task's, where its files are, why it failed (:mod:`ml_backend.lifecycle`)
 ================  ======  ==================================================================
 
 Label Studio replaces a task's whole ``data`` on update, so :func:`update_task_data` reads,

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Create or update a Label Studio project with one of our labeling configs, and connect the
-SAM 2 ML backend to it (interactive previews + webhook for propagation).
+SAM 2 ML backend to it (interactive previews + webhook for propagation; the webhook is sent
+submitted and deleted annotations and created and deleted tasks: ``automation.WEBHOOK_ACTIONS``).
 
     python scripts/create_project.py --title "Scene changes" --config label_config/scenediff_pair.xml \\
         --backend http://localhost:9090 --local-root /data/ls-files

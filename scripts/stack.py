@@ -16,7 +16,8 @@ Studio 1.23.2, plus demo projects.
 then creates the admin user (``LABEL_STUDIO_USERNAME`` / ``LABEL_STUDIO_PASSWORD`` /
 ``LABEL_STUDIO_USER_TOKEN``, or generated once and kept in ``<state>/credentials.json``), a demo
 SceneDiff project with a synthetic pair and a demo green-screen project with synthetic segments,
-connects the backend (interactive) and its webhook, prints the URL and login, and runs until
+connects the backend (interactive) and its webhook (``automation.WEBHOOK_ACTIONS``: submitted and
+deleted annotations, created and deleted tasks), prints the URL and login, and runs until
 Ctrl-C / SIGTERM, which stops every child (each in its own process group) and exits 0.
 
 Every child logs to ``<state>/logs/<name>.log``. The state dir (default ``.stack/``) survives

@@ -1,7 +1,8 @@
 """A small HTTP server posing as the parts of Label Studio's API a propagation job uses.
 
 Serves ``GET /api/projects/<id>/``, ``/api/tasks/<id>/``, ``/api/annotations/<id>/``, ``/api/ml/``,
-``POST /api/predictions/``, ``PATCH /api/tasks/<id>/`` (data replaced whole) and task files under ``/data/local-files/?d=<path>``, checking the
+``POST /api/predictions/`` (and ``GET /api/predictions/?task=``, ``DELETE /api/predictions/<id>/``),
+``GET /api/tasks/<id>/annotations/``, ``DELETE /api/annotations/<id>/``, ``PATCH /api/tasks/<id>/`` (data replaced whole) and task files under ``/data/local-files/?d=<path>``, checking the
 legacy token. For the import scripts also: ``GET /api/projects/`` (list), ``GET /api/tasks/?project=``,
 ``DELETE /api/tasks/<id>/``, ``POST /api/projects/<id>/import`` (refusing a task that lacks a key
 the config's object tags read, with Label Studio's message), local-files storages
@@ -27,7 +28,10 @@ class FakeLabelStudio:
         self.projects: dict[int, dict[str, Any]] = {}
         self.tasks: dict[int, dict[str, Any]] = {}
         self.annotations: dict[int, dict[str, Any]] = {}
-        self.predictions: list[dict[str, Any]] = []
+        self.predictions: list[dict[str, Any]] = []  # every prediction posted, in order
+        self.live: dict[int, dict[str, Any]] = {}  # prediction id -> prediction not deleted
+        self.hook: Any = None  # called with (method, path parts) before a request is answered
+        self._clock = 0
         self.task_updates: list[tuple[int, dict[str, Any]]] = []  # PATCH /api/tasks/<id>/ bodies
         self.ml_backends: list[dict[str, Any]] = []  # GET /api/ml/?project=<id>
         self.storages: dict[int, dict[str, Any]] = {}  # local-files storages by id
@@ -58,6 +62,8 @@ class FakeLabelStudio:
             if self.fail_with is not None:
                 return reply({"detail": "failing on purpose"}, self.fail_with)
             parts = [p for p in request.path.split("/") if p]
+            if self.hook is not None:
+                self.hook(request.method, parts)
             if request.path.startswith("/data/local-files"):
                 path = (self.root / request.args.get("d", "")).resolve()
                 if not path.is_relative_to(self.root.resolve()) or not path.is_file():
@@ -68,7 +74,21 @@ class FakeLabelStudio:
                     return reply({"detail": "failing predictions on purpose"}, self.fail_predictions)
                 body = request.get_json(force=True)
                 self.predictions.append(body)
-                return reply({"id": len(self.predictions), **body}, 201)
+                pid = len(self.predictions)
+                self.live[pid] = {"id": pid, **body}
+                return reply(self.live[pid], 201)
+            if parts == ["api", "predictions"] and request.method == "GET":
+                task = request.args.get("task", type=int)
+                return reply([p for p in self.live.values() if task is None or p.get("task") == task])
+            if parts[:2] == ["api", "predictions"] and len(parts) == 3 and request.method == "DELETE":
+                return reply(None, 204) if self.live.pop(int(parts[2]), None) else reply({"detail": "Not found."}, 404)
+            if len(parts) == 4 and parts[:2] == ["api", "tasks"] and parts[3] == "annotations":
+                if int(parts[2]) not in self.tasks:
+                    return reply({"detail": "Not found."}, 404)
+                return reply([a for a in self.annotations.values() if a["task"] == int(parts[2])])
+            if parts[:2] == ["api", "annotations"] and len(parts) == 3 and request.method == "DELETE":
+                found = self.annotations.pop(int(parts[2]), None)
+                return reply(None, 204) if found else reply({"detail": "Not found."}, 404)
             if parts == ["api", "ml"] and request.method == "GET":
                 project = request.args.get("project", type=int)
                 return reply([b for b in self.ml_backends if project is None or b["project"] == project])
@@ -163,8 +183,17 @@ class FakeLabelStudio:
         self.tasks[task_id] = {"id": task_id, "project": project_id, "data": data}
 
     def add_annotation(self, annotation_id: int, task_id: int, result: list[dict[str, Any]]) -> dict[str, Any]:
-        self.annotations[annotation_id] = {"id": annotation_id, "task": task_id, "result": result}
+        self._clock += 1
+        stamp = f"2026-01-01T00:{self._clock // 60:02d}:{self._clock % 60:02d}.000000Z"
+        old = self.annotations.get(annotation_id, {})
+        self.annotations[annotation_id] = {"id": annotation_id, "task": task_id, "result": result,
+                                           "ground_truth": old.get("ground_truth", False),
+                                           "created_at": old.get("created_at", stamp), "updated_at": stamp}  # fmt: skip
         return self.annotations[annotation_id]
+
+    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """The predictions of a task that were not deleted."""
+        return [p for p in self.live.values() if p.get("task") == task_id]
 
     def start(self) -> FakeLabelStudio:
         from werkzeug.serving import make_server

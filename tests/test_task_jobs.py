@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from ml_backend import lifecycle
 from ml_backend import worker as worker_module
-from ml_backend.jobs import LATEST_KEY, JobQueue
+from ml_backend.jobs import JobQueue
 from ml_backend.synthetic import moving_shapes
 from ml_backend.worker import OWNER_KEY, make_worker
 
@@ -202,7 +203,8 @@ def test_a_stale_job_never_publishes(queue, settings, redis_conn, ls, video, mon
 def test_a_stale_job_that_starts_late_does_no_work(queue, settings, redis_conn, ls, video, predictor):
     ls.start()
     a = submit(queue, ls, 1, [point(video, "disc", 0, 0)])
-    redis_conn.set(LATEST_KEY.format(project=PROJECT, task=TASK), "some-newer-job")
+    # a newer version of the same annotation (each annotation has its own latest key)
+    redis_conn.set(lifecycle.latest_key(PROJECT, TASK, 1), "some-newer-job")
     run(settings, redis_conn)
     assert queue.status(a["job_id"])["result"]["status"] == "superseded"
     assert ls.predictions == [] and published(settings) == []
