@@ -20,6 +20,13 @@ SAM 2's: ``add_new_points_or_box``, ``add_new_mask``, ``propagate_in_video_prefl
 ``object_score_logits``, ``maskmem_features``) stay per object, so pruning and quality signals
 read them as before.
 
+On a CPU a tracking step does not run every stage on the whole group: one thread is not
+launch-bound, and a batch whose working set outgrows the caches costs more than its objects one
+by one. Memory attention then runs object by object, and the memory encoder and mask decoder in
+chunks sized by the input pixels (:data:`CPU_BATCH_PIXELS`, :func:`chunk_size`; e.g. at 1024 px
+the encoder per object, the decoder two objects at a time), each chunk through SAM 2's own method.
+On a GPU every stage runs the whole group.
+
 Typical groups: objects prompted on the same frame(s) share one layout on every frame (one
 batch); an object prompted on another frame runs in its own group. Batched matmuls may round
 differently in the last bits from batch-size-1 ones; masks agree to IoU ≥ 0.99 (tests and
