@@ -20,6 +20,13 @@ SAM 2's: ``add_new_points_or_box``, ``add_new_mask``, ``propagate_in_video_prefl
 ``object_score_logits``, ``maskmem_features``) stay per object, so pruning and quality signals
 read them as before.
 
+On a CPU a tracking step does not run every stage on the whole group: one thread is not
+launch-bound, and a batch whose working set outgrows the caches costs more than its objects one
+by one. Memory attention then runs object by object, and the memory encoder and mask decoder in
+chunks sized by the input pixels (:data:`CPU_BATCH_PIXELS`, :func:`chunk_size`; e.g. at 1024 px
+the encoder per object, the decoder two objects at a time), each chunk through SAM 2's own method.
+On a GPU every stage runs the whole group.
+
 Typical groups: objects prompted on the same frame(s) share one layout on every frame (one
 batch); an object prompted on another frame runs in its own group. Batched matmuls may round
 differently in the last bits from batch-size-1 ones; masks agree to IoU ≥ 0.99 (tests and
@@ -95,26 +102,166 @@ def stack_outputs(outs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def slice_output(out: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
+    """Objects ``lo:hi`` of an output of several objects (tensors and lists of tensors sliced
+    along dim 0; views, no copies)."""
+    part = {}
+    for key, value in out.items():
+        if isinstance(value, torch.Tensor):
+            part[key] = value[lo:hi]
+        elif isinstance(value, list):
+            part[key] = [x[lo:hi] for x in value]
+        else:
+            part[key] = value
+    return part
+
+
 def split_output(out: dict[str, Any], batch: int) -> list[dict[str, Any]]:
     """A compact output of batch size ``batch`` (``_run_single_frame_inference``) as ``batch``
     outputs of batch size 1, as SAM 2 stores them per object (views, no copies)."""
-    parts = []
-    for i in range(batch):
-        part = {}
-        for key, value in out.items():
-            if isinstance(value, torch.Tensor):
-                part[key] = value[i : i + 1]
-            elif isinstance(value, list):
-                part[key] = [x[i : i + 1] for x in value]
-            else:
-                part[key] = value
-        parts.append(part)
-    return parts
+    return [slice_output(out, i, i + 1) for i in range(batch)]
+
+
+#: On a CPU, how many pixels of the model's input size (``image_size²`` per object) one call of
+#: a stage may batch (at least one object per call). Measured on the 2-core development machine,
+#: one torch thread, per stage, a batch against the same objects one by one (CPU time): memory
+#: attention batched is never faster (1.03–1.05× at 256 px, 1.04–1.13× at 512, 1.05–1.17× at
+#: 1024), so it runs object by object; the memory encoder wins while the batch's masks stay
+#: small (8 × 256²: 0.77×; 2 × 512²: 0.97×; 4 × 512²: 1.16×; 3 × 1024²: 1.24×); the mask decoder
+#: up to a few million pixels (8 × 256²: 0.59×; 8 × 512²: 0.68×; 3 × 1024²: 0.88×; 8 × 1024²:
+#: 1.09×). Past those sizes a batch's working set outgrows the caches and a batch costs more
+#: than its objects one by one. On a GPU every stage runs the whole group (launch-bound).
+CPU_BATCH_PIXELS = {
+    "memory_attention": 0,
+    "memory_encoder": 8 * 256 * 256,
+    "mask_decoder": 2 * 1024 * 1024,
+}
+
+
+def chunk_size(stage: str, device: torch.device, image_size: int, batch: int) -> int:
+    """How many objects of a batch of ``batch`` one call of ``stage`` runs on ``device``."""
+    if device.type != "cpu":
+        return batch
+    return max(1, min(batch, CPU_BATCH_PIXELS[stage] // (image_size * image_size)))
+
+
+def chunks(batch: int, size: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` of consecutive chunks of at most ``size`` objects."""
+    return [(lo, min(lo + size, batch)) for lo in range(0, batch, size)]
 
 
 class BatchedObjects:
     """Mixin over a ``SAM2VideoPredictor`` class: ``propagate_in_video`` runs objects with the
-    same memory layout as one batch. Everything else is SAM 2's."""
+    same memory layout as one batch. Everything else is SAM 2's.
+
+    On a CPU the three per-object stages of a tracked frame (memory attention, mask decoder,
+    memory encoder) run the batch in chunks of :func:`chunk_size` objects, each chunk through
+    SAM 2's own method: batching only where it costs less than one by one on that device and
+    size. Every stage treats objects independently, so chunks change no result."""
+
+    def _chunk(self, stage: str, batch: int, device: torch.device) -> int:
+        return chunk_size(stage, device, self.image_size, batch)
+
+    def _prepare_memory_conditioned_features(
+        self,
+        frame_idx,
+        is_init_cond_frame,
+        current_vision_feats,
+        current_vision_pos_embeds,
+        feat_sizes,
+        output_dict,
+        num_frames,
+        track_in_reverse=False,
+    ):
+        """SAM 2's memory attention, in chunks of objects (:func:`chunk_size`)."""
+        batch = current_vision_feats[-1].size(1)
+        size = self._chunk("memory_attention", batch, current_vision_feats[-1].device)
+        if size >= batch or is_init_cond_frame:
+            return super()._prepare_memory_conditioned_features(
+                frame_idx,
+                is_init_cond_frame,
+                current_vision_feats,
+                current_vision_pos_embeds,
+                feat_sizes,
+                output_dict,
+                num_frames,
+                track_in_reverse,
+            )
+        parts = []
+        for lo, hi in chunks(batch, size):
+            part_dict = {
+                key: {t: slice_output(out, lo, hi) for t, out in outs.items()} for key, outs in output_dict.items()
+            }
+            parts.append(
+                super()._prepare_memory_conditioned_features(
+                    frame_idx,
+                    is_init_cond_frame,
+                    [x[:, lo:hi] for x in current_vision_feats],
+                    [x[:, lo:hi] for x in current_vision_pos_embeds],
+                    feat_sizes,
+                    part_dict,
+                    num_frames,
+                    track_in_reverse,
+                )
+            )
+        return torch.cat(parts, dim=0)
+
+    def _forward_sam_heads(
+        self,
+        backbone_features,
+        point_inputs=None,
+        mask_inputs=None,
+        high_res_features=None,
+        multimask_output=False,
+    ):
+        """SAM 2's prompt encoder and mask decoder; while tracking (no prompts), in chunks of
+        objects (:func:`chunk_size`)."""
+        batch = backbone_features.size(0)
+        size = self._chunk("mask_decoder", batch, backbone_features.device)
+        if size >= batch or point_inputs is not None or mask_inputs is not None:
+            return super()._forward_sam_heads(
+                backbone_features, point_inputs, mask_inputs, high_res_features, multimask_output
+            )
+        parts = [
+            super(BatchedObjects, self)._forward_sam_heads(
+                backbone_features[lo:hi],
+                None,
+                None,
+                None if high_res_features is None else [x[lo:hi] for x in high_res_features],
+                multimask_output,
+            )
+            for lo, hi in chunks(batch, size)
+        ]
+        return tuple(torch.cat(outs, dim=0) for outs in zip(*parts, strict=True))
+
+    def _encode_new_memory(
+        self,
+        current_vision_feats,
+        feat_sizes,
+        pred_masks_high_res,
+        object_score_logits,
+        is_mask_from_pts,
+    ):
+        """SAM 2's memory encoder, in chunks of objects (:func:`chunk_size`; the whole batch when
+        ``non_overlap_masks_for_mem_enc`` compares the objects of the batch)."""
+        batch = pred_masks_high_res.size(0)
+        size = self._chunk("memory_encoder", batch, pred_masks_high_res.device)
+        if size >= batch or self.non_overlap_masks_for_mem_enc:
+            return super()._encode_new_memory(
+                current_vision_feats, feat_sizes, pred_masks_high_res, object_score_logits, is_mask_from_pts
+            )
+        feats, pos_encs = [], []
+        for lo, hi in chunks(batch, size):
+            features, pos_enc = super()._encode_new_memory(
+                [x[:, lo:hi] for x in current_vision_feats],
+                feat_sizes,
+                pred_masks_high_res[lo:hi],
+                object_score_logits[lo:hi],
+                is_mask_from_pts,
+            )
+            feats.append(features)
+            pos_encs.append(pos_enc)
+        return torch.cat(feats, dim=0), [torch.cat(levels, dim=0) for levels in zip(*pos_encs, strict=True)]
 
     def _stacked_output_dict(
         self, output_dict_per_obj: dict[int, Any], group: Sequence[int], frame_idx: int, reverse: bool, window: int

@@ -137,6 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="frames of the --objects-table video, one number or one per --table-sizes entry",
     )
     p.add_argument(
+        "--table-paths",
+        type=lambda s: s.split(","),
+        default=["model", "job"],
+        help="paths of --objects-table: model (model-only), job (run_job), or both",
+    )
+    p.add_argument(
         "--table-repeats", type=int, default=2, help="runs of each --objects-table cell (the lowest median counts)"
     )
     p.add_argument("--parity-frames", type=int, default=None, help="frames of the parity video (default 60)")

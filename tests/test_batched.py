@@ -71,6 +71,20 @@ def test_setting():
     assert Settings.from_env({"SAM2_BATCH_OBJECTS": "1"}).batch_objects is True
 
 
+def test_a_cpu_batches_a_stage_only_while_that_pays():
+    """On a CPU memory attention runs object by object, the memory encoder and mask decoder in
+    chunks sized by the input pixels (measured: larger batches cost more than one by one); on a
+    GPU every stage runs the whole group."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    stages = ("memory_attention", "memory_encoder", "mask_decoder")
+    assert [batched.chunk_size(s, cpu, 256, 8) for s in stages] == [1, 8, 8]
+    assert [batched.chunk_size(s, cpu, 512, 8) for s in stages] == [1, 2, 8]
+    assert [batched.chunk_size(s, cpu, 1024, 8) for s in stages] == [1, 1, 2]
+    assert [batched.chunk_size(s, cpu, 256, 3) for s in stages] == [1, 3, 3]
+    assert [batched.chunk_size(s, cuda, 1024, 8) for s in stages] == [8, 8, 8]
+    assert batched.chunks(5, 2) == [(0, 2), (2, 4), (4, 5)]
+
+
 # -- real SAM 2 ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def predictors():
@@ -178,27 +192,52 @@ def spy_batch_sizes(predictor: Any) -> list[int]:
     return sizes
 
 
-def test_run_job_masks_and_scores_match_the_one_by_one_path(predictors, tmp_path):
+def run_spied(predictor: Any, scene: tuple[dict[str, str], Any], out: Path) -> dict[str, Any]:
+    """``run_job`` on the scene pair: masks, scores and frame counts, with the batch sizes of its
+    tracking steps (:func:`spy_batch_sizes`) and of its stages (:func:`spy_stage_batches`)."""
+    videos, spec = scene
+    steps = spy_batch_sizes(predictor)
+    calls, handles = spy_stage_batches(predictor)
+    try:
+        with run_job(predictor, spec, videos, out, image_size=SIZE, review=False) as result:
+            masks = {v: {o: dict(f) for o, f in per.items()} for v, per in result.masks.items()}
+            num_frames = dict(result.num_frames)
+        scores = quality_scores(out)
+    finally:
+        del predictor._run_single_frame_inference
+        for handle in handles:
+            handle.remove()
+    return {"masks": masks, "scores": scores, "num_frames": num_frames, "steps": steps, "calls": calls}
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> tuple[dict[str, str], Any]:
+    """The pair's videos on disk and its parsed prompt spec."""
+    tmp = tmp_path_factory.mktemp("scene")
     v1, v2 = pair()
-    videos = {"video1": str(v1.write(tmp_path / "v1.mkv")), "video2": str(v2.write(tmp_path / "v2.mkv"))}
-    spec = parse_prompts(document(v1, v2))
-    masks, scores, steps = {}, {}, {}
-    for b, predictor in predictors.items():
-        steps[b] = spy_batch_sizes(predictor)
-        try:
-            out = tmp_path / f"batched_{b}"
-            with run_job(predictor, spec, videos, out, image_size=SIZE, review=False) as result:
-                masks[b] = {v: {o: dict(f) for o, f in per.items()} for v, per in result.masks.items()}
-                num_frames = dict(result.num_frames)
-            scores[b] = quality_scores(out)
-        finally:
-            del predictor._run_single_frame_inference
-    assert num_frames == {"video1": 5, "video2": 4}
-    figures = compare(masks, scores, num_frames)
-    assert set(steps[False]) == {1}  # SAM 2's loop: one object at a time
-    assert max(steps[True]) == 3  # ball, mug and mug #2 in video 1
-    assert 2 in steps[True] and 1 in steps[True]  # lamp + ball in video 2; lamp / box alone
-    assert len(steps[True]) < len(steps[False])
+    videos = {"video1": str(v1.write(tmp / "v1.mkv")), "video2": str(v2.write(tmp / "v2.mkv"))}
+    return videos, parse_prompts(document(v1, v2))
+
+
+@pytest.fixture(scope="module")
+def one_by_one(predictors, scene, tmp_path_factory) -> dict[str, Any]:
+    """SAM 2's own loop on the scene, run once for the tests that compare with it."""
+    run = run_spied(predictors[False], scene, tmp_path_factory.mktemp("onebyone"))
+    assert set(run["steps"]) == {1}  # SAM 2's loop: one object at a time ...
+    assert all(set(sizes) == {1} for sizes in run["calls"].values())  # ... in every stage
+    return run
+
+
+def test_run_job_masks_and_scores_match_the_one_by_one_path(predictors, scene, one_by_one, tmp_path):
+    ours = run_spied(predictors[True], scene, tmp_path / "batched")
+    runs = {False: one_by_one, True: ours}
+    assert ours["num_frames"] == one_by_one["num_frames"] == {"video1": 5, "video2": 4}
+    figures = compare({b: r["masks"] for b, r in runs.items()}, {b: r["scores"] for b, r in runs.items()},
+                      ours["num_frames"])  # fmt: skip
+    steps = ours["steps"]
+    assert max(steps) == 3  # ball, mug and mug #2 in video 1
+    assert 2 in steps and 1 in steps  # lamp + ball in video 2; lamp / box alone
+    assert len(steps) < len(one_by_one["steps"])
     print(figures)
 
 
@@ -238,3 +277,44 @@ def test_compiled_predictor_is_batched_too():
     assert isinstance(predictor, batched.BatchedVideoPredictorVOS)
     assert isinstance(predictor, SAM2VideoPredictorVOS)
     assert type(build_video_predictor(settings.replace(batch_objects=False))) is SAM2VideoPredictorVOS
+
+
+def spy_stage_batches(predictor: Any) -> tuple[dict[str, list[int]], list[Any]]:
+    """Record the batch size of every call of memory attention, mask decoder and memory encoder
+    (forward pre-hooks on SAM 2's modules); the hooks' handles, to remove them."""
+    calls: dict[str, list[int]] = {"memory_attention": [], "mask_decoder": [], "memory_encoder": []}
+
+    def hook(name: str, batch_of):
+        def record(_module: Any, args: tuple, kwargs: dict) -> None:
+            calls[name].append(batch_of(args, kwargs))
+
+        return record
+
+    handles = [
+        predictor.memory_attention.register_forward_pre_hook(
+            hook("memory_attention", lambda a, k: k["memory"].shape[1]), with_kwargs=True
+        ),
+        predictor.sam_mask_decoder.register_forward_pre_hook(
+            hook("mask_decoder", lambda a, k: k["image_embeddings"].shape[0]), with_kwargs=True
+        ),
+        predictor.memory_encoder.register_forward_pre_hook(
+            hook("memory_encoder", lambda a, k: a[0].shape[0]), with_kwargs=True
+        ),
+    ]
+    return calls, handles
+
+
+def test_stages_run_in_chunks_and_give_the_same_masks(predictors, scene, one_by_one, tmp_path, monkeypatch):
+    """With every stage's CPU budget at two objects (as at 1024 px the mask decoder runs), the
+    three-object batch of video 1 runs each stage as 2 + 1 objects, and the masks and scores
+    still match SAM 2's one-by-one loop."""
+    for stage in batched.CPU_BATCH_PIXELS:
+        monkeypatch.setitem(batched.CPU_BATCH_PIXELS, stage, 2 * SIZE * SIZE)
+    ours = run_spied(predictors[True], scene, tmp_path / "chunked")
+    runs = {False: one_by_one, True: ours}
+    figures = compare({b: r["masks"] for b, r in runs.items()}, {b: r["scores"] for b, r in runs.items()},
+                      ours["num_frames"])  # fmt: skip
+    assert max(ours["steps"]) == 3  # the group of three still runs as one tracking step ...
+    for stage, sizes in ours["calls"].items():
+        assert max(sizes) == 2, (stage, sizes)  # ... its stages in chunks of two objects
+    print(figures)

@@ -46,7 +46,7 @@ def main_objects(args: argparse.Namespace) -> None:
         frames = frames_by_size[size]
         for k in args.table_objects:
             video = make_video(workdir, frames, k, jpeg=False)["mp4"]
-            for path, rep in itertools.product(("model", "job"), range(args.table_repeats)):
+            for path, rep in itertools.product(args.table_paths, range(args.table_repeats)):
                 for batch in (False, True):  # back to back, so both see the same load
                     cfg = {
                         "kind": path,
@@ -145,6 +145,8 @@ def print_objects_table(args: argparse.Namespace, res: dict, loads: list[float],
     worst_ratio = None
     for size in args.table_sizes:
         for path, label in (("model", "model-only"), ("job", "run_job")):
+            if path not in args.table_paths:
+                continue
             base = {b: step((size, args.table_objects[0], path, b)) for b in (False, True)}
             for k in args.table_objects:
                 off, on = step((size, k, path, False)), step((size, k, path, True))
