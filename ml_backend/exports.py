@@ -26,6 +26,69 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` (end-exclusive) of an ``H×W`` bool mask's set pixels, or
+    None when none is set. Reads the mask row by row (contiguous), so it costs a fraction of a
+    millisecond at 1080p."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not rows.size:
+        return None
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(mask[top:bottom].any(axis=0))
+    return top, bottom, int(cols[0]), int(cols[-1]) + 1
+
+
+#: Above this many set pixels' runs per mask, :func:`mask_rle` hands the whole mask to
+#: pycocotools (a noise mask); below, it encodes the bounding box only (a real object).
+_FEW_RUNS = 20000
+
+
+def mask_rle(mask: np.ndarray, box: tuple[int, int, int, int] | None = None) -> dict[str, Any] | None:
+    """:func:`rle_encode` of a non-empty ``H×W`` bool mask, byte for byte, or None when it is empty.
+
+    Encodes only the mask's bounding box (``box``: :func:`mask_box`, computed when not given): the
+    runs of set pixels are found column by column in the box (COCO RLE is column-major), placed
+    at their offsets in the whole frame, and compressed by pycocotools. A real object's mask
+    covers a small part of a 1080p frame, so this costs a fraction of encoding the whole frame
+    (which needs a column-major copy of it). Masks with very many runs (noise) are encoded whole.
+    """
+    from pycocotools import mask as mask_utils
+
+    box = mask_box(mask) if box is None else box
+    if box is None:
+        return None
+    height, width = mask.shape
+    top, bottom, left, right = box
+    crop = mask[top:bottom, left:right]
+    sample = crop[::16]  # a cheap look at how fragmented the mask is, before any copy
+    if 16 * np.count_nonzero(sample[:, 1:] != sample[:, :-1]) > _FEW_RUNS:
+        return rle_encode(mask)
+    rows = bottom - top
+    # one column of the box per row of `cols`, with a zero after it: runs never cross columns
+    cols = np.zeros((right - left, rows + 1), np.int8)
+    cols[:, :rows] = crop.T
+    edges = np.diff(cols.ravel(), prepend=np.int8(0))
+    starts = np.flatnonzero(edges == 1)
+    if starts.size > _FEW_RUNS:
+        return rle_encode(mask)
+    ends = np.flatnonzero(edges == -1)
+    # offsets in the whole frame, column-major: column (left + j), row (top + i)
+    starts = (left + starts // (rows + 1)) * height + top + starts % (rows + 1)
+    ends = (left + ends // (rows + 1)) * height + top + ends % (rows + 1)
+    if rows == height and starts.size > 1:  # a run reaching the bottom continues at the next top
+        joined = starts[1:] == ends[:-1]
+        if joined.any():
+            starts = starts[np.concatenate(([True], ~joined))]
+            ends = ends[np.concatenate((~joined, [True]))]
+    bounds = np.empty(2 * starts.size + 2, np.int64)
+    bounds[0], bounds[1:-1:2], bounds[2:-1:2], bounds[-1] = 0, starts, ends, height * width
+    counts = np.diff(bounds)
+    if counts[-1] == 0:  # the last run reaches the end of the frame: no trailing background
+        counts = counts[:-1]
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
 def rle_encode_tensor(masks: Any) -> list[dict[str, Any]]:
     """Uncompressed COCO RLEs (``{'size': [h, w], 'counts': [int, ...]}``) of an ``N×H×W`` bool
     tensor, computed where the tensor lives: on a GPU the pixel scan runs there and only the run
