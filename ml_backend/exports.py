@@ -38,9 +38,38 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return top, bottom, int(cols[0]), int(cols[-1]) + 1
 
 
-#: Above this many set pixels' runs per mask, :func:`mask_rle` hands the whole mask to
-#: pycocotools (a noise mask); below, it encodes the bounding box only (a real object).
-_FEW_RUNS = 20000
+def coco_counts_string(counts: np.ndarray) -> str:
+    """The compressed COCO RLE string of run lengths ``counts`` (pycocotools' ``rleToString``),
+    computed with whole-array numpy operations, which release the GIL: encoding a noise mask's
+    hundreds of thousands of runs never holds up the model's thread for long, as pycocotools (a
+    C loop under the GIL) would.
+
+    Each count (minus the count two places before it, from the fourth on) is written as 5-bit
+    groups, least significant first, each as ``chr(48 + group)`` with ``0x20`` set while more
+    groups follow; the last group's ``0x10`` bit carries the sign."""
+    counts = np.asarray(counts, np.int64)
+    x = counts.copy()
+    if x.size > 3:
+        x[3:] -= counts[1:-2]
+    # characters per count: n where -16·32^(n-1) ≤ x < 16·32^(n-1)
+    length = np.ones(x.size, np.int64)
+    limit = 16
+    while True:
+        wider = (x >= limit) | (x < -limit)
+        if not wider.any():
+            break
+        length += wider
+        limit *= 32
+    starts = np.cumsum(length) - length
+    out = np.empty(int(length.sum()), np.uint8)
+    # one 5-bit group per round, for the counts that still have one to write
+    pos, rest, left = starts, x, length
+    while pos.size:
+        group = rest & 0x1F
+        more = left > 1
+        out[pos] = 48 + (group | np.where(more, 0x20, 0))
+        pos, rest, left = pos[more] + 1, rest[more] >> 5, left[more] - 1
+    return out.tobytes().decode("ascii")
 
 
 def mask_rle(mask: np.ndarray, box: tuple[int, int, int, int] | None = None) -> dict[str, Any] | None:
@@ -48,33 +77,26 @@ def mask_rle(mask: np.ndarray, box: tuple[int, int, int, int] | None = None) -> 
 
     Encodes only the mask's bounding box (``box``: :func:`mask_box`, computed when not given): the
     runs of set pixels are found column by column in the box (COCO RLE is column-major), placed
-    at their offsets in the whole frame, and compressed by pycocotools. A real object's mask
-    covers a small part of a 1080p frame, so this costs a fraction of encoding the whole frame
-    (which needs a column-major copy of it). Masks with very many runs (noise) are encoded whole.
+    at their offsets in the whole frame and written as COCO's string (:func:`coco_counts_string`).
+    A real object's mask covers a small part of a 1080p frame, so this costs a fraction of
+    encoding the whole frame (which needs a column-major copy of it); every step is a numpy
+    operation that releases the GIL, so even a noise mask does not hold up the model's thread.
     """
-    from pycocotools import mask as mask_utils
-
     box = mask_box(mask) if box is None else box
     if box is None:
         return None
     height, width = mask.shape
     top, bottom, left, right = box
-    crop = mask[top:bottom, left:right]
-    sample = crop[::16]  # a cheap look at how fragmented the mask is, before any copy
-    if 16 * np.count_nonzero(sample[:, 1:] != sample[:, :-1]) > _FEW_RUNS:
-        return rle_encode(mask)
     rows = bottom - top
-    # one column of the box per row of `cols`, with a zero after it: runs never cross columns
-    cols = np.zeros((right - left, rows + 1), np.int8)
-    cols[:, :rows] = crop.T
-    edges = np.diff(cols.ravel(), prepend=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    if starts.size > _FEW_RUNS:
-        return rle_encode(mask)
-    ends = np.flatnonzero(edges == -1)
+    # One column of the box per row of `cols`, after a zero (runs never cross columns), and a
+    # final zero: the changes of value along it then alternate start, end, start, end...
+    cols = np.zeros((right - left) * (rows + 1) + 1, bool)
+    cols[:-1].reshape(right - left, rows + 1)[:, 1:] = mask[top:bottom, left:right].T
+    change = np.flatnonzero(cols[1:] != cols[:-1]) + 1
+    starts, last = change[0::2], change[1::2] - 1  # first and last set pixel of each run
     # offsets in the whole frame, column-major: column (left + j), row (top + i)
-    starts = (left + starts // (rows + 1)) * height + top + starts % (rows + 1)
-    ends = (left + ends // (rows + 1)) * height + top + ends % (rows + 1)
+    starts = (left + starts // (rows + 1)) * height + top + starts % (rows + 1) - 1
+    ends = (left + last // (rows + 1)) * height + top + last % (rows + 1)
     if rows == height and starts.size > 1:  # a run reaching the bottom continues at the next top
         joined = starts[1:] == ends[:-1]
         if joined.any():
@@ -85,8 +107,7 @@ def mask_rle(mask: np.ndarray, box: tuple[int, int, int, int] | None = None) -> 
     counts = np.diff(bounds)
     if counts[-1] == 0:  # the last run reaches the end of the frame: no trailing background
         counts = counts[:-1]
-    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
-    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    return {"size": [height, width], "counts": coco_counts_string(counts)}
 
 
 def rle_encode_tensor(masks: Any) -> list[dict[str, Any]]:

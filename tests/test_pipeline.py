@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.exports import mask_box, mask_rle, rle_compress, rle_encode, rle_encode_tensor
+from ml_backend.exports import coco_counts_string, mask_box, mask_rle, rle_compress, rle_encode, rle_encode_tensor
 from ml_backend.pipeline import run_job
 from ml_backend.prompts import parse_prompts
 from ml_backend.settings import Settings
@@ -64,6 +64,19 @@ def test_mask_rle_from_the_bounding_box_is_pycocotools_byte_for_byte(shape):
         if box is not None:
             top, bottom, left, right = box
             assert mask[top:bottom, left:right].sum() == mask.sum()
+
+
+def test_coco_counts_string_is_pycocotools_for_counts_of_every_size():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(2)
+    for size in (1, 2, 3, 4, 7, 50, 2000):
+        counts = rng.choice([1, 15, 16, 17, 31, 32, 511, 512, 513, 2**20, 2**25 + 3], size=size)
+        counts = np.where(rng.random(size) < 0.5, counts, rng.integers(1, 40, size))
+        counts[0] = rng.integers(0, 3)  # a mask may start with its first pixel set
+        n = int(counts.sum())
+        expected = mask_utils.frPyObjects({"size": [n, 1], "counts": counts.tolist()}, n, 1)["counts"]
+        assert coco_counts_string(counts) == expected.decode("ascii"), size
 
 
 def pixels(video: SyntheticVideo, name: str, frame: int) -> list[float]:
