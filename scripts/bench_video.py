@@ -163,6 +163,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--feed-masks", default="realistic", choices=("realistic", "noise"), help="--feed: pipeline-alone masks"
     )
+    p.add_argument(
+        "--feed-repeats", type=int, default=2, help="--feed: runs of each pipeline-alone cell (fastest kept)"
+    )
     p.add_argument("--feed-skip-model", action="store_true", help="--feed: the pipeline alone only (no SAM 2)")
     p.add_argument("--parity-frames", type=int, default=None, help="frames of the parity video (default 60)")
     p.add_argument(
