@@ -45,7 +45,7 @@ from bench.runner import spawn  # noqa: E402
 from bench.video import MiB, make_video  # noqa: E402
 
 #: Seconds each stage may take (GPU run; --quick on the CPU uses QUICK_LIMITS).
-LIMITS = {"fps_tiny": 80, "fps_large": 100, "memory": 70, "parity": 40, "interactive": 70, "compile": 150}
+LIMITS = {"fps_tiny": 75, "fps_large": 90, "memory": 80, "parity": 40, "interactive": 60, "compile": 150}
 QUICK_LIMITS = {"fps_tiny": 60, "fps_large": 60, "memory": 60, "parity": 60, "interactive": 90, "compile": 90}
 HEADER = "| stage | measurement | value |\n|---|---|---|"
 

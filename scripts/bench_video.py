@@ -166,6 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--feed-repeats", type=int, default=2, help="--feed: runs of each pipeline-alone cell (fastest kept)"
     )
+    p.add_argument("--feed-skip-pipeline", action="store_true", help="--feed: job / model-only only")
     p.add_argument("--feed-skip-model", action="store_true", help="--feed: the pipeline alone only (no SAM 2)")
     p.add_argument("--parity-frames", type=int, default=None, help="frames of the parity video (default 60)")
     p.add_argument(

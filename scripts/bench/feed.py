@@ -13,7 +13,9 @@ both alike. At ``--image-size`` (1024 by default here) on the synthetic 1080p vi
    each cell run ``--feed-repeats`` times (sides alternating), the fastest run kept;
 3. **job / model-only** with the real SAM 2 (random weights), 1 and 3 objects, realistic and noise
    masks (:mod:`bench.masks`): median per-frame time and wall time of ``run_job`` over the
-   model-only run's (goal ≤ 1.1), and our code's per-frame timeline (model step vs our work).
+   model-only run's (goal ≤ 1.1; model-only yields SAM 2's own masks, which it does not use), and
+   our code's per-frame timeline (model step vs our work). One process per side builds the model
+   once and runs them back to back (:func:`bench.gpu.child_fps`).
 """
 
 from __future__ import annotations
@@ -61,11 +63,11 @@ def main_feed(args: argparse.Namespace) -> None:
     pipe_video = make_video(workdir, args.feed_pipeline_frames, 3, jpeg=False)["mp4"]
     model_video = make_video(workdir, args.feed_model_frames, 3, jpeg=False)["mp4"]
     stages, pipe, model = {}, {}, {}
-    for side, backend in sides:
+    for side, backend in sides if not args.feed_skip_pipeline else []:
         stages[side] = _cell(
             {"kind": "stages", "image_size": size, "video": str(pipe_video)}, logdir, f"stages_{side}", backend
         )
-    for _ in range(args.feed_repeats):
+    for _ in range(0 if args.feed_skip_pipeline else args.feed_repeats):
         for objects in (1, 3):
             for workers in args.feed_workers:
                 for side, backend in sides:
@@ -87,8 +89,9 @@ def main_feed(args: argparse.Namespace) -> None:
                         pipe.get((side, objects, workers)),
                         "seconds",
                     )
-    print_stages(stages)
-    print_pipeline(args, pipe, sides)
+    if not args.feed_skip_pipeline:
+        print_stages(stages)
+        print_pipeline(args, pipe, sides)
     if args.feed_skip_model:
         return
     base = {
@@ -102,22 +105,15 @@ def main_feed(args: argparse.Namespace) -> None:
         "frames": args.feed_model_frames,
         "video": str(model_video),
     }
-    for masks in ("realistic", "noise"):
-        for objects in (1, 3):
-            for side, backend in sides:
-                for path in ("job", "model"):
-                    model[(side, masks, objects, path)] = _cell(
-                        {
-                            **base,
-                            "kind": path,
-                            "objects": objects,
-                            "masks": masks,
-                            "out_dir": str(workdir / "out" / f"feed_{path}_{side}"),
-                        },
-                        logdir,
-                        f"{path}_{side}_{masks}_{objects}obj",
-                        backend,
-                    )
+    for side, backend in sides:
+        # one process per side: the model is built once, then for 1 and 3 objects model-only
+        # (SAM 2's own masks), our job with realistic masks and with noise masks, back to back
+        model[side] = _cell(
+            {**base, "kind": "gpu_fps", "objects_list": [1, 3], "out_dir": str(workdir / "out" / f"feed_model_{side}")},
+            logdir,
+            f"model_and_job_{side}",
+            backend,
+        )
         print_model(args, model, sides)
 
 
@@ -190,12 +186,11 @@ def print_pipeline(args: argparse.Namespace, pipe: dict, sides: list[tuple[str, 
 
 
 def print_model(args: argparse.Namespace, model: dict, sides: list[tuple[str, str | None]]) -> None:
-    names = [s for s, _ in sides]
     print()
     print(
         f"#### Job / model-only: SAM 2.1 {args.model_size} (random weights) at {args.image_size} px, "
         f"{WIDTH}×{HEIGHT}, {args.feed_model_frames} frames (prompt in the middle: forward + backward), "
-        f"{host_line(args)}"
+        f"{host_line(args)}; per side one process: model-only, then the job, back to back"
     )
     print()
     print(
@@ -205,12 +200,15 @@ def print_model(args: argparse.Namespace, model: dict, sides: list[tuple[str, st
     print("|---|---:|---|---:|---:|---:|---|")
     for masks in ("realistic", "noise"):
         for objects in (1, 3):
-            for s in names:
-                job, mod = model.get((s, masks, objects, "job")), model.get((s, masks, objects, "model"))
-                if not (_ok(job) and _ok(mod)):
-                    if job or mod:
-                        print(f"| {masks} | {objects} | {s} | failed | | | |")
+            for s, _ in sides:
+                r = model.get(s)
+                if r is None:
                     continue
+                if "error" in r:
+                    print(f"| {masks} | {objects} | {s} | failed: {r['error']} | | | |")
+                    continue
+                runs = r["runs"][str(objects)]
+                job, mod = runs[f"job_{masks}"], runs["model"]
                 step = (
                     job["median_step"] / mod["median_step"]
                     if job.get("median_step") and mod.get("median_step")
