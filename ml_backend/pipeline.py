@@ -294,6 +294,7 @@ def propagate_video(
             predictor, source, prefetch=prefetch, workers=workers, offload_state_to_cpu=offload_state_to_cpu
         )
         exporter_thread = ExportThread(handle)
+        frames_iter = None
         try:
             propagation.add_prompts(predictor, state, objects)
             frames_iter = propagation.propagate_tensors(predictor, state, bounded=bounded, autocast=autocast)
@@ -323,6 +324,8 @@ def propagate_video(
                 if timeline is not None:
                     steps.append({"frame": frame_idx, "model_s": got - asked, "ours_s": time.perf_counter() - got})
         finally:
+            if frames_iter is not None:  # SAM 2's generator (and its progress bar) ends here, not later
+                frames_iter.close()
             exporter_thread.close()
             propagation.close_state(state)
         if timeline is not None:
