@@ -187,6 +187,17 @@ def prefetch_workers(device: Any, requested: int = 0) -> int:
     return 1
 
 
+def single_threaded_opencv() -> None:
+    """One thread per OpenCV call in this process. The job's own threads (prefetch workers,
+    export thread) already run OpenCV calls side by side; OpenCV's pool (one thread per core)
+    inside each of them would oversubscribe the cores (8 workers × 16 threads on a 16-core GPU
+    server). Decoding (FFmpeg's own threads) is not affected."""
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
 def open_frames(path: str | Path, cache_frames: int = 32) -> FrameSource:
     """A :class:`FrameSource` for a video file or a folder of frames."""
     path = Path(path)
@@ -214,12 +225,16 @@ def resize_for_sam(frame: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def normalise(resized: np.ndarray) -> Any:
-    """``S×S×3`` uint8 → ``3×S×S`` float32 CPU tensor, bit-identical to SAM 2's loader."""
+    """``S×S×3`` uint8 → ``3×S×S`` float32 CPU tensor, bit-identical to SAM 2's loader.
+
+    Each channel goes through its 256-entry table with OpenCV's ``LUT`` (one pass, written
+    straight into the channel's plane; about 5× faster than ``np.take`` on 1024², GIL released)."""
+    import cv2
     import torch
 
     out = np.empty((3, *resized.shape[:2]), np.float32)
-    for c in range(3):
-        np.take(_LUT[c], resized[..., c], out=out[c])
+    for c, plane in enumerate(cv2.split(np.ascontiguousarray(resized))):
+        cv2.LUT(plane, _LUT_ROWS[c], dst=out[c])
     return torch.from_numpy(out)
 
 
@@ -244,6 +259,7 @@ def sam_input(frame: np.ndarray, image_size: int) -> Any:
 _MEAN = np.array(IMG_MEAN, np.float32)
 _STD = np.array(IMG_STD, np.float32)
 _LUT = _normalise_lut()
+_LUT_ROWS = [np.ascontiguousarray(_LUT[c].reshape(1, 256)) for c in range(3)]
 
 
 class SamFrames:
@@ -276,6 +292,8 @@ class SamFrames:
         self._pool = (
             ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="frame-prefetch") if self.prefetch else None
         )
+        if self._pool is not None:
+            single_threaded_opencv()
         self._pending: OrderedDict[int, Future] = OrderedDict()
         self._lock = threading.Lock()
         self._last = -1
@@ -289,7 +307,11 @@ class SamFrames:
             return normalise(resized)
         import torch
 
-        return torch.from_numpy(np.array(resized))  # PIL's buffer is read-only
+        tensor = torch.from_numpy(np.array(resized))  # PIL's buffer is read-only
+        if getattr(self.device, "type", str(self.device)).startswith("cuda"):
+            # page-locked here, in the worker, so the model's thread uploads it without waiting
+            tensor = tensor.pin_memory()
+        return tensor
 
     def __getitem__(self, index: int) -> Any:
         index = int(index)

@@ -20,12 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import frames, propagation
 from .exceptions import PromptError
 from .exporter import ExportJob, choose_exports, exporter_class
-from .exports import MaskSpool, Staging, rle_compress, rle_encode, rle_encode_tensor
+from .exports import MaskSpool, Staging, mask_rle, rle_compress, rle_encode_tensor
 from .greenscreen import segment_plan
 from .prompts import PromptSpec
 
@@ -165,6 +163,7 @@ def run_job(
     greenscreen_fps: float = 0.0,
     device_rle: bool | None = None,
     publish: bool = True,
+    timeline: list[dict[str, Any]] | None = None,
 ) -> JobResult:
     """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``.
 
@@ -173,7 +172,8 @@ def run_job(
     ``exports`` (:func:`~ml_backend.exporter.choose_exports`). Everything is checked before the
     model sees a frame. With ``publish`` (default) the exports are published at the end; with
     ``publish=False`` the caller decides (:meth:`JobResult.publish`), e.g. only while the job is
-    still the task's latest. ``device_rle``: see :func:`propagate_video`.
+    still the task's latest. ``device_rle``, ``timeline`` (per-frame timings, for benchmarks):
+    see :func:`propagate_video`.
     """
     check_job(spec, videos)
     job_exports = choose_exports(spec, exports, review=review, quality=quality)
@@ -190,6 +190,7 @@ def run_job(
                 predictor, name, videos[name], spec.objects_in(name), result.spool, exporters,
                 progress=progress, prefetch=prefetch, prefetch_workers=prefetch_workers,
                 offload_state_to_cpu=offload_state_to_cpu, autocast=autocast, bounded=bounded, device_rle=device_rle,
+                timeline=timeline,
             )  # fmt: skip
             result.seconds[name] = time.perf_counter() - started
         result.masks = {name: result.spool.view(name) for name in video_names(spec)}
@@ -228,17 +229,31 @@ def propagate_video(
     autocast: Callable[[], Any] | None = None,
     bounded: bool = True,
     device_rle: bool | None = None,
+    timeline: list[dict[str, Any]] | None = None,
 ) -> int:
     """Track ``objects`` (``{obj_id: prompts}``) through video ``name`` at ``path``; spool every
     non-empty mask and feed the exporters. Returns the number of frames.
 
-    ``device_rle``: find each mask's runs on the model's device in the job thread, so only run
-    lengths (not ``H×W`` masks) cross to the CPU and the export thread just compresses them;
-    ``None`` means on CUDA only. On the CPU the export thread encodes whole masks instead, off
-    the model's thread. Both give byte-identical RLE. Masks cross to the CPU anyway when an
-    exporter takes every frame (``per_frame``).
+    The model's thread does only the model's work: for each frame it thresholds the masks (on
+    the model's device), queues their copy to the CPU (on CUDA: asynchronous, into page-locked
+    memory, with an event; no synchronisation) and the object scores likewise
+    (:func:`~ml_backend.propagation.object_scores_later`), and hands the frame to the export
+    thread. The export thread waits for the copies, encodes each mask's COCO RLE from its
+    bounding box (:func:`~ml_backend.exports.mask_rle`), spools it and feeds the exporters.
+
+    ``device_rle=True`` (off by default, ``None`` means off): find each mask's runs on the
+    model's device in the model's thread instead (SAM 2's ``mask_to_rle_pytorch``, which
+    synchronises and builds Python lists there); kept to compare. Both give byte-identical RLE.
+
+    ``timeline``: when a list, one dict per frame is appended: ``model_s`` (seconds the model's
+    thread waited for SAM 2's next frame: the model's step, frame preparation it waited for
+    included), ``ours_s`` (seconds the model's thread then spent on our side before asking for
+    the next frame), ``export_s`` / ``export_cpu_s`` (wall and CPU seconds of the export thread
+    on that frame).
     """
-    on_device = str(predictor.device).startswith("cuda") if device_rle is None else device_rle
+    import torch
+
+    on_device = bool(device_rle)
     workers = frames.prefetch_workers(predictor.device, prefetch_workers)
     streaming = [e for e in exporters if e.per_frame]
     want_frames = any(e.needs_frames for e in streaming)
@@ -246,41 +261,75 @@ def propagate_video(
         spool.declare(name, list(objects))
         for exporter in exporters:
             exporter.start_video(name, source)
+        steps: list[dict[str, Any]] = []  # the model's thread's side of the timeline
+        exported: dict[int, tuple[float, float]] = {}  # the export thread's side
 
         def handle(
-            frame_idx: int, frame: Any, masks: dict[int, np.ndarray] | None, runs: dict | None, scores: dict | None
+            frame_idx: int, frame: Any, obj_ids: list[int], masks: Any, ready: Any, runs: Any, scores: Any
         ) -> None:
+            started, cpu = time.perf_counter(), time.thread_time()
+            if ready is not None:
+                ready.synchronize()  # the copy queued by the model's thread has landed
+            by_obj = None
+            if masks is not None:
+                array = masks.numpy()
+                by_obj = {obj_id: array[i] for i, obj_id in enumerate(obj_ids)}
             if runs is not None:
-                for obj_id, rle in runs.items():
+                for obj_id, rle in zip(obj_ids, runs, strict=True):
                     if len(rle["counts"]) > 1:  # one count: the whole frame is background
                         spool.add(name, obj_id, frame_idx, rle_compress(rle))
             else:
-                for obj_id, mask in masks.items():
-                    if mask.any():
-                        spool.add(name, obj_id, frame_idx, rle_encode(mask))
-            for exporter in streaming:
-                exporter.add(name, frame_idx, masks, frame, scores)
+                for obj_id, mask in by_obj.items():
+                    rle = mask_rle(mask)
+                    if rle is not None:
+                        spool.add(name, obj_id, frame_idx, rle)
+            if streaming:
+                got_scores = scores()
+                for exporter in streaming:
+                    exporter.add(name, frame_idx, by_obj, frame, got_scores)
+            if timeline is not None:
+                exported[frame_idx] = (time.perf_counter() - started, time.thread_time() - cpu)
 
         state = propagation.new_state(
             predictor, source, prefetch=prefetch, workers=workers, offload_state_to_cpu=offload_state_to_cpu
         )
         exporter_thread = ExportThread(handle)
+        frames_iter = None
         try:
             propagation.add_prompts(predictor, state, objects)
-            for done, (frame_idx, obj_ids, tensor) in enumerate(
-                propagation.propagate_tensors(predictor, state, bounded=bounded, autocast=autocast), start=1
-            ):
-                runs = dict(zip(obj_ids, rle_encode_tensor(tensor), strict=True)) if on_device else None
-                masks = None
+            frames_iter = propagation.propagate_tensors(predictor, state, bounded=bounded, autocast=autocast)
+            done = 0
+            while True:
+                asked = time.perf_counter()
+                item = next(frames_iter, None)
+                if item is None:
+                    break
+                got = time.perf_counter()
+                frame_idx, obj_ids, tensor = item
+                done += 1
+                runs = rle_encode_tensor(tensor) if on_device else None
+                masks, ready = None, None
                 if runs is None or streaming:
-                    array = tensor.cpu().numpy()
-                    masks = {obj_id: array[i] for i, obj_id in enumerate(obj_ids)}
+                    if tensor.device.type == "cuda":
+                        masks = tensor.to("cpu", non_blocking=True)  # page-locked, asynchronous
+                        ready = torch.cuda.Event()
+                        ready.record()
+                    else:
+                        masks = tensor
                 frame = source.read(frame_idx) if want_frames else None
-                scores = propagation.object_scores(state, frame_idx) if streaming else None
-                exporter_thread.put(frame_idx, frame, masks, runs, scores)
+                scores = propagation.object_scores_later(state, frame_idx) if streaming else None
+                exporter_thread.put(frame_idx, frame, obj_ids, masks, ready, runs, scores)
                 if progress is not None:
                     progress(name, done, source.num_frames)
+                if timeline is not None:
+                    steps.append({"frame": frame_idx, "model_s": got - asked, "ours_s": time.perf_counter() - got})
         finally:
+            if frames_iter is not None:  # SAM 2's generator (and its progress bar) ends here, not later
+                frames_iter.close()
             exporter_thread.close()
             propagation.close_state(state)
+        if timeline is not None:
+            for step in steps:
+                wall, cpu = exported.get(step["frame"], (None, None))
+                timeline.append({**step, "export_s": wall, "export_cpu_s": cpu})
         return source.num_frames

@@ -181,29 +181,53 @@ def object_scores(state: dict[str, Any], frame_idx: int) -> dict[int, tuple[floa
     (SAM 2 1.1.0 does not). Either is None when the output lacks it. Call it while the frame's
     output still exists: right after the frame is yielded (pruning keeps the current frame).
     """
+    return object_scores_later(state, frame_idx)()
+
+
+def object_scores_later(
+    state: dict[str, Any], frame_idx: int
+) -> Callable[[], dict[int, tuple[float | None, float | None]]]:
+    """:func:`object_scores` in two steps, for the model's thread: this call only queues the
+    work on the model's device (sigmoid there, one asynchronous copy of every object's numbers
+    into page-locked memory on CUDA: no synchronisation); the returned function, called on
+    another thread, waits for that copy and builds the dict. Same values as :func:`object_scores`."""
     import torch
 
-    out: dict[int, tuple[float | None, float | None]] = {}
-    logits, owners = [], []
+    owners: list[int] = []
+    values: list[Any] = []  # per object: a 1-element logit tensor or None
+    ious: list[Any] = []  # per object: a 1-element IoU tensor or None
     for idx, obj_id in state["obj_idx_to_id"].items():
         per_obj = state["output_dict_per_obj"].get(idx, {})
         frame_out = per_obj.get("cond_frame_outputs", {}).get(frame_idx)
         if frame_out is None:
             frame_out = per_obj.get("non_cond_frame_outputs", {}).get(frame_idx)
         frame_out = frame_out or {}
+        owners.append(int(obj_id))
         iou = frame_out.get("ious", frame_out.get("iou"))
-        iou = float(torch.as_tensor(iou).float().max()) if iou is not None else None
-        out[int(obj_id)] = (None, iou)
+        ious.append(None if iou is None else torch.as_tensor(iou).float().max().reshape(1))
         logit = frame_out.get("object_score_logits")
-        if logit is not None:
-            logits.append(torch.as_tensor(logit).float().reshape(-1)[:1])
-            owners.append(int(obj_id))
-    if logits:
-        # one transfer for every object of the frame
-        scores = torch.sigmoid(torch.cat(logits)).cpu().tolist()
-        for obj_id, score in zip(owners, scores, strict=True):
-            out[obj_id] = (float(score), out[obj_id][1])
-    return out
+        values.append(None if logit is None else torch.as_tensor(logit).float().reshape(-1)[:1])
+    logits = [v for v in values if v is not None]
+    iou_list = [v for v in ious if v is not None]
+    # one tensor, one transfer for every object of the frame: scores first, then IoUs
+    parts = ([torch.sigmoid(torch.cat(logits))] if logits else []) + ([torch.cat(iou_list)] if iou_list else [])
+    packed, ready = None, None
+    if parts:
+        packed = torch.cat([p.to(parts[0].device) for p in parts])
+        if packed.device.type == "cuda":
+            packed = packed.to("cpu", non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+
+    def finish() -> dict[int, tuple[float | None, float | None]]:
+        if ready is not None:
+            ready.synchronize()
+        numbers = iter(packed.tolist() if packed is not None else [])
+        scores = [None if v is None else float(next(numbers)) for v in values]
+        got_ious = [None if v is None else float(next(numbers)) for v in ious]
+        return {o: (s, i) for o, s, i in zip(owners, scores, got_ious, strict=True)}
+
+    return finish
 
 
 def prompted_frames(state: dict[str, Any]) -> list[int]:

@@ -54,7 +54,7 @@ import numpy as np
 
 from . import defaults
 from .exporter import Exporter, ExportJob
-from .exports import atomic_write_bytes
+from .exports import atomic_write_bytes, mask_box
 
 #: 2: a green-screen segment's ranges count in the original video (``segment_*`` within the
 #: segment), with ``first_frame``, ``take`` and the take's ``fps`` per video.
@@ -92,15 +92,23 @@ class Track:
         self.seen = np.zeros(n, bool)
 
     def record(self, frame: int, mask: np.ndarray, score: float | None = None, iou: float | None = None) -> None:
-        """Signals of ``frame`` from an ``H×W`` bool ``mask`` (and the model's numbers, if any)."""
-        rows = np.count_nonzero(mask, axis=1)
-        area = int(rows.sum())
-        self.areas[frame] = area
+        """Signals of ``frame`` from an ``H×W`` bool ``mask`` (and the model's numbers, if any).
+
+        Counts only inside the mask's bounding box (:func:`~ml_backend.exports.mask_box`): the
+        same integers as counting over the whole frame, for a fraction of the cost."""
+        box = mask_box(mask)
         self.seen[frame] = True
-        if area:
-            cols = np.count_nonzero(mask, axis=0)
-            self.cy[frame] = float(rows @ np.arange(len(rows))) / area
-            self.cx[frame] = float(cols @ np.arange(len(cols))) / area
+        if box is None:
+            self.areas[frame] = 0
+        else:
+            top, bottom, left, right = box
+            crop = mask[top:bottom, left:right]
+            rows = np.count_nonzero(crop, axis=1)
+            area = int(rows.sum())
+            cols = np.count_nonzero(crop, axis=0)
+            self.areas[frame] = area
+            self.cy[frame] = float(rows @ np.arange(top, bottom)) / area
+            self.cx[frame] = float(cols @ np.arange(left, right)) / area
         if score is not None:
             self.scores[frame] = score
         if iou is not None:

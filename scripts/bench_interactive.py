@@ -5,8 +5,11 @@ Everything runs in one process on this machine's CPU (or the configured device),
 built from random weights (``checkpoint="random"``): the latencies are those of the real model
 code, the masks are meaningless. The backend is the real app: ``create_app`` with an
 ``InteractivePredictor`` whose ``FileFetcher`` reads synthetic PNG frames from a temporary
-local-files root, served by werkzeug's threaded HTTP server on 127.0.0.1 and called with httpx,
-so every figure includes JSON, session merging and brush-RLE encoding.
+local-files root, served on 127.0.0.1 by the production server (gunicorn's ``gthread`` worker, as
+``python -m ml_backend serve`` runs it; ``--server werkzeug`` for werkzeug's thread-per-request
+server) and called with httpx, so every figure includes HTTP, JSON, session merging and brush-RLE
+encoding. When ``/predict`` answers with a ``Server-Timing`` header, its parts are printed per
+phase, with the server-side overhead: HTTP p50 minus the model's parts (embed, decoder).
 
 Phases (all in one run, one table at the end):
 
@@ -147,20 +150,91 @@ def decode_mask(result: dict) -> np.ndarray:
     return decode_rle(result["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
 
 
+#: The HTTP server the phases use (``--server``, ``--server-threads``).
+SERVER = {"kind": "gunicorn", "threads": 8}
+
+
 class Server:
-    """The real Flask app on werkzeug's threaded server, in a background thread."""
+    """The real Flask app served on 127.0.0.1 from a background thread of this process.
+
+    ``gunicorn`` (the default): gunicorn's own ``gthread`` worker, configured as
+    ``python -m ml_backend serve`` configures it (one worker, ``--server-threads`` request threads
+    in a fixed pool, keep-alive), run in process (:class:`_InProcessWorker`: no fork, no signal
+    handlers) so the phases can read the predictor's counters. ``werkzeug``: werkzeug's threaded
+    development server (a fresh thread per request), the previous default."""
 
     def __init__(self, app: Any) -> None:
-        from werkzeug.serving import make_server
+        self.kind = SERVER["kind"]
+        if self.kind == "werkzeug":
+            from werkzeug.serving import make_server
 
-        self._server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="bench-http", daemon=True)
+            self._server = make_server("127.0.0.1", 0, app, threaded=True)
+            self.url = f"http://127.0.0.1:{self._server.server_port}"
+            self._thread = threading.Thread(target=self._server.serve_forever, name="bench-http", daemon=True)
+        else:
+            from gunicorn.config import Config
+            from gunicorn.glogging import Logger
+            from gunicorn.sock import create_sockets
+
+            cfg = Config()
+            for key, value in (
+                ("bind", "127.0.0.1:0"),
+                ("workers", 1),
+                ("worker_class", "gthread"),
+                ("threads", SERVER["threads"]),
+                ("timeout", 300),
+            ):
+                cfg.set(key, value)
+            log = Logger(cfg)
+            self._sockets = create_sockets(cfg, log)
+            self._worker = _in_process_worker()(1, os.getpid(), self._sockets, None, 300, cfg, log)
+            self._worker.bench_app = app
+            self.url = f"http://127.0.0.1:{self._sockets[0].sock.getsockname()[1]}"
+            self._thread = threading.Thread(target=self._worker.init_process, name="bench-gunicorn", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self.kind == "werkzeug":
+            self._server.shutdown()
+            self._server.server_close()
+            return
+        self._worker.alive = False
+        self._worker.method_queue.defer(lambda: None)  # wakes the worker's poller (as SIGTERM does)
+        self._thread.join(30)
+        for sock in self._sockets:
+            sock.close()
+
+
+def _in_process_worker() -> type:
+    """gunicorn's ``gthread`` worker class, run in a thread of this process."""
+    from gunicorn.workers.gthread import ThreadWorker
+
+    class _InProcessWorker(ThreadWorker):
+        def init_signals(self) -> None:  # signal handlers belong to the main thread
+            pass
+
+        def load_wsgi(self) -> None:
+            self.wsgi = self.bench_app
+
+        def is_parent_alive(self) -> bool:
+            return True
+
+    return _InProcessWorker
+
+
+def server_timing(header: str | None) -> dict[str, float]:
+    """``{part: ms}`` of a ``Server-Timing`` header (``name;dur=ms[;desc=...], ...``); empty
+    when the server sends none."""
+    parts: dict[str, float] = {}
+    for item in (header or "").split(","):
+        fields = [f.strip() for f in item.split(";")]
+        for f in fields[1:]:
+            if f.startswith("dur="):
+                try:
+                    parts[fields[0]] = parts.get(fields[0], 0.0) + float(f[4:])
+                except ValueError:
+                    pass
+    return parts
 
 
 class Client:
@@ -172,6 +246,7 @@ class Client:
         self.http = httpx.Client(base_url=url, timeout=600.0)
         self.task_id, self.frames, self.login = task_id, [frame_ref], login
         self.clicks: list[dict] = []
+        self.timing: dict[str, float] = {}  # the last answer's Server-Timing parts
 
     def click(self, x: float, y: float, positive: bool = True) -> tuple[float, dict]:
         """Add a point, POST /predict; ``(seconds, brush result)``."""
@@ -181,6 +256,7 @@ class Client:
         response = self.http.post("/predict", json=body)
         data = response.json()
         elapsed = time.perf_counter() - start
+        self.timing = server_timing(response.headers.get("server-timing"))
         if response.status_code != 200:
             raise RuntimeError(f"/predict answered {response.status_code}: {data}")
         (result,) = data["results"][0]["result"]
@@ -311,13 +387,16 @@ def single_client(args: argparse.Namespace, settings: Any, model: Any, root: Pat
         ]
         points = {i: click_points(100 + i, args.repeat + 1) for i in range(args.frames)}
         first: list[float] = []
+        first_timing: list[dict[str, float]] = []
         encodes_before = seg.encodes
         for i, client in enumerate(clients):
             x, y, pos = points[i][0]
             first.append(client.click(x, y, pos)[0])
+            first_timing.append(client.timing)
         first_encodes = seg.encodes - encodes_before
 
         repeat: list[float] = []
+        repeat_timing: list[dict[str, float]] = []
         used = dict.fromkeys(range(args.frames), 1)
         encodes_before = seg.encodes
         for r in range(args.repeat):
@@ -325,6 +404,7 @@ def single_client(args: argparse.Namespace, settings: Any, model: Any, root: Pat
             x, y, pos = points[i][used[i]]
             used[i] += 1
             repeat.append(clients[i].click(x, y, pos)[0])
+            repeat_timing.append(clients[i].timing)
         repeat_encodes = seg.encodes - encodes_before
         for client in clients:
             client.close()
@@ -336,8 +416,10 @@ def single_client(args: argparse.Namespace, settings: Any, model: Any, root: Pat
     baseline = in_thread(lambda: _baseline(args, settings, model, points))
     return {
         "first": first,
+        "first_timing": first_timing,
         "first_encodes": first_encodes,
         "repeat": repeat,
+        "repeat_timing": repeat_timing,
         "repeat_encodes": repeat_encodes,
         "baseline": baseline,
         "decode_only": decode_only,
@@ -472,6 +554,7 @@ def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Pa
     seg = predictor.segmenter
     refs = {t: [f"/data/local-files/?d=bench/task{t}_{k}.png" for k in range(args.pages)] for t in range(TASKS)}
     http = httpx.Client(base_url=server.url, timeout=600.0)
+    timings: list[dict[str, float]] = []
 
     def open_task(t: int) -> None:
         body = predict_payload([], task_id=500 + t, frames=refs[t], login=f"a{t}")
@@ -484,6 +567,7 @@ def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Pa
         response = http.post("/predict", json=body)
         if response.status_code != 200:
             raise RuntimeError(f"/predict answered {response.status_code}: {response.text[:200]}")
+        timings.append(server_timing(response.headers.get("server-timing")))
         return time.perf_counter() - started
 
     try:
@@ -494,6 +578,7 @@ def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Pa
         predictor.prefetcher.wait_idle(600)
         think = time.perf_counter() - think
         after_open = [click(0, page) for page in range(args.pages)]
+        after_open_timing = list(timings)
         encodes_open = seg.encodes - before
         during: list[float] = []
         for t in (1, 2):  # a click on the last page while the first is being embedded
@@ -526,6 +611,7 @@ def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Pa
         server.close()
     return {
         "after_open": after_open,
+        "after_open_timing": after_open_timing,
         "think": think,
         "during": during,
         "other": other,
@@ -535,6 +621,52 @@ def prefetch_phase(args: argparse.Namespace, settings: Any, model: Any, root: Pa
         "frames_total": TASKS * args.pages,
         "stats": stats,
     }
+
+
+#: Server-Timing parts that are the model's own work (the rest is the server's overhead).
+MODEL_PARTS = ("embed", "decoder")
+OVERHEAD_GOAL_MS = 10.0
+
+
+def server_line(args: argparse.Namespace) -> str:
+    if args.server == "werkzeug":
+        return "werkzeug threaded HTTP (a thread per request)"
+    return f"gunicorn {args.server_threads}-thread gthread worker (as `serve`)"
+
+
+def print_server_timing(phases: list[tuple[str, list[float], list[dict[str, float]]]]) -> None:
+    """Where a click's time goes on the server (its ``Server-Timing`` header), p50 per part, and
+    the server-side overhead: HTTP p50 minus the p50 of the model's parts (:data:`MODEL_PARTS`)."""
+    print()
+    if not any(t for _, _, timings in phases for t in timings):
+        print("Server-Timing: this server sends no Server-Timing header on /predict; no breakdown.")
+        return
+    names: list[str] = []
+    for _, _, timings in phases:
+        for t in timings:
+            names += [n for n in t if n not in names and n != "total"]
+    print(
+        "| Server-Timing p50 ms | HTTP | "
+        + " | ".join(names)
+        + " | total (server) | overhead: HTTP − model parts | goal |"
+    )
+    print("|---|---:|" + "---:|" * len(names) + "---:|---:|---|")
+    for label, latencies, timings in phases:
+        if not latencies:
+            continue
+        http = pct(latencies, 50) * 1000.0
+        cells = []
+        for n in names:
+            values = [t.get(n, 0.0) for t in timings if t]
+            cells.append(f"{pct(values, 50):.1f}" if values else "—")
+        totals = [t["total"] for t in timings if t and "total" in t]
+        model = sum(pct([t.get(n, 0.0) for t in timings if t], 50) for n in MODEL_PARTS) if any(timings) else 0.0
+        overhead = http - model
+        mark = "yes" if overhead <= OVERHEAD_GOAL_MS else "NO"
+        print(
+            f"| {label} | {http:.1f} | " + " | ".join(cells) + f" | {pct(totals, 50) if totals else 0:.1f} | "
+            f"{overhead:.1f} | <= {OVERHEAD_GOAL_MS:.0f} ms: {mark} |"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -555,6 +687,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--pages", type=int, default=4, help="pages of a task in the prefetch phase (default 4)")
     p.add_argument("--quick", action="store_true", help="smoke run: 256 px and a handful of clicks")
+    p.add_argument(
+        "--server",
+        choices=("gunicorn", "werkzeug"),
+        default="gunicorn",
+        help="HTTP server: gunicorn gthread as `python -m ml_backend serve` runs it (default), or werkzeug's "
+        "threaded development server",
+    )
+    p.add_argument("--server-threads", type=int, default=8, help="gunicorn request threads (serve's --threads)")
     args = p.parse_args(argv)
     full = {
         "image_size": 1024,
@@ -592,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    SERVER.update(kind=args.server, threads=args.server_threads)
     rss_start = rss_bytes()
     with tempfile.TemporaryDirectory(prefix="bench-interactive-") as tmp:
         work = Path(tmp)
@@ -647,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         f"SAM 2.1 {args.model_size}, {args.image_size} px, random weights ({model_version(settings)}), "
         f"device {device} ({cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads); frames {FRAME_W}x{FRAME_H} PNG via local-files root; "
-        f"werkzeug threaded HTTP + httpx; model build {build_s:.1f} s"
+        f"{server_line(args)} + httpx; model build {build_s:.1f} s"
     )
     print()
     rows = [
@@ -721,6 +862,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"| memory within configured cache bounds | {yes(items_ok and bytes_ok)} | yes | {yes(items_ok and bytes_ok)} |"
     )
+    print_server_timing(
+        [("first click", one["first"], one["first_timing"]), ("repeat click", one["repeat"], one["repeat_timing"]),
+         ("prefetched first click", early["after_open"], early["after_open_timing"])]
+    )  # fmt: skip
     print()
     print(f"cross-talk: {'none' if not many['mismatches'] else ''}", flush=True)
     for line in many["mismatches"][:20]:

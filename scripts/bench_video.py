@@ -39,6 +39,7 @@ Usage::
     .venv/bin/python scripts/bench_video.py --long --time-bound 600 # 18,000-frame memory curve
     .venv/bin/python scripts/bench_video.py --device cuda --image-size 1024 --model-size large
     .venv/bin/python scripts/bench_video.py --objects-table        # 1/3/8 objects: one-by-one vs batched
+    .venv/bin/python scripts/bench_video.py --feed --base ../base  # what feeds the model, before vs after
 
 Each measurement is a module of ``scripts/bench/`` (see its ``__init__``); this script is the
 command line and the ``--child`` entry point the measurements' fresh processes run.
@@ -52,12 +53,14 @@ import sys
 from pathlib import Path
 
 from bench.compare import main_bench
+from bench.feed import main_feed
+from bench.gpu import child_fps, child_memory
 from bench.job import child_job
 from bench.long_video import main_long
 from bench.model_only import child_model
 from bench.objects import main_objects
 from bench.parity import child_parity
-from bench.pipeline_alone import StandInPredictor, child_pipeline
+from bench.pipeline_alone import StandInPredictor, child_pipeline, child_stages
 from bench.report import PUBLISHED_A100_FPS
 from bench.runner import run_child
 from bench.stock import child_stock
@@ -75,6 +78,9 @@ CHILDREN = {
     "model": child_model,
     "parity": child_parity,
     "pipeline": child_pipeline,
+    "stages": child_stages,
+    "gpu_fps": child_fps,
+    "gpu_memory": child_memory,
 }
 
 
@@ -145,6 +151,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--table-repeats", type=int, default=2, help="runs of each --objects-table cell (the lowest median counts)"
     )
+    p.add_argument(
+        "--feed",
+        action="store_true",
+        help="what feeds the model: stage costs, the pipeline alone, job / model-only with realistic and noise "
+        "masks (default 1024 px); with --base, the same for another checkout side by side",
+    )
+    p.add_argument("--base", default=None, help="--feed: root of a checkout of the code to compare with (today's)")
+    p.add_argument("--feed-pipeline-frames", type=int, default=60, help="--feed: frames of the pipeline-alone video")
+    p.add_argument("--feed-model-frames", type=int, default=8, help="--feed: frames of the job / model-only video")
+    p.add_argument(
+        "--feed-workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 2],
+        help="--feed: prefetch workers of the pipeline-alone runs",
+    )
+    p.add_argument(
+        "--feed-masks", default="realistic", choices=("realistic", "noise"), help="--feed: pipeline-alone masks"
+    )
+    p.add_argument(
+        "--feed-repeats", type=int, default=2, help="--feed: runs of each pipeline-alone cell (fastest kept)"
+    )
+    p.add_argument("--feed-skip-pipeline", action="store_true", help="--feed: job / model-only only")
+    p.add_argument("--feed-skip-model", action="store_true", help="--feed: the pipeline alone only (no SAM 2)")
     p.add_argument("--parity-frames", type=int, default=None, help="frames of the parity video (default 60)")
     p.add_argument(
         "--image-size",
@@ -188,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.threads is None:
         args.threads = 0 if cuda else 1
     if args.image_size is None:
-        args.image_size = 128 if args.quick else (1024 if cuda else 256)
+        args.image_size = 128 if args.quick else (1024 if cuda or args.feed else 256)
     if args.frames is None:
         args.frames = [10, 20] if args.quick else [50, 200, 1000]
     if args.parity_frames is None:
@@ -208,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         main_long(args)
     elif args.objects_table:
         main_objects(args)
+    elif args.feed:
+        main_feed(args)
     else:
         main_bench(args)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.exports import rle_compress, rle_encode, rle_encode_tensor
+from ml_backend.exports import coco_counts_string, mask_box, mask_rle, rle_compress, rle_encode, rle_encode_tensor
 from ml_backend.pipeline import run_job
 from ml_backend.prompts import parse_prompts
 from ml_backend.settings import Settings
@@ -42,6 +42,41 @@ def test_runs_found_on_a_tensor_compress_to_the_same_rle(shape):
     for mask, uncompressed in zip(masks, runs, strict=True):
         assert rle_compress(uncompressed) == rle_encode(mask)
         assert (len(uncompressed["counts"]) == 1) == (not mask.any())  # one count: nothing set
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (7, 5), (48, 64), (1080, 1920)])
+def test_mask_rle_from_the_bounding_box_is_pycocotools_byte_for_byte(shape):
+    """The export thread's encoder (bounding box only) against pycocotools on the whole mask:
+    every kind of mask, and random blobs with full columns that make runs cross columns."""
+    h, w = shape
+    rng = np.random.default_rng(1)
+    masks = masks_of_every_kind(h, w)
+    for _ in range(40):
+        m = np.zeros(shape, bool)
+        r0, r1 = sorted(rng.integers(0, h + 1, 2))
+        c0, c1 = sorted(rng.integers(0, w + 1, 2))
+        m[r0:r1, c0:c1] = rng.random((r1 - r0, c1 - c0)) > rng.random()
+        m[:, rng.integers(0, w)] = rng.random() > 0.5
+        masks.append(m)
+    for mask in masks:
+        assert mask_rle(mask) == (rle_encode(mask) if mask.any() else None)
+        box = mask_box(mask)
+        if box is not None:
+            top, bottom, left, right = box
+            assert mask[top:bottom, left:right].sum() == mask.sum()
+
+
+def test_coco_counts_string_is_pycocotools_for_counts_of_every_size():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(2)
+    for size in (1, 2, 3, 4, 7, 50, 2000):
+        counts = rng.choice([1, 15, 16, 17, 31, 32, 511, 512, 513, 2**20, 2**25 + 3], size=size)
+        counts = np.where(rng.random(size) < 0.5, counts, rng.integers(1, 40, size))
+        counts[0] = rng.integers(0, 3)  # a mask may start with its first pixel set
+        n = int(counts.sum())
+        expected = mask_utils.frPyObjects({"size": [n, 1], "counts": counts.tolist()}, n, 1)["counts"]
+        assert coco_counts_string(counts) == expected.decode("ascii"), size
 
 
 def pixels(video: SyntheticVideo, name: str, frame: int) -> list[float]:

@@ -5,16 +5,21 @@ forward and backward), ``review=False``, with the quality signals (``quality.jso
 them unless ``cfg["quality"]`` is False (``--quality`` compares both). Its progress callback samples time, RSS and the bytes of
 COCO RLE produced so far at every frame, and stops the job at an optional time bound or RSS limit
 (the ``--long`` run). The parity check calls it in-process with the stock path's predictor.
+``cfg["masks"]``: ``noise`` (SAM 2's own, the default) or ``realistic`` (:mod:`bench.masks`). With
+code that records it, the per-frame timeline (model step vs our work) is summarised in the result.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.masks import with_masks
+from bench.pipeline_alone import summarise_timeline
 from bench.runner import autocast_factory, build, curve, gpu_peak, median_step, peak_rss_bytes, rss_bytes, sync
 from bench.video import MiB, prompt_spec
 
@@ -41,10 +46,21 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
 
         return wrapper
 
-    pipeline.rle_encode = counting(pipeline.rle_encode)
-    pipeline.rle_compress = counting(pipeline.rle_compress)
+    def counting_optional(encode: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
+            rle = encode(*args, **kwargs)
+            if rle is not None:
+                rle_held[0] += len(rle["counts"])
+            return rle
+
+        return wrapper
+
+    for encoder in ("rle_encode", "rle_compress", "mask_rle"):  # whichever the measured code has
+        if hasattr(pipeline, encoder):
+            setattr(pipeline, encoder, counting_optional(getattr(pipeline, encoder)))
     if predictor is None:
         settings, predictor = build(cfg)
+    predictor = with_masks(predictor, cfg.get("masks", "noise"), cfg["objects"])
     baseline = rss_bytes()
     spec = parse_prompts(prompt_spec(cfg["objects"], cfg["prompt_frame"]))
     samples: list[tuple[int, float, int, int]] = []
@@ -75,6 +91,8 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
 
     stopped = None
     scores = None
+    timeline: list[dict[str, Any]] = []
+    extra = {"timeline": timeline} if "timeline" in inspect.signature(run_job).parameters else {}
     sync(predictor)
     try:
         result = run_job(
@@ -88,6 +106,7 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
             exports=ALL_EXPORTS if cfg.get("all_exports") else (),
             progress=progress,
             autocast=autocast_factory(settings, predictor),
+            **extra,
         )
         frames = result.num_frames["video1"]
         masks = None
@@ -123,6 +142,7 @@ def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) 
         "curve": curve(samples),
         "rle_bytes": rle_held[0],
         "stopped": stopped,
+        "timeline": summarise_timeline(timeline),
     }
     if cfg.get("long"):
         out["samples"] = samples[:: max(1, len(samples) // 200)] + samples[-1:]

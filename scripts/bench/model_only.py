@@ -1,7 +1,8 @@
 """Model-only: SAM 2 propagation alone, the floor our job's time is compared with.
 
 The same prompts and ``propagate_in_video`` forward + reverse over frames decoded and resized
-into memory beforehand (not timed); masks are left as SAM 2 returns them. ``job / model-only``
+into memory beforehand (not timed); masks are left as SAM 2 returns them (or, with
+``cfg["masks"] == "realistic"``, as :mod:`bench.masks` replaces them, as in the job run). ``job / model-only``
 is then the overhead of decoding, exporting and pruning.
 """
 
@@ -10,18 +11,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from bench.masks import with_masks
 from bench.runner import autocast_factory, build, gpu_peak, median_step, peak_rss_bytes, rss_bytes, sync
 from bench.video import prompt_points
 
 
-def child_model(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Model-only: the same prompts and propagation over frames decoded and resized beforehand."""
+def child_model(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) -> dict[str, Any]:
+    """Model-only: the same prompts and propagation over frames decoded and resized beforehand
+    (with ``predictor``/``settings`` given, that model instead of a fresh one)."""
     import torch
 
     from ml_backend import propagation
     from ml_backend.frames import open_frames, sam_input
 
-    settings, predictor = build(cfg)
+    if predictor is None:
+        settings, predictor = build(cfg)
+    predictor = with_masks(predictor, cfg.get("masks", "noise"), cfg["objects"])
     baseline = rss_bytes()
     source = open_frames(cfg["video"])
     size = predictor.image_size

@@ -10,6 +10,7 @@ its sleeping model on :class:`StandInPredictor` too.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import time
@@ -25,20 +26,23 @@ class StandInPredictor:
     """A model that costs nothing: what ``run_job`` can sustain around SAM 2 on this machine.
 
     Asks ``state["images"]`` for every frame as SAM 2 does (so frames are decoded, resized and
-    normalised) and returns the same smooth elliptical mask logits (``N×1×H×W``, like a real
-    SAM 2 mask, unlike random-weight masks) for each object; the job thresholds, encodes and
-    spools them as usual.
+    normalised) and yields ``N×1×H×W`` mask logits for its objects: with ``masks="realistic"``
+    (the default) the synthetic video's own moving shapes (:class:`bench.masks.ShapeLogits`,
+    as the realistic mode of the model measurements), with ``masks="noise"`` blobby noise like
+    SAM 2's random-weight masks (the worst case). The job thresholds, encodes and spools them
+    as usual.
     """
 
     num_maskmem = 7
     max_obj_ptrs_in_encoder = 16
     memory_temporal_stride_for_eval = 1
 
-    def __init__(self, image_size: int) -> None:
+    def __init__(self, image_size: int, masks: str = "realistic") -> None:
         import torch
 
         self.device = torch.device("cpu")
         self.image_size = image_size
+        self.masks = masks
         self.requested: list[int] = []
 
     def _obj(self, state: dict[str, Any], obj_id: int) -> None:
@@ -54,21 +58,23 @@ class StandInPredictor:
         state["output_dict_per_obj"][state["obj_id_to_idx"][obj_id]]["cond_frame_outputs"][frame_idx] = {}
 
     def propagate_in_video_preflight(self, state: dict[str, Any]) -> None:
-        import torch
+        from bench.masks import NoiseLogits, ShapeLogits
 
         h, w, n = state["video_height"], state["video_width"], len(state["obj_ids"])
-        yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        self.logits = torch.stack([0.3 + 0.1 * k - (xx - 0.2 * k) ** 2 - yy**2 for k in range(n)])[:, None]
+        kind = NoiseLogits if self.masks == "noise" else ShapeLogits
+        self.logits = kind(n, self.device, height=h, width=w)
 
     def propagate_in_video(self, state: dict[str, Any], start_frame_idx: int = 0, reverse: bool = False, **_: Any):
         order = range(start_frame_idx, -1, -1) if reverse else range(start_frame_idx, state["num_frames"])
         for frame_idx in order:
             state["images"][frame_idx]  # noqa: B018 - SAM 2 reads the frame here
-            yield frame_idx, list(state["obj_ids"]), self.logits.clone()
+            yield frame_idx, list(state["obj_ids"]), self.logits(frame_idx)
 
 
 def child_pipeline(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``run_job`` around a stand-in model: frames per second the pipeline alone sustains."""
+    """``run_job`` around a stand-in model: frames per second the pipeline alone sustains, and
+    process CPU milliseconds per frame (every thread: decode, resize, normalise, threshold, RLE,
+    quality signals, spool)."""
     import torch
 
     from ml_backend.pipeline import run_job
@@ -76,10 +82,14 @@ def child_pipeline(cfg: dict[str, Any]) -> dict[str, Any]:
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
-    predictor = StandInPredictor(cfg["image_size"])
+    predictor = StandInPredictor(cfg["image_size"], masks=cfg.get("masks", "realistic"))
     spec = parse_prompts(prompt_spec(cfg["objects"], cfg["prompt_frame"]))
     out_dir = Path(cfg["out_dir"])
     shutil.rmtree(out_dir, ignore_errors=True)
+    extra: dict[str, Any] = {}
+    timeline: list[dict[str, Any]] = []
+    if "timeline" in inspect.signature(run_job).parameters:  # absent in older code measured with --base
+        extra["timeline"] = timeline
     started = time.perf_counter()
     cpu0 = time.process_time()
     with run_job(
@@ -90,16 +100,99 @@ def child_pipeline(cfg: dict[str, Any]) -> dict[str, Any]:
         image_size=cfg["image_size"],
         review=False,
         prefetch_workers=cfg["workers"],
+        **extra,
     ) as result:
         frames = result.num_frames["video1"]
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
     return {
         "seconds": seconds,
-        "cpu_seconds": time.process_time() - cpu0,
+        "cpu_seconds": cpu,
+        "cpu_ms_per_frame": 1000 * cpu / frames,
         "frames": frames,
         "fps": frames / seconds,
         "peak_rss": peak_rss_bytes(),
+        "timeline": summarise_timeline(timeline),
     }
+
+
+def summarise_timeline(timeline: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Medians (ms) of the per-frame timeline ``run_job(timeline=...)`` records: ``model`` (the
+    model's thread waiting for the model's next frame), ``ours`` (the model's thread on our side
+    after it), ``export`` / ``export_cpu`` (the export thread, wall / CPU); ``ours_share``: our
+    side's share of the model's thread's time over the whole run."""
+    if not timeline:
+        return None
+
+    def med(key: str) -> float | None:
+        values = sorted(t[key] for t in timeline if t.get(key) is not None)
+        return 1000 * values[len(values) // 2] if values else None
+
+    model = sum(t.get("model_s") or 0 for t in timeline)
+    ours = sum(t.get("ours_s") or 0 for t in timeline)
+    return {
+        "frames": len(timeline),
+        "model_ms": med("model_s"),
+        "ours_ms": med("ours_s"),
+        "export_ms": med("export_s"),
+        "export_cpu_ms": med("export_cpu_s"),
+        "ours_share": ours / (model + ours) if model + ours else None,
+    }
+
+
+def child_stages(cfg: dict[str, Any]) -> dict[str, Any]:
+    """CPU milliseconds (this thread's CPU clock, median of ``cfg["repeats"]``) of each step our
+    side takes for one 1080p frame and one object's mask, with the code under measurement:
+    decode (+ RGB), resize, normalise, and the mask's post-processing (RLE + quality signals +
+    spool record), realistic and noise."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from bench.masks import NoiseLogits, ShapeLogits
+    from ml_backend import exports, frames
+    from ml_backend.quality import Track
+
+    torch.set_num_threads(1)
+    repeats = cfg.get("repeats", 9)
+    source = frames.open_frames(cfg["video"], cache_frames=2)
+    size = cfg["image_size"]
+
+    def cost(step: Any) -> float:
+        times = []
+        for i in range(repeats):
+            start = time.thread_time()
+            step(i)
+            times.append(time.thread_time() - start)
+        return 1000 * sorted(times)[len(times) // 2]
+
+    out: dict[str, Any] = {}
+    out["decode_ms"] = cost(lambda i: source.read(min(i + 1, source.num_frames - 1)))
+    frame = source.read(0)
+    out["resize_ms"] = cost(lambda i: frames.resize_for_sam(frame, size))
+    resized = frames.resize_for_sam(frame, size)
+    out["normalise_ms"] = cost(lambda i: frames.normalise(resized))
+    source.close()
+    encode = getattr(exports, "mask_rle", None)
+
+    def post(mask: Any, track: Any, i: int) -> None:
+        if encode is not None:
+            rle = encode(mask)
+        else:
+            rle = exports.rle_encode(mask) if mask.any() else None
+        if rle is not None:
+            pickle.dumps(rle, protocol=4)
+        track.record(i, mask)
+
+    for mode, kind in (("realistic", ShapeLogits), ("noise", NoiseLogits)):
+        logits = kind(1)
+        masks = [(logits(i)[0, 0] > 0).numpy().copy() for i in range(4)]
+        track = Track(repeats)
+        out[f"mask_{mode}_ms"] = cost(lambda i, m=masks, t=track: post(m[i % 4], t, i))
+        out["threshold_ms"] = cost(lambda i, lg=logits: lg(i % 4)[:, 0] > 0)
+        out[f"rle_{mode}_bytes"] = int(np.mean([len((exports.rle_encode(m))["counts"]) for m in masks]))
+    return out
 
 
 def pipeline_ceiling(args: argparse.Namespace, video: Path, logdir: Path) -> dict[tuple[int, int], dict[str, Any]]:

@@ -4,6 +4,8 @@ Each measurement runs in a **fresh subprocess** (``bench_video.py --child <json 
 peak RSS (``ru_maxrss``) and timings are those of that measurement alone. The child builds SAM 2.1
 from random weights (``checkpoint="random"``, seeded), warms it up, measures, and prints one
 ``BENCH_RESULT <json>`` line on stdout; its stderr goes to a log file in the workdir.
+``cfg["backend"]``: the root of another checkout whose ``ml_backend`` the child imports instead
+of this one's (``--base``: the code before a change, measured by the same harness).
 """
 
 from __future__ import annotations
@@ -138,26 +140,36 @@ def run_child(cfg: dict[str, Any], children: dict[str, Callable[[dict[str, Any]]
 
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
+    if cfg.get("backend"):  # measure another checkout's ml_backend (e.g. the commit before a change)
+        sys.path.insert(0, str(cfg["backend"]))
+        for name in [m for m in sys.modules if m == "ml_backend" or m.startswith("ml_backend.")]:
+            del sys.modules[name]
     result = children[cfg["kind"]](cfg)
     sys.stdout.write(RESULT_TAG + json.dumps(result) + "\n")
     sys.stdout.flush()
 
 
-def spawn(cfg: dict[str, Any], logdir: Path, name: str, log=print) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter; its stderr goes to ``logdir/name.log``."""
+def spawn(cfg: dict[str, Any], logdir: Path, name: str, log=print, timeout: float | None = None) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; its stderr goes to ``logdir/name.log``.
+    ``timeout``: seconds after which the child is killed (the result is then an error)."""
     logdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
     log_path = logdir / f"{name}.log"
     started = time.perf_counter()
     with open(log_path, "w") as err:
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), "--child", json.dumps(cfg)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=env,
-            cwd=str(ROOT),
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, str(SCRIPT), "--child", json.dumps(cfg)],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+                cwd=str(ROOT),
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            log(f"  {name}: stopped at its time limit ({timeout:.0f} s)")
+            return {"error": f"time limit {timeout:.0f} s", "log": str(log_path)}
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
         tail = log_path.read_text()[-2000:]
