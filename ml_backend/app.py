@@ -5,7 +5,8 @@ Routes (the Label Studio ML-backend protocol, payloads in the README):
 - ``GET /health`` → ``{"status": "UP", "model_loaded": bool}``, never waits for the model;
 - ``POST /setup`` → ``{"model_version": ...}``, remembers the project's config;
 - ``POST /predict`` → ``{"results": [...]}``, interactive clicks → brush masks; a call without
-  clicks → an empty list of predictions per task;
+  clicks → an empty list of predictions per task; a ``Server-Timing`` header gives the
+  server's share (fetch, decode, embed, decoder, rle, json, total, in ms);
 - ``POST /webhook`` → enqueue propagation for submitted annotations / "Start training", and render
   a submitted annotation's first-frame preview in the background (:mod:`.firstframe`);
 - ``GET /versions`` → ``{"versions": [...]}``;
@@ -130,6 +131,11 @@ def create_app(
 
     signs = store_for(getattr(jobs, "connection", None))  # keypoint signs, shared with the worker
     predictor.signs = signs
+    connection = getattr(jobs, "connection", None)
+    if connection is not None and getattr(predictor, "prefetcher", None) is not None:
+        from .prefetch import RequestListener  # pages the worker asks to embed (jobs that published)
+
+        app.extensions["sam2_prefetch_requests"] = RequestListener(connection, predictor.prefetch_request).start()
 
     if warmup:
 
@@ -193,7 +199,21 @@ def create_app(
 
     @app.post("/predict")
     def predict() -> Any:
-        return jsonify(predictor.predict(body()))
+        import time
+
+        from .interactive import REQUEST_TIMINGS, Timings
+
+        timings = Timings()
+        token = REQUEST_TIMINGS.set(timings)  # the predictor adds its parts
+        try:
+            answer = predictor.predict(body())
+        finally:
+            REQUEST_TIMINGS.reset(token)
+        started = time.perf_counter()
+        response = jsonify(answer)
+        timings.add("json", time.perf_counter() - started)
+        response.headers["Server-Timing"] = timings.header()
+        return response
 
     @app.post("/webhook")
     def webhook() -> Any:

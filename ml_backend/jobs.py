@@ -401,11 +401,11 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
             try:
                 if gate is None:
                     result.publish()
-                    return _finish_task(result, task_job, task_id, settings, job, progress)
+                    return _finish_task(result, task_job, task_id, settings, job, progress, project_id)
                 with gate:
                     progress.stage("publishing")
                     result.publish()
-                    return _finish_task(result, task_job, task_id, settings, job, progress)
+                    return _finish_task(result, task_job, task_id, settings, job, progress, project_id)
             except Superseded as exc:
                 return _superseded(job, str(exc))
     except BaseException as exc:
@@ -418,7 +418,13 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
 
 
 def _finish_task(
-    result: Any, task_job: Any, task_id: int, settings: Settings, job: Any, progress: ProgressMeta
+    result: Any,
+    task_job: Any,
+    task_id: int,
+    settings: Settings,
+    job: Any,
+    progress: ProgressMeta,
+    project_id: int | None = None,
 ) -> dict[str, Any]:
     from . import labelstudio
     from .backoff import with_backoff
@@ -435,7 +441,9 @@ def _finish_task(
         summary_review.update(review)
         return changes
 
-    update_task_data(settings, job.connection if job else None, task_id, change)
+    data = update_task_data(settings, job.connection if job else None, task_id, change)
+    if job is not None and data:
+        _request_prefetch(job.connection, project_id, task_id, task_job, data)
     progress.stage("posting prediction")
     version = f"{model_version(settings)}-job-{job.id if job else 'local'}"
     prediction = task_job.prediction(result, version)
@@ -453,6 +461,21 @@ def _finish_task(
     summary["review"] = summary_review
     summary["signs"] = task_job.signs  # keypoints whose sign was given, recorded or unknown
     return summary
+
+
+def _request_prefetch(connection: Any, project: Any, task: int, task_job: Any, data: dict[str, Any]) -> None:
+    """Ask the backend to embed the task's pages, appended flagged frames included, so the
+    reviewer's first click on any of them costs only the mask decoder (best effort)."""
+    from .prefetch import page_order, push_request
+
+    lists = [data.get(info.data_key) for info in task_job.images.values()]
+    refs = page_order([value for value in lists if isinstance(value, list)])
+    if not refs:
+        return
+    try:
+        push_request(connection, project, task, refs)
+    except Exception as exc:  # the job's result does not depend on it
+        log.info("could not queue the task's pages for prefetching: %s", type(exc).__name__)
 
 
 def fingerprint(annotation: dict[str, Any]) -> str:

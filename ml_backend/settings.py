@@ -120,6 +120,13 @@ class Settings:
         default=defaults.PREFETCH_TASKS,
         metadata=_env("PREFETCH_TASKS", "most recently opened tasks whose frames are prefetched"),
     )
+    suggest_page_objects: bool = field(
+        default=defaults.SUGGEST_PAGE_OBJECTS,
+        metadata=_env(
+            "SUGGEST_PAGE_OBJECTS",
+            "answer each click with the latest masks of the other objects clicked on that page too",
+        ),
+    )
     download_cache_bytes: int = field(
         default=defaults.DOWNLOAD_CACHE_BYTES,
         metadata=_env("DOWNLOAD_CACHE_BYTES", "most bytes of downloaded task files kept on disk"),
