@@ -225,13 +225,34 @@ class InteractivePredictor:
             score=score,
         )
         timings.add("rle", time.perf_counter() - started)
-        results = [result, *self._other_objects(key, target.label, result)]
+        accepted = self._accepted_labels(task, newest.to_name, newest.item_index)
+        results = [result, *self._other_objects(key, target.label, result, accepted)]
         return {"results": [{"result": results, "score": score, "model_version": self.model_version}]}
 
-    def _other_objects(self, key: tuple[Any, ...], label: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    @staticmethod
+    def _accepted_labels(task: dict[str, Any], to_name: str, item_index: int | None) -> set[str]:
+        """Labels that already have a brush region on this page in the clicking user's draft or
+        in the task's annotations as sent: accepted suggestions, not to be suggested again."""
+        labels: set[str] = set()
+        for item in [*(task.get("drafts") or []), *(task.get("annotations") or [])]:
+            regions = item.get("result") if isinstance(item, dict) else None
+            for region in regions if isinstance(regions, list) else []:
+                if not isinstance(region, dict) or region.get("type") != "brushlabels":
+                    continue
+                if region.get("to_name") != to_name or region.get("item_index", 0) != (item_index or 0):
+                    continue
+                value = region.get("value")
+                names = value.get("brushlabels") if isinstance(value, dict) else None
+                labels.update(n for n in names or [] if isinstance(n, str))
+        return labels
+
+    def _other_objects(
+        self, key: tuple[Any, ...], label: str, result: dict[str, Any], accepted: set[str] = frozenset()
+    ) -> list[dict[str, Any]]:
         """Remember ``result`` as the latest mask of object ``label`` on its page; return the
-        latest masks of the page's other objects that still have points in a session
-        (``SUGGEST_PAGE_OBJECTS``), in the order they were last clicked."""
+        latest masks of the page's other objects that still have points in a session and no
+        accepted region (``accepted``), in the order they were last clicked
+        (``SUGGEST_PAGE_OBJECTS``)."""
         if not self.settings.suggest_page_objects:
             return []
         project, task_id, user, to_name, session_label, item_index = key
@@ -246,6 +267,8 @@ class InteractivePredictor:
                 self._page_objects.popitem(last=False)
         kept = []
         for other_label, entry in others:
+            if other_label in accepted:
+                continue
             if self.sessions.get(entry["session"]):  # points left (not expired or cleared)
                 kept.append(entry["result"])
             else:

@@ -80,6 +80,7 @@ class RequestListener:
         self.block = block
         self.retry = retry
         self.handled = 0
+        self.failures = 0  # Redis errors seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prefetch-requests", daemon=True)
 
@@ -100,6 +101,7 @@ class RequestListener:
                 item = self.connection.brpop([REQUESTS_KEY], timeout=self.block)
                 failing = False
             except RedisError as exc:
+                self.failures += 1
                 if not failing:
                     log.warning("prefetch requests: Redis unavailable (%s); retrying", type(exc).__name__)
                 failing = True
