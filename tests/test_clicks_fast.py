@@ -15,7 +15,7 @@ import pytest
 from ml_backend.app import create_app
 from ml_backend.fetch import FileFetcher
 from ml_backend.interactive import InteractivePredictor
-from ml_backend.prefetch import REQUESTS_KEY, MAX_REQUESTS, Prefetcher, RequestListener, push_request
+from ml_backend.prefetch import MAX_REQUESTS, REQUESTS_KEY, Prefetcher, RequestListener, push_request
 from ml_backend.segmenter import ImageSegmenter
 
 from .fakes import DiscSegmenter
