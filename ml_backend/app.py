@@ -213,6 +213,8 @@ def create_app(
         response = jsonify(answer)
         timings.add("json", time.perf_counter() - started)
         response.headers["Server-Timing"] = timings.header()
+        if len(timings.parts) > 1:  # a click (Label Studio does not pass the header on to the browser)
+            log.info("click answered; Server-Timing: %s", response.headers["Server-Timing"])
         return response
 
     @app.post("/webhook")

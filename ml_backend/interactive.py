@@ -257,23 +257,31 @@ class InteractivePredictor:
             return []
         project, task_id, user, to_name, session_label, item_index = key
         page = (project, task_id, user, to_name, item_index)
+        # Label Studio's first clicks in a task come before its first draft, so without a user
+        # (see _user); the same annotator's later clicks carry one. Their objects are one page.
+        pages = [page] if user == "anonymous" else [page, (project, task_id, "anonymous", to_name, item_index)]
+        others: dict[str, dict[str, Any]] = {}
         with self._page_objects_lock:
+            for where in reversed(pages):
+                objects = self._page_objects.get(where, {})
+                objects.pop(label, None)
+                others.update(objects)
             objects = self._page_objects.pop(page, {})
-            objects.pop(label, None)
-            others = list(objects.items())
             objects[label] = {"result": result, "session": key}
             self._page_objects[page] = objects
             while len(self._page_objects) > MAX_PAGE_OBJECTS:
                 self._page_objects.popitem(last=False)
         kept = []
-        for other_label, entry in others:
+        for other_label, entry in others.items():
             if other_label in accepted:
                 continue
             if self.sessions.get(entry["session"]):  # points left (not expired or cleared)
                 kept.append(entry["result"])
             else:
                 with self._page_objects_lock:
-                    self._page_objects.get(page, {}).pop(other_label, None)
+                    for where in pages:
+                        if self._page_objects.get(where, {}).get(other_label) is entry:
+                            del self._page_objects[where][other_label]
         return kept
 
     def _embedding(

@@ -259,6 +259,17 @@ def test_each_click_brings_the_other_objects_of_its_page(disc_client):
     assert labels(again) == ["Object 1", "Object 2", "Object 3"]  # the clicked object first, then by last click
 
 
+def test_clicks_before_and_after_the_first_draft_are_one_annotators_page(disc_client):
+    """Label Studio's first clicks carry no draft (no user); later ones carry the user's draft."""
+    answer(disc_client, [keypoint(25, 25, label="Object 1")], task_id=44)
+    payload = predict_payload([keypoint(75, 75, label="Object 2")], config=CONFIG5, task_id=44)
+    payload["tasks"][0]["drafts"] = [{"id": 1, "user": 7, "result": []}]
+    assert labels(disc_client.post("/predict", json=payload)) == ["Object 2", "Object 1"]
+    payload = predict_payload([keypoint(50, 50, label="Object 3")], config=CONFIG5, task_id=44)
+    payload["tasks"][0]["drafts"] = [{"id": 1, "user": 8, "result": []}]  # another annotator
+    assert labels(disc_client.post("/predict", json=payload)) == ["Object 3", "Object 1"]  # not user 7's
+
+
 def test_accepted_objects_are_not_suggested_again(disc_client):
     answer(disc_client, [keypoint(25, 25, label="Object 1")], task_id=41)
     payload = predict_payload([keypoint(75, 75, label="Object 2")], task_id=41)
