@@ -114,7 +114,10 @@ class Settings:
     )
     prefetch_embeddings: bool = field(
         default=defaults.PREFETCH_EMBEDDINGS,
-        metadata=_env("PREFETCH_EMBEDDINGS", "embed a task's frames in the background when it is opened"),
+        metadata=_env(
+            "PREFETCH_EMBEDDINGS",
+            "embed a task's frames in the background: when it is opened or first clicked, and when its job publishes",
+        ),
     )
     prefetch_tasks: int = field(
         default=defaults.PREFETCH_TASKS,
