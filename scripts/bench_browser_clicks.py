@@ -133,7 +133,10 @@ class Annotator:
         sent = timing["startTime"] + max(timing.get("requestStart", 0), 0)
         done = timing["startTime"] + timing["responseEnd"] if timing.get("responseEnd", -1) >= 0 else ended
         regions = len((response.json().get("data") or {}).get("result") or [])
-        return {"total": done - clicked, "frontend": sent - clicked, "regions": regions}
+        server = (
+            timing["responseStart"] - timing["requestStart"] if timing.get("responseStart", -1) >= 0 else float("nan")
+        )
+        return {"total": done - clicked, "frontend": sent - clicked, "server": server, "regions": regions}
 
     def close(self) -> None:
         self.context.close()
@@ -278,6 +281,7 @@ def row(name: str, clicks: list[dict[str, float]], backend: list[dict[str, float
         "p50": pct(totals, 0.5),
         "p95": pct(totals, 0.95),
         "frontend": statistics.median([c["frontend"] for c in clicks]) if clicks else float("nan"),
+        "ls": statistics.median([c["server"] for c in clicks]) if clicks else float("nan"),
         "b50": pct(server, 0.5),
         "b95": pct(server, 0.95),
         "encoded": sum(int(b.get("encoded", 0)) for b in backend),
