@@ -101,13 +101,16 @@ def create_app(
     predictor: Any = None,
     jobs: Any = None,
     warmup: bool = False,
+    prefetch_requests: bool = False,
 ) -> Flask:
     """Create the Flask app.
 
     ``predictor`` is an :class:`~ml_backend.interactive.InteractivePredictor` (default: the real
     one for ``settings``); ``jobs`` is a :class:`~ml_backend.jobs.JobQueue` or None (webhooks are
     then acknowledged but not queued). ``warmup`` builds the model in a background thread so the
-    first click does not pay for it. Raises :class:`~ml_backend.exceptions.CheckpointMissing`
+    first click does not pay for it. ``prefetch_requests`` reads the worker's prefetch requests
+    from the job queue's Redis on a background thread (:class:`~ml_backend.prefetch.RequestListener`,
+    in ``app.extensions["sam2_prefetch_requests"]``; the server turns it on). Raises :class:`~ml_backend.exceptions.CheckpointMissing`
     when there is no checkpoint and random weights were not asked for.
     """
     from .interactive import InteractivePredictor
@@ -132,7 +135,7 @@ def create_app(
     signs = store_for(getattr(jobs, "connection", None))  # keypoint signs, shared with the worker
     predictor.signs = signs
     connection = getattr(jobs, "connection", None)
-    if connection is not None and getattr(predictor, "prefetcher", None) is not None:
+    if prefetch_requests and connection is not None and getattr(predictor, "prefetcher", None) is not None:
         from .prefetch import RequestListener  # pages the worker asks to embed (jobs that published)
 
         app.extensions["sam2_prefetch_requests"] = RequestListener(connection, predictor.prefetch_request).start()

@@ -345,6 +345,7 @@ class InteractivePredictor:
         if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs) or not refs:
             return False
         self.prefetcher.queue_task(task_key(request.get("project"), request.get("task")), refs)
+        log.info("prefetch requested by a job: task %s, %d pages", request.get("task"), len(refs))
         return True
 
     @staticmethod

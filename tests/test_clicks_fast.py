@@ -29,7 +29,8 @@ WAIT = 120  # seconds an event may take on a loaded machine before the test give
 def make(settings, local_root, tmp_path, segmenter, *, jobs=None):
     fetcher = FileFetcher("http://ls.invalid:8080", tmp_path / "dl", local_root=local_root)
     predictor = InteractivePredictor(settings, fetcher=fetcher, segmenter_factory=lambda: segmenter)
-    return predictor, create_app(settings, predictor=predictor, jobs=jobs).test_client()
+    app = create_app(settings, predictor=predictor, jobs=jobs, prefetch_requests=jobs is not None)
+    return predictor, app.test_client()
 
 
 def until(predicate, what: str) -> None:
