@@ -6,7 +6,7 @@ Routes (the Label Studio ML-backend protocol, payloads in the README):
 - ``POST /setup`` → ``{"model_version": ...}``, remembers the project's config;
 - ``POST /predict`` → ``{"results": [...]}``, interactive clicks → brush masks; a call without
   clicks → an empty list of predictions per task; a ``Server-Timing`` header gives the
-  server's share (fetch, decode, embed, decoder, rle, json, total, in ms);
+  server's share (parse, fetch, decode, embed, decoder, rle, json, total, in ms);
 - ``POST /webhook`` → enqueue propagation for submitted annotations / "Start training", and render
   a submitted annotation's first-frame preview in the background (:mod:`.firstframe`);
 - ``GET /versions`` → ``{"versions": [...]}``;
@@ -207,16 +207,19 @@ def create_app(
         from .interactive import REQUEST_TIMINGS, Timings
 
         timings = Timings()
+        started = time.perf_counter()
+        payload = body()  # Label Studio sends the task with its drafts, annotations and predictions
+        timings.add("parse", time.perf_counter() - started)
         token = REQUEST_TIMINGS.set(timings)  # the predictor adds its parts
         try:
-            answer = predictor.predict(body())
+            answer = predictor.predict(payload)
         finally:
             REQUEST_TIMINGS.reset(token)
         started = time.perf_counter()
         response = jsonify(answer)
         timings.add("json", time.perf_counter() - started)
         response.headers["Server-Timing"] = timings.header()
-        if len(timings.parts) > 1:  # a click (Label Studio does not pass the header on to the browser)
+        if len(timings.parts) > 2:  # a click (Label Studio does not pass the header on to the browser)
             log.info("click answered; Server-Timing: %s", response.headers["Server-Timing"])
         return response
 
