@@ -239,7 +239,7 @@ class InteractivePredictor:
             for region in regions if isinstance(regions, list) else []:
                 if not isinstance(region, dict) or region.get("type") != "brushlabels":
                     continue
-                if region.get("to_name") != to_name or region.get("item_index", 0) != (item_index or 0):
+                if region.get("to_name") != to_name or (region.get("item_index") or 0) != (item_index or 0):
                     continue
                 value = region.get("value")
                 names = value.get("brushlabels") if isinstance(value, dict) else None
