@@ -201,6 +201,7 @@ def make_project(stack: Any, takes: int) -> tuple[int, list[int]]:
     config = (ROOT / "label_config" / "greenscreen_segment.xml").read_text()
     project = ensure_project(client, TITLE, config)
     connect_backend(client, project.id, stack.backend_url)
+    stack.demo_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d%H%M%S")
     root = stack.files_root / "bench"
     made = []
