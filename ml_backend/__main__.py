@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
                 jobs = JobQueue.from_settings(
                     settings.replace(redis_retry_seconds=min(settings.redis_retry_seconds, 5))
                 )
-            return create_app(settings, jobs=jobs, warmup=not args.lazy)
+            return create_app(settings, jobs=jobs, warmup=not args.lazy, prefetch_requests=True)
 
     logging.getLogger(__name__).info("serving on %s:%d", args.host, settings.port)
     Server().run()

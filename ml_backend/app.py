@@ -5,7 +5,8 @@ Routes (the Label Studio ML-backend protocol, payloads in the README):
 - ``GET /health`` → ``{"status": "UP", "model_loaded": bool}``, never waits for the model;
 - ``POST /setup`` → ``{"model_version": ...}``, remembers the project's config;
 - ``POST /predict`` → ``{"results": [...]}``, interactive clicks → brush masks; a call without
-  clicks → an empty list of predictions per task;
+  clicks → an empty list of predictions per task; a ``Server-Timing`` header gives the
+  server's share (parse, fetch, decode, embed, decoder, rle, json, total, in ms);
 - ``POST /webhook`` → enqueue propagation for submitted annotations / "Start training", and render
   a submitted annotation's first-frame preview in the background (:mod:`.firstframe`);
 - ``GET /versions`` → ``{"versions": [...]}``;
@@ -100,13 +101,16 @@ def create_app(
     predictor: Any = None,
     jobs: Any = None,
     warmup: bool = False,
+    prefetch_requests: bool = False,
 ) -> Flask:
     """Create the Flask app.
 
     ``predictor`` is an :class:`~ml_backend.interactive.InteractivePredictor` (default: the real
     one for ``settings``); ``jobs`` is a :class:`~ml_backend.jobs.JobQueue` or None (webhooks are
     then acknowledged but not queued). ``warmup`` builds the model in a background thread so the
-    first click does not pay for it. Raises :class:`~ml_backend.exceptions.CheckpointMissing`
+    first click does not pay for it. ``prefetch_requests`` reads the worker's prefetch requests
+    from the job queue's Redis on a background thread (:class:`~ml_backend.prefetch.RequestListener`,
+    in ``app.extensions["sam2_prefetch_requests"]``; the server turns it on). Raises :class:`~ml_backend.exceptions.CheckpointMissing`
     when there is no checkpoint and random weights were not asked for.
     """
     from .interactive import InteractivePredictor
@@ -130,6 +134,11 @@ def create_app(
 
     signs = store_for(getattr(jobs, "connection", None))  # keypoint signs, shared with the worker
     predictor.signs = signs
+    connection = getattr(jobs, "connection", None)
+    if prefetch_requests and connection is not None and getattr(predictor, "prefetcher", None) is not None:
+        from .prefetch import RequestListener  # pages the worker asks to embed (jobs that published)
+
+        app.extensions["sam2_prefetch_requests"] = RequestListener(connection, predictor.prefetch_request).start()
 
     if warmup:
 
@@ -193,7 +202,26 @@ def create_app(
 
     @app.post("/predict")
     def predict() -> Any:
-        return jsonify(predictor.predict(body()))
+        import time
+
+        from .interactive import REQUEST_TIMINGS, Timings
+
+        timings = Timings()
+        started = time.perf_counter()
+        payload = body()  # Label Studio sends the task with its drafts, annotations and predictions
+        timings.add("parse", time.perf_counter() - started)
+        token = REQUEST_TIMINGS.set(timings)  # the predictor adds its parts
+        try:
+            answer = predictor.predict(payload)
+        finally:
+            REQUEST_TIMINGS.reset(token)
+        started = time.perf_counter()
+        response = jsonify(answer)
+        timings.add("json", time.perf_counter() - started)
+        response.headers["Server-Timing"] = timings.header()
+        if len(timings.parts) > 2:  # a click (Label Studio does not pass the header on to the browser)
+            log.info("click answered; Server-Timing: %s", response.headers["Server-Timing"])
+        return response
 
     @app.post("/webhook")
     def webhook() -> Any:

@@ -52,6 +52,9 @@ PREFETCH_EMBEDDINGS = True
 #: Most recently opened tasks whose frames are prefetched (newest first; older ones are dropped).
 PREFETCH_TASKS = 4
 
+#: Return, with each click's mask, the latest masks of the page's other clicked objects.
+SUGGEST_PAGE_OBJECTS = True
+
 #: Most bytes of downloaded task files kept on disk under ``DATA_DIR/downloads``.
 DOWNLOAD_CACHE_BYTES = 2 * 1024**3
 

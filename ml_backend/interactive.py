@@ -11,14 +11,22 @@ One call of :meth:`InteractivePredictor.predict` does, in order:
 3. find the brush tag and the image from the project's config (:mod:`.labelconfig`), and the
    image URL from the task data (``item_index`` picks from a ``valueList``);
 4. fetch the file (:mod:`.fetch`), embed it once (:mod:`.segmenter`), decode the points;
-5. answer a ``brushlabels`` result at the same ``item_index`` (:mod:`.brush`).
+5. answer a ``brushlabels`` result at the same ``item_index`` (:mod:`.brush`), followed (with
+   ``SUGGEST_PAGE_OBJECTS``) by the latest masks of the other objects that have points on that
+   page in this user's sessions, so that Label Studio shows every object of the page at once.
+
+Each step's time goes into a :class:`Timings` that the app sends as a ``Server-Timing`` header.
+The first click in a task queues all its pages for prefetching (:mod:`.prefetch`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -37,6 +45,35 @@ log = logging.getLogger(__name__)
 
 #: Most project configs remembered from ``/setup`` (the oldest is forgotten first).
 MAX_PROJECT_CONFIGS = 1000
+
+#: Most pages whose objects' latest masks are remembered for ``SUGGEST_PAGE_OBJECTS``.
+MAX_PAGE_OBJECTS = 500
+
+
+class Timings:
+    """Milliseconds spent in the parts of one request, for the ``Server-Timing`` header."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[str, float, str]] = []
+        self._started = time.perf_counter()
+
+    def add(self, name: str, seconds: float, desc: str = "") -> None:
+        self.parts.append((name, seconds * 1000.0, desc))
+
+    def header(self) -> str:
+        """``name;dur=ms[;desc="..."]`` entries, then ``total``: the whole request so far."""
+        total = (time.perf_counter() - self._started) * 1000.0
+        items = [f"{n};dur={ms:.1f}" + (f';desc="{d}"' if d else "") for n, ms, d in self.parts]
+        return ", ".join([*items, f"total;dur={total:.1f}"])
+
+
+#: The :class:`Timings` of the request being answered (the app sets it for ``/predict``).
+REQUEST_TIMINGS: ContextVar[Timings | None] = ContextVar("REQUEST_TIMINGS", default=None)
+
+
+def task_key(project: Any, task: Any) -> tuple[str, Any]:
+    """The prefetcher's key of a task: the project id without Label Studio's ``.<created>``."""
+    return (str(project).split(".", 1)[0], task)
 
 
 class InteractivePredictor:
@@ -66,6 +103,8 @@ class InteractivePredictor:
         self._clicks = 0  # clicks being answered; the prefetcher waits while there are any
         self._clicks_lock = threading.Lock()
         self.prefetcher = None
+        self._page_objects: OrderedDict[Hashable, dict[str, dict[str, Any]]] = OrderedDict()
+        self._page_objects_lock = threading.Lock()
         if settings.prefetch_embeddings:
             from .prefetch import Prefetcher
 
@@ -105,7 +144,7 @@ class InteractivePredictor:
                 self.project_configs.pop(next(iter(self.project_configs)))
 
     # -- /predict ---------------------------------------------------------------------------------
-    def predict(self, payload: Any) -> dict[str, Any]:
+    def predict(self, payload: Any, timings: Timings | None = None) -> dict[str, Any]:
         if not isinstance(payload, dict):
             raise BadPayload("the body must be a JSON object with 'tasks'")
         tasks = payload.get("tasks")
@@ -129,12 +168,15 @@ class InteractivePredictor:
         with self._clicks_lock:
             self._clicks += 1
         try:
-            return self._click(payload, tasks, params, context)
+            timings = timings or REQUEST_TIMINGS.get() or Timings()
+            return self._click(payload, tasks, params, context, timings)
         finally:
             with self._clicks_lock:
                 self._clicks -= 1
 
-    def _click(self, payload: dict[str, Any], tasks: list[Any], params: dict[str, Any], context: Any) -> dict[str, Any]:
+    def _click(
+        self, payload: dict[str, Any], tasks: list[Any], params: dict[str, Any], context: Any, timings: Timings
+    ) -> dict[str, Any]:
         if len(tasks) != 1:
             raise BadPayload(f"an interactive call carries one task, got {len(tasks)}")
         task = tasks[0]
@@ -160,13 +202,20 @@ class InteractivePredictor:
         key = (str(payload.get("project")), task.get("id"), str(user), newest.to_name, newest.label, newest.item_index)
         clicks = self.sessions.merge(key, group)
 
-        embed_key, embedding = self._embedding(ref)
         if self.prefetcher is not None:
-            self.prefetcher.touch((str(payload.get("project")), task.get("id")), embed_key)
+            tkey = task_key(payload.get("project"), task.get("id"))
+            if self.prefetcher.first_click(tkey):  # this task's other pages, after this click
+                self._open_task(payload, task)
+        embed_key, embedding = self._embedding(ref, timings=timings)
+        if self.prefetcher is not None:
+            self.prefetcher.touch(tkey, embed_key)
         height, width = embedding.orig_hw
         points = np.array([c.pixel(width, height) for c in clicks], dtype=np.float32)
         labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int32)
+        started = time.perf_counter()
         mask, score = self.segmenter.predict(embedding, points, labels)
+        timings.add("decoder", time.perf_counter() - started)
+        started = time.perf_counter()
         result = brush.mask_to_result(
             mask,
             from_name=target.brush,
@@ -175,19 +224,91 @@ class InteractivePredictor:
             item_index=newest.item_index,
             score=score,
         )
-        return {"results": [{"result": [result], "score": score, "model_version": self.model_version}]}
+        timings.add("rle", time.perf_counter() - started)
+        accepted = self._accepted_labels(task, newest.to_name, newest.item_index)
+        results = [result, *self._other_objects(key, target.label, result, accepted)]
+        return {"results": [{"result": results, "score": score, "model_version": self.model_version}]}
 
-    def _embedding(self, ref: str, protected: set[Any] | None = None) -> tuple[Any, Any]:
+    @staticmethod
+    def _accepted_labels(task: dict[str, Any], to_name: str, item_index: int | None) -> set[str]:
+        """Labels that already have a brush region on this page in the clicking user's draft or
+        in the task's annotations as sent: accepted suggestions, not to be suggested again."""
+        labels: set[str] = set()
+        for item in [*(task.get("drafts") or []), *(task.get("annotations") or [])]:
+            regions = item.get("result") if isinstance(item, dict) else None
+            for region in regions if isinstance(regions, list) else []:
+                if not isinstance(region, dict) or region.get("type") != "brushlabels":
+                    continue
+                if region.get("to_name") != to_name or (region.get("item_index") or 0) != (item_index or 0):
+                    continue
+                value = region.get("value")
+                names = value.get("brushlabels") if isinstance(value, dict) else None
+                labels.update(n for n in names or [] if isinstance(n, str))
+        return labels
+
+    def _other_objects(
+        self, key: tuple[Any, ...], label: str, result: dict[str, Any], accepted: set[str] = frozenset()
+    ) -> list[dict[str, Any]]:
+        """Remember ``result`` as the latest mask of object ``label`` on its page; return the
+        latest masks of the page's other objects that still have points in a session and no
+        accepted region (``accepted``), in the order they were last clicked
+        (``SUGGEST_PAGE_OBJECTS``)."""
+        if not self.settings.suggest_page_objects:
+            return []
+        project, task_id, user, to_name, session_label, item_index = key
+        page = (project, task_id, user, to_name, item_index)
+        # Label Studio's first clicks in a task come before its first draft, so without a user
+        # (see _user); the same annotator's later clicks carry one. Their objects are one page.
+        pages = [page] if user == "anonymous" else [page, (project, task_id, "anonymous", to_name, item_index)]
+        others: dict[str, dict[str, Any]] = {}
+        with self._page_objects_lock:
+            for where in reversed(pages):
+                objects = self._page_objects.get(where, {})
+                objects.pop(label, None)
+                others.update(objects)
+            objects = self._page_objects.pop(page, {})
+            objects[label] = {"result": result, "session": key}
+            self._page_objects[page] = objects
+            while len(self._page_objects) > MAX_PAGE_OBJECTS:
+                self._page_objects.popitem(last=False)
+        kept = []
+        for other_label, entry in others.items():
+            if other_label in accepted:
+                continue
+            if self.sessions.get(entry["session"]):  # points left (not expired or cleared)
+                kept.append(entry["result"])
+            else:
+                with self._page_objects_lock:
+                    for where in pages:
+                        if self._page_objects.get(where, {}).get(other_label) is entry:
+                            del self._page_objects[where][other_label]
+        return kept
+
+    def _embedding(
+        self, ref: str, protected: set[Any] | None = None, timings: Timings | None = None
+    ) -> tuple[Any, Any]:
         """``(cache key, embedding)`` of the image ``ref`` names (embedding None: see
         :meth:`~ml_backend.segmenter.ImageSegmenter.embed`)."""
+        started = time.perf_counter()
         path = self.fetcher.path(ref, folder_ok=False)
         stat = path.stat()
         embed_key = (str(path), stat.st_mtime_ns, stat.st_size)
-        embedding = self.segmenter.embed(
-            embed_key,
-            lambda: decode_image(path.read_bytes(), max_pixels=self.settings.max_image_pixels, name=ref),
-            protected=protected,
-        )
+        fetched = time.perf_counter()
+        decoded: list[float] = []  # the decode's seconds, when this call encoded the image
+
+        def image() -> Any:
+            t0 = time.perf_counter()
+            try:
+                return decode_image(path.read_bytes(), max_pixels=self.settings.max_image_pixels, name=ref)
+            finally:
+                decoded.append(time.perf_counter() - t0)
+
+        embedding = self.segmenter.embed(embed_key, image, protected=protected)
+        if timings is not None:
+            timings.add("fetch", fetched - started)
+            timings.add("decode", sum(decoded))
+            how = "encoder" if decoded else "cache hit"
+            timings.add("embed", time.perf_counter() - fetched - sum(decoded), how)
         return embed_key, embedding
 
     def _prefetch_one(self, ref: str, protected: set[Any]) -> Any:
@@ -213,7 +334,19 @@ class InteractivePredictor:
             lists.append(value if isinstance(value, list) else [value])
         refs = page_order(lists)
         if refs:
-            self.prefetcher.open_task((str(payload.get("project")), task.get("id")), refs)
+            self.prefetcher.open_task(task_key(payload.get("project"), task.get("id")), refs)
+
+    def prefetch_request(self, request: Any) -> bool:
+        """Queue a task's pages pushed by the worker (see :mod:`.prefetch`); False when the
+        request is not ``{"project", "task", "refs": [str, ...]}`` or prefetching is off."""
+        if self.prefetcher is None or not isinstance(request, dict):
+            return False
+        refs = request.get("refs")
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs) or not refs:
+            return False
+        self.prefetcher.queue_task(task_key(request.get("project"), request.get("task")), refs)
+        log.info("prefetch requested by a job: task %s, %d pages", request.get("task"), len(refs))
+        return True
 
     @staticmethod
     def _user(params: dict[str, Any], task: dict[str, Any]) -> str:

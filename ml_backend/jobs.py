@@ -757,12 +757,15 @@ def _finish_task(
             changes["job_message"] = lifecycle.message(conn, project_id, task_id)
         return changes
 
+    data = None
     try:  # best-effort: the prediction is the job's result, not the columns
-        update_task_data(settings, conn, task_id, change, seconds=settings.label_studio_best_effort_seconds)
+        data = update_task_data(settings, conn, task_id, change, seconds=settings.label_studio_best_effort_seconds)
     except Exception as exc:
         log.warning(
             "could not write task %s's review columns (%s); posting the prediction", task_id, type(exc).__name__
         )
+    if job is not None and data:
+        _request_prefetch(conn, project_id, task_id, task_job, data)
     progress.stage("posting prediction")
     version = f"{model_version(settings)}-job-{job.id if job else 'local'}"
     prediction = task_job.prediction(result, version)
@@ -802,6 +805,21 @@ def _relative(path: Any, root: Path) -> str:
         return "results/" + Path(path).relative_to(root).as_posix() + "/"
     except ValueError:
         return Path(path).name
+
+
+def _request_prefetch(connection: Any, project: Any, task: int, task_job: Any, data: dict[str, Any]) -> None:
+    """Ask the backend to embed the task's pages, appended flagged frames included, so the
+    reviewer's first click on any of them costs only the mask decoder (best effort)."""
+    from .prefetch import page_order, push_request
+
+    lists = [data.get(info.data_key) for info in task_job.images.values()]
+    refs = page_order([value for value in lists if isinstance(value, list)])
+    if not refs:
+        return
+    try:
+        push_request(connection, project, task, refs)
+    except Exception as exc:  # the job's result does not depend on it
+        log.info("could not queue the task's pages for prefetching: %s", type(exc).__name__)
 
 
 def fingerprint(annotation: dict[str, Any]) -> str:

@@ -10,6 +10,11 @@ Lifecycle, as in segment-anything's predictor::
 image (x right, y down); ``labels`` is ``N`` ints, 1 = positive, 0 = negative. The mask is an
 ``H×W`` bool array. The SAM 2 image encoder runs only on a cache miss (``segmenter.encodes``
 counts them); the prompt encoder and mask decoder run on every click.
+
+Two locks, two predictor objects over one model: the image encoder runs under ``_encode_lock``,
+the prompt encoder and mask decoder under ``_decode_lock``. A click on a cached embedding
+therefore never waits for an encoder run (a prefetch, or another annotator's first click on a
+new page); encoder runs queue behind each other, one at a time.
 """
 
 from __future__ import annotations
@@ -124,12 +129,16 @@ class ImageSegmenter:
             if cache is not None
             else EmbeddingCache(settings.embedding_cache_items, settings.embedding_cache_bytes)
         )
-        self._predictor = SAM2ImagePredictor(model)
         size = settings.image_size
         # SAM2ImagePredictor assumes 1024 px; its feature sizes must follow the model's size.
-        self._predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+        feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+        self._predictor = SAM2ImagePredictor(model)  # the image encoder (set_image)
+        self._decoder = SAM2ImagePredictor(model)  # prompt encoder + mask decoder, same weights
+        for predictor in (self._predictor, self._decoder):
+            predictor._bb_feat_sizes = feat_sizes
         self.device = self._predictor.device
-        self._model_lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self._decode_lock = threading.Lock()
         self._key_locks: dict[Hashable, threading.Lock] = {}
         self._key_locks_guard = threading.Lock()
         self.encodes = 0
@@ -169,7 +178,7 @@ class ImageSegmenter:
 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an H×W×3 uint8 RGB image, got {image.shape} {image.dtype}")
-        with self._model_lock, torch.inference_mode(), autocast(self.settings, self.device):
+        with self._encode_lock, torch.inference_mode(), autocast(self.settings, self.device):
             self._predictor.set_image(image)
             features = self._predictor._features
             embedding = Embedding(
@@ -192,8 +201,8 @@ class ImageSegmenter:
         points_xy = np.asarray(points_xy, dtype=np.float32).reshape(-1, 2)
         labels = np.asarray(labels, dtype=np.int32).reshape(-1)
         multimask = len(labels) == 1
-        with self._model_lock, torch.inference_mode(), autocast(self.settings, self.device):
-            p = self._predictor
+        with self._decode_lock, torch.inference_mode(), autocast(self.settings, self.device):
+            p = self._decoder
             p._features = {"image_embed": embedding.image_embed, "high_res_feats": embedding.high_res_feats}
             p._orig_hw = [embedding.orig_hw]
             p._is_image_set = True

@@ -114,11 +114,21 @@ class Settings:
     )
     prefetch_embeddings: bool = field(
         default=defaults.PREFETCH_EMBEDDINGS,
-        metadata=_env("PREFETCH_EMBEDDINGS", "embed a task's frames in the background when it is opened"),
+        metadata=_env(
+            "PREFETCH_EMBEDDINGS",
+            "embed a task's frames in the background: when it is opened or first clicked, and when its job publishes",
+        ),
     )
     prefetch_tasks: int = field(
         default=defaults.PREFETCH_TASKS,
         metadata=_env("PREFETCH_TASKS", "most recently opened tasks whose frames are prefetched"),
+    )
+    suggest_page_objects: bool = field(
+        default=defaults.SUGGEST_PAGE_OBJECTS,
+        metadata=_env(
+            "SUGGEST_PAGE_OBJECTS",
+            "answer each click with the latest masks of the other objects clicked on that page too",
+        ),
     )
     download_cache_bytes: int = field(
         default=defaults.DOWNLOAD_CACHE_BYTES,

@@ -116,7 +116,7 @@ def test_health_setup_versions(client):
 
 def test_health_answers_while_inference_runs(client, segmenter):
     # Hold the model lock as a long inference would; health and setup must not wait for it.
-    with segmenter._model_lock:
+    with segmenter._encode_lock, segmenter._decode_lock:
         worker = threading.Thread(target=lambda: client.post("/predict", json=predict_payload([keypoint(5, 5)])))
         worker.start()
         started = time.perf_counter()

@@ -9,6 +9,7 @@ stand-in for Label Studio's API (PATCH of task data included)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import shutil
@@ -169,6 +170,12 @@ def test_a_job_shows_its_state_appends_flagged_pages_and_serves_its_review(setti
     assert {(2, "Object 2"), (3, "Object 2"), (4, "Object 1")} <= pages
     assert (3, "Object 1") not in pages  # object 1 is gone on frame 10
     assert 0 < prediction["score"] < 1
+
+    # the backend is asked to embed the task's pages, appended ones included (issue 29)
+    from ml_backend.prefetch import REQUESTS_KEY
+
+    (request,) = [json.loads(r) for r in redis_conn.lrange(REQUESTS_KEY, 0, -1)]
+    assert request["task"] == TASK and sorted(request["refs"]) == sorted({*d["frames1"], *d["frames2"]})
 
 
 def test_a_correction_on_an_appended_page_is_a_prompt_and_pages_are_not_added_twice(settings, redis_conn, queue, ls):
