@@ -145,6 +145,16 @@ def chunk_size(stage: str, device: torch.device, image_size: int, batch: int) ->
     return max(1, min(batch, CPU_BATCH_PIXELS[stage] // (image_size * image_size)))
 
 
+def batching_pays(device: torch.device, image_size: int) -> bool:
+    """Whether tracking objects as one batch costs less than SAM 2's loop on ``device`` at
+    ``image_size``: always on a GPU; on a CPU only while the memory encoder batches two objects or
+    more (up to 512 px with :data:`CPU_BATCH_PIXELS`). Past that only the mask decoder would
+    batch, and its gain does not repay the batched path's bookkeeping: at 1024 px, 3 and 8
+    objects measured 0.86–1.10× the loop's CPU time per frame (``bench_video.py
+    --objects-table``), so there the predictor runs SAM 2's own loop and is never slower."""
+    return device.type != "cpu" or chunk_size("memory_encoder", device, image_size, 2) > 1
+
+
 def chunks(batch: int, size: int) -> list[tuple[int, int]]:
     """``(lo, hi)`` of consecutive chunks of at most ``size`` objects."""
     return [(lo, min(lo + size, batch)) for lo in range(0, batch, size)]
@@ -314,7 +324,11 @@ class BatchedObjects:
         reverse: bool = False,
     ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
         """SAM 2's ``propagate_in_video`` (same arguments, same ``(frame_idx, obj_ids,
-        masks N×1×H×W)`` per frame), with objects of equal memory layout tracked as one batch."""
+        masks N×1×H×W)`` per frame), with objects of equal memory layout tracked as one batch;
+        SAM 2's own loop where batching does not pay (:func:`batching_pays`)."""
+        if not batching_pays(inference_state["device"], self.image_size):
+            yield from super().propagate_in_video(inference_state, start_frame_idx, max_frame_num_to_track, reverse)
+            return
         self.propagate_in_video_preflight(inference_state)
 
         obj_ids = inference_state["obj_ids"]

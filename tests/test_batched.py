@@ -85,6 +85,13 @@ def test_a_cpu_batches_a_stage_only_while_that_pays():
     assert batched.chunks(5, 2) == [(0, 2), (2, 4), (4, 5)]
 
 
+def test_a_cpu_runs_sam2s_loop_where_only_the_decoder_would_batch():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert batched.batching_pays(cpu, 256) and batched.batching_pays(cpu, 512)
+    assert not batched.batching_pays(cpu, 513) and not batched.batching_pays(cpu, 1024)
+    assert batched.batching_pays(cuda, 1024)
+
+
 # -- real SAM 2 ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def predictors():
@@ -318,3 +325,13 @@ def test_stages_run_in_chunks_and_give_the_same_masks(predictors, scene, one_by_
     for stage, sizes in ours["calls"].items():
         assert max(sizes) == 2, (stage, sizes)  # ... its stages in chunks of two objects
     print(figures)
+
+
+def test_where_batching_does_not_pay_the_loop_is_sam2s_own(predictors, scene, one_by_one, tmp_path, monkeypatch):
+    """With the memory encoder's CPU budget below two objects (as at 1024 px), the batched
+    predictor runs SAM 2's own loop: one object per tracking step and per stage, the same masks."""
+    monkeypatch.setitem(batched.CPU_BATCH_PIXELS, "memory_encoder", SIZE * SIZE)
+    ours = run_spied(predictors[True], scene, tmp_path / "loop")
+    assert set(ours["steps"]) == {1} and len(ours["steps"]) == len(one_by_one["steps"])
+    assert all(set(sizes) == {1} for sizes in ours["calls"].values())
+    assert ours["masks"] == one_by_one["masks"] and ours["scores"] == one_by_one["scores"]
