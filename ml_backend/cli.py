@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from .settings import Settings
-    from .worker import make_worker
+    from ml_backend.settings import Settings
+    from ml_backend.worker.runner import make_worker
 
     settings = Settings.from_env()
     worker = make_worker(settings, preload=not args.lazy)
@@ -23,7 +23,7 @@ def check_out_dir(out: str | Path) -> Path:
     """``out`` as a folder this process can create and write, or :class:`PromptError`."""
     import os
 
-    from .exceptions import PromptError
+    from ml_backend.exceptions import PromptError
 
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
@@ -39,8 +39,8 @@ def check_out_dir(out: str | Path) -> Path:
 
 
 def _propagate(args: argparse.Namespace) -> int:
-    from .exceptions import MLBackendError
-    from .settings import Settings
+    from ml_backend.exceptions import MLBackendError
+    from ml_backend.settings import Settings
 
     try:
         return _propagate_checked(args, Settings.from_env())
@@ -57,10 +57,10 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
     the output folder; then propagate, with progress bars."""
     from tqdm import tqdm
 
-    from .exporter import choose_exports
-    from .models import autocast, build_video_predictor, resolve_device
-    from .pipeline import check_job, run_job
-    from .prompts import load_prompts
+    from ml_backend.exporters.base import choose_exports
+    from ml_backend.models import autocast, build_video_predictor, resolve_device
+    from ml_backend.video.pipeline import check_job, run_job
+    from ml_backend.video.prompts import load_prompts
 
     spec = load_prompts(args.prompts)
     if args.format:
@@ -76,7 +76,7 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
     check_job(spec, videos)
     choose_exports(spec, [*settings.export_list, *(args.export or [])], review=not args.no_review)
     if args.queue:
-        from .jobs import JobQueue
+        from ml_backend.worker.jobs import JobQueue
 
         job = JobQueue.from_settings(settings).enqueue_prompts(
             json.loads(Path(args.prompts).read_text()), videos, str(out.resolve())
@@ -122,8 +122,8 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
 def _status(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .jobs import JobQueue
-    from .settings import Settings
+    from ml_backend.settings import Settings
+    from ml_backend.worker.jobs import JobQueue
 
     queue = JobQueue.from_settings(Settings.from_env())
     if not args.job_id:

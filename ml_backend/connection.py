@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import defaults
+from ml_backend import defaults
 
 #: Longest wait between two attempts, seconds.
 BACKOFF_CAP = 2.0

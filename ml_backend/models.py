@@ -5,7 +5,7 @@ Nothing here runs at import; torch and sam2 are imported inside the builders.
 ``build_image_model(settings)`` returns a ``SAM2Base`` ready for ``SAM2ImagePredictor``;
 ``build_video_predictor(settings)`` returns a ``SAM2VideoPredictor``: with
 ``settings.batch_objects`` (``SAM2_BATCH_OBJECTS``, default on) the subclass
-:class:`ml_backend.batched.BatchedVideoPredictor` that tracks the objects of a frame as one batch
+:class:`ml_backend.video.batched.BatchedVideoPredictor` that tracks the objects of a frame as one batch
 where SAM 2's memory rules allow it, else SAM 2's own class. Both builders honour:
 
 - ``settings.model_size``: one of :data:`MODEL_CONFIGS`;
@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import CheckpointMissing, ConfigurationError
+from ml_backend.exceptions import CheckpointMissing, ConfigurationError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .settings import Settings
+    from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _build(settings: Settings, *, video: bool) -> Any:
         if settings.compile:
             kwargs["vos_optimized"] = True
         if settings.batch_objects:
-            from .batched import TARGET, TARGET_VOS
+            from ml_backend.video.batched import TARGET, TARGET_VOS
 
             # the last `_target_` override wins over the one build_sam2_video_predictor sets
             overrides = [*overrides, f"++model._target_={TARGET_VOS if settings.compile else TARGET}"]
@@ -170,7 +170,7 @@ def build_image_model(settings: Settings) -> Any:
 
 def build_video_predictor(settings: Settings) -> Any:
     """A ``SAM2VideoPredictor`` in eval mode on the resolved device (batched objects unless
-    ``settings.batch_objects`` is off: :mod:`ml_backend.batched`)."""
+    ``settings.batch_objects`` is off: :mod:`ml_backend.video.batched`)."""
     return _build(settings, video=True)
 
 

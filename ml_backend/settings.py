@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import defaults
-from .exceptions import ConfigurationError
+from ml_backend import defaults
+from ml_backend.exceptions import ConfigurationError
 
 MODEL_SIZES = ("tiny", "small", "base_plus", "large")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -280,7 +280,7 @@ class Settings:
         if len(self.background_color) != 3 or not all(0 <= c <= 255 for c in self.background_color):
             raise ConfigurationError(f"BACKGROUND_COLOR={self.background_color!r} is not R,G,B in 0..255")
         if self.export_list:
-            from .exporter import REGISTRY
+            from ml_backend.exporters.base import REGISTRY
 
             unknown = [n for n in self.export_list if n not in REGISTRY]
             if unknown:
@@ -321,7 +321,7 @@ class Settings:
         """The checkpoint file this configuration loads (meaningless with random weights)."""
         if self.checkpoint and not self.random_weights:
             return Path(self.checkpoint)
-        from .models import checkpoint_name
+        from ml_backend.models import checkpoint_name
 
         return self.checkpoint_dir / checkpoint_name(self.model_size)
 
@@ -332,8 +332,8 @@ class Settings:
 
     @property
     def quality_rule(self) -> Any:
-        """The drift-flag thresholds as a :class:`~ml_backend.quality.QualityRule`."""
-        from .quality import QualityRule
+        """The drift-flag thresholds as a :class:`~ml_backend.video.quality.QualityRule`."""
+        from ml_backend.video.quality import QualityRule
 
         return QualityRule(self.quality_min_score, self.quality_area_ratio, self.quality_jump, self.review_max_pages)
 

@@ -1,4 +1,4 @@
-"""Several annotations, Updates and deletions (:mod:`ml_backend.lifecycle`), with the stand-in
+"""Several annotations, Updates and deletions (:mod:`ml_backend.worker.lifecycle`), with the stand-in
 Label Studio, a real redis-server, RQ's SimpleWorker in-process and the real pipeline.
 
 A deletion arriving during each stage of a job (queued, propagating, exporting, publishing):
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend import lifecycle
-from ml_backend import pipeline as pipeline_module
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
+from ml_backend.video import pipeline as pipeline_module
+from ml_backend.worker import lifecycle
+from ml_backend.worker import runner as worker_module
+from ml_backend.worker.jobs import JobQueue
 
 from . import test_task_jobs as task_jobs
 from .test_task_jobs import PROJECT, TASK, Hooked, point, published, run, submit

@@ -15,9 +15,9 @@ from __future__ import annotations
 import threading
 import time
 
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
-from ml_backend.worker import make_worker
+from ml_backend.worker import runner as worker_module
+from ml_backend.worker.jobs import JobQueue
+from ml_backend.worker.runner import make_worker
 
 from . import test_task_jobs as task_jobs
 from .fakes import ColorVideoPredictor

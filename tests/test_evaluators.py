@@ -34,9 +34,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ml_backend.pipeline import run_job
-from ml_backend.prompts import parse_prompts
-from ml_backend.synthetic import render, scene_pair
+from ml_backend.video.pipeline import run_job
+from ml_backend.video.prompts import parse_prompts
+from ml_backend.video.synthetic import render, scene_pair
 
 from .fakes import ColorVideoPredictor
 
@@ -47,7 +47,7 @@ EMPTY = (("video2", 4),)  # frames with no object at all
 #: Object id → name. KITTI MOTS scores class ids 1 and 2 only (it calls them car and
 #: pedestrian), so the three objects carry two names: mug (class 1) and box (class 2).
 NAMES = {1: "mug", 2: "box", 3: "mug"}
-SHAPE_OF = {1: "mug", 2: "box", 3: "ball"}  # object id → shape in ml_backend.synthetic.scene_pair
+SHAPE_OF = {1: "mug", 2: "box", 3: "ball"}  # object id → shape in ml_backend.video.synthetic.scene_pair
 CATEGORIES = {"mug": 1, "box": 2}
 VIDEO_IDS = {"video1": 1, "video2": 2}
 SHIFT = 3  # px, the damaged export's error

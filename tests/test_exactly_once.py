@@ -11,9 +11,9 @@ import threading
 import pytest
 
 from ml_backend import AlreadyPublished, Superseded
-from ml_backend import worker as worker_module
-from ml_backend.jobs import RECORD_KEY, PublishGate
-from ml_backend.worker import OWNER_KEY
+from ml_backend.worker import runner as worker_module
+from ml_backend.worker.jobs import RECORD_KEY, PublishGate
+from ml_backend.worker.runner import OWNER_KEY
 
 from . import test_task_jobs as task_jobs
 from .test_task_jobs import Hooked, point, published, run, submit

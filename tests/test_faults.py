@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend import worker as worker_module
-from ml_backend.backoff import is_transient, with_backoff
 from ml_backend.exceptions import Unavailable
-from ml_backend.jobs import JobQueue, ProgressMeta
-from ml_backend.synthetic import moving_shapes
-from ml_backend.worker import make_worker
+from ml_backend.labelstudio.backoff import is_transient, with_backoff
+from ml_backend.video.synthetic import moving_shapes
+from ml_backend.worker import runner as worker_module
+from ml_backend.worker.jobs import JobQueue, ProgressMeta
+from ml_backend.worker.runner import make_worker
 
 from .fakes import ColorVideoPredictor
 
@@ -212,9 +212,9 @@ def test_backoff_retries_transient_errors_only():
 
 
 def test_a_webhook_while_redis_is_down_is_a_503(small_settings):
-    from ml_backend.app import create_app
     from ml_backend.connection import redis_connection
-    from ml_backend.interactive import InteractivePredictor
+    from ml_backend.server.app import create_app
+    from ml_backend.server.interactive import InteractivePredictor
 
     queue = JobQueue(redis_connection("redis://127.0.0.1:1/0", retry_seconds=0.3), small_settings)
     app = create_app(
@@ -299,8 +299,8 @@ def test_a_full_disk_leaves_the_previous_pair_intact(tmp_path):
 
 
 def test_published_files_share_one_mode(tmp_path):
-    from ml_backend.pipeline import run_job
-    from ml_backend.prompts import parse_prompts
+    from ml_backend.video.pipeline import run_job
+    from ml_backend.video.prompts import parse_prompts
 
     video = moving_shapes(num_frames=4, height=48, width=64)
     path = video.write(tmp_path / "v.mkv")
@@ -321,7 +321,7 @@ def test_a_complete_greenscreen_mp4_is_never_replaced_by_a_shorter_one(tmp_path)
     import cv2
     import numpy as np
 
-    from ml_backend.greenscreen import assemble_greenscreen_mp4, video_frame_count
+    from ml_backend.exporters.greenscreen import assemble_greenscreen_mp4, video_frame_count
 
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed (the mp4 is only assembled with it)")

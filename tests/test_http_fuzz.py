@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ml_backend.app import create_app
-from ml_backend.fetch import FileFetcher
-from ml_backend.interactive import InteractivePredictor
-from ml_backend.jobs import JobQueue
+from ml_backend.labelstudio.fetch import FileFetcher
+from ml_backend.server.app import create_app
+from ml_backend.server.interactive import InteractivePredictor
+from ml_backend.worker.jobs import JobQueue
 
 from .fakes import DiscSegmenter
 from .helpers import CONFIG, keypoint

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend import lifecycle
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
-from ml_backend.synthetic import moving_shapes
-from ml_backend.worker import OWNER_KEY, make_worker
+from ml_backend.video.synthetic import moving_shapes
+from ml_backend.worker import runner as worker_module
+from ml_backend.worker.jobs import JobQueue
+from ml_backend.worker.runner import OWNER_KEY, lifecycle, make_worker
 
 from .fake_labelstudio import FakeLabelStudio
 from .fakes import ColorVideoPredictor

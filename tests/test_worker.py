@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
-from ml_backend.synthetic import moving_shapes, scene_pair
-from ml_backend.worker import make_worker
+from ml_backend.video.synthetic import moving_shapes, scene_pair
+from ml_backend.worker import runner as worker_module
+from ml_backend.worker.jobs import JobQueue
+from ml_backend.worker.runner import make_worker
 
 from .fakes import ColorVideoPredictor
 
@@ -144,7 +144,7 @@ def test_greenscreen_three_segments(queue, job_settings, redis_conn, tmp_path, m
     jobs = []
     for k, (a, b) in enumerate(bounds):
         folder = tmp_path / f"video_part_{k + 1:03d}"
-        from ml_backend.synthetic import SyntheticVideo
+        from ml_backend.video.synthetic import SyntheticVideo
 
         SyntheticVideo(long.frames[a:b], {}, {}).write(folder)
         prompts = {
@@ -326,8 +326,8 @@ def test_webhook_routes_actions(queue, job_settings):
 
 
 def test_jobs_route_and_cli_status(queue, job_settings, redis_conn, tmp_path, monkeypatch):
-    from ml_backend.app import create_app
-    from ml_backend.interactive import InteractivePredictor
+    from ml_backend.server.app import create_app
+    from ml_backend.server.interactive import InteractivePredictor
 
     monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
     video = moving_shapes(num_frames=5, height=48, width=64)
@@ -395,7 +395,7 @@ def test_status_counts_every_video_with_fps_and_eta(queue, job_settings, redis_c
 
 
 def test_speed_arithmetic():
-    from ml_backend.jobs import _speed
+    from ml_backend.worker.jobs import _speed
 
     progress = {"video1": {"done": 30, "total": 40}, "video2": {"done": 0, "total": 60}}
     out = _speed(progress, started=100.0, status="started", now=110.0)
@@ -409,10 +409,10 @@ def test_speed_arithmetic():
 def test_a_starting_worker_measures_and_shares_its_speed(job_settings, redis_conn, monkeypatch, caplog):
     import logging
 
-    from ml_backend.speed import SPEED_KEY
+    from ml_backend.video.speed import SPEED_KEY
 
     monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
-    with caplog.at_level(logging.INFO, logger="ml_backend.speed"):
+    with caplog.at_level(logging.INFO, logger="ml_backend.video.speed"):
         make_worker(job_settings, redis_conn, preload=True)
     stored = {k.decode(): v.decode() for k, v in redis_conn.hgetall(SPEED_KEY).items()}
     assert float(stored["seconds_per_frame"]) > 0 and stored["image_size"] == str(job_settings.image_size)

@@ -1,0 +1,462 @@
+"""From a Label Studio task and annotation to a propagation job, and from its masks back to a
+prediction on the task.
+
+Conventions (the labeling configs in ``label_config/`` follow them):
+
+- Every ``<Image valueList="$framesN">`` that a ``KeyPointLabels`` or ``BrushLabels`` tag points
+  at shows annotation frames of one video, in config order video 1, video 2. Its task data sits
+  beside the list: ``$framesN`` → ``videoN`` (the original video, a Label Studio URL) and
+  ``frame_indicesN`` (the 0-based frame index in that video of each image), e.g. ``frames1`` /
+  ``video1`` / ``frame_indices1``, or ``frames`` / ``video`` / ``frame_indices``.
+- One label per object: ``"Object K"`` (any text ending in the number K) is object ``K``; the
+  same label in both videos is the same object. Optional per-object controls ``objK_name``
+  (TextArea), ``objK_number`` (Number), ``objK_presence`` (Choices ``in_video1``/``in_video2``),
+  ``objK_deformability`` (Choices ``rigid``/``deformable``); per-task ``scene_type`` and
+  ``comments`` (TextArea).
+- Two videos make a SceneDiff pair; one video is a green-screen segment, whose task data also
+  holds ``segment_index`` and ``segment_frames`` (frame count of every segment, in order) and
+  optionally ``start_frame``, ``take`` (the source video's name: it keys the export folder,
+  :func:`ml_backend.worker.jobs.job_out_dir`) and ``fps`` (the source's frame rate). A segment's
+  ``frame_indices`` count within the segment (its frame 0 is original frame ``first_frame``).
+
+Prompts: a keypoint on page ``i`` becomes a point on frame ``frame_indicesN[i]``, its percent
+coordinates scaled to the video's pixels; an accepted brush region becomes a mask prompt there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ml_backend.exceptions import JobError, PromptError, VideoError
+from ml_backend.labelstudio.config import parse_label_config
+from ml_backend.video.prompts import GreenScreenSpec, ObjectSpec, PromptSpec, _merge_same_frame, parse_greenscreen
+from ml_backend.video.propagation import FramePrompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoImage:
+    """One ``<Image valueList>`` showing annotation frames of one video."""
+
+    key: str  # video1 / video2
+    image: str  # Image tag name
+    brush: str  # BrushLabels tag on it
+    labels: tuple[str, ...]
+    frame_indices: list[int]
+    video_ref: str
+    data_key: str = "frames"  # task data key of the image list
+    indices_key: str = "frame_indices"  # task data key of the frame-index list
+    size: tuple[int, int] = (0, 0)  # video (height, width)
+    page_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # item_index -> (h, w)
+
+
+@dataclass
+class TaskJob:
+    spec: PromptSpec
+    videos: dict[str, str]
+    images: dict[str, VideoImage]
+    signs: dict[str, Any] = field(default_factory=dict)  # SignReport.as_dict() of the keypoints
+    annotation_fp: str = ""  # fingerprint of the annotation as Label Studio gave it (jobs.fingerprint)
+
+    def prediction(self, result: Any, version: str) -> list[dict[str, Any]]:
+        """Brush regions of the propagated masks on every annotation frame of the task."""
+        import cv2
+
+        from ml_backend.exporters.staging import rle_decode
+        from ml_backend.labelstudio.brush import mask_to_result
+
+        regions = []
+        for key, info in self.images.items():
+            store = result.masks.get(key, {})
+            for page, frame in enumerate(info.frame_indices):
+                h, w = info.page_sizes.get(page) or info.size
+                for obj_id, per_frame in store.items():
+                    rle = per_frame.get(str(frame))
+                    if rle is None:
+                        continue
+                    mask = rle_decode(rle)
+                    if mask.shape != (h, w):
+                        mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                    label = label_for(info.labels, obj_id)
+                    if label is None:
+                        continue
+                    regions.append(
+                        mask_to_result(mask, from_name=info.brush, to_name=info.image, label=label, item_index=page)
+                    )
+        return regions
+
+
+def _object_number(label: str) -> int | None:
+    match = re.search(r"(\d+)\s*$", label)
+    return int(match.group(1)) if match else None
+
+
+def label_for(labels: tuple[str, ...], obj_id: int) -> str | None:
+    return next((label for label in labels if _object_number(label) == obj_id), None)
+
+
+def _video_images(config_xml: str, data: dict[str, Any]) -> list[VideoImage]:
+    config = parse_label_config(config_xml)
+    used = {img for img, _ in config.keypoints.values()} | {img for img, _ in config.brushes.values()}
+    out = []
+    for name, image in config.images.items():
+        if name not in used or not image.is_list:
+            continue
+        suffix = image.data_key[len("frames") :] if image.data_key.startswith("frames") else image.data_key
+        video_key, indices_key = f"video{suffix}", f"frame_indices{suffix}"
+        frames = data.get(image.data_key)
+        if not isinstance(frames, list):
+            raise PromptError(f"task data '{image.data_key}' must be the list of annotation frames")
+        video_ref = data.get(video_key)
+        if not isinstance(video_ref, str) or not video_ref:
+            raise PromptError(f"task data has no '{video_key}' (the original video of '{image.data_key}')")
+        indices = data.get(indices_key)
+        if (
+            not isinstance(indices, list)
+            or len(indices) != len(frames)
+            or not all(isinstance(i, int) and i >= 0 for i in indices)
+        ):
+            raise PromptError(
+                f"task data '{indices_key}' must give the frame index of each of the {len(frames)} images"
+            )
+        brushes = [b for b, (img, _) in config.brushes.items() if img == name]
+        if not brushes:
+            raise PromptError(f"the config has no BrushLabels on '{name}'")
+        labels = config.brushes[brushes[0]][1]
+        out.append(
+            VideoImage(
+                f"video{len(out) + 1}", name, brushes[0], labels, list(indices), video_ref, image.data_key, indices_key
+            )
+        )
+    if not out:
+        raise PromptError("the config has no <Image valueList> with keypoints or brushes: nothing to propagate")
+    if len(out) > 2:
+        raise PromptError("at most two videos per task (a SceneDiff pair)")
+    return out
+
+
+def _text(value: dict[str, Any]) -> str:
+    text = value.get("text") or []
+    return str(text[0] if isinstance(text, list) and text else text or "").strip()
+
+
+def _percent(value: Any, name: str, where: str) -> float:
+    number = value.get(name) if isinstance(value, dict) else None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise PromptError(f"{where}: '{name}' must be a number in percent (0–100), got {number!r:.40}")
+    if not 0 <= number <= 100:
+        raise PromptError(f"{where}: '{name}' = {number:g} % lies outside the image (0–100 %)")
+    return float(number)
+
+
+@dataclass
+class _Click:
+    """A validated prompt region, before the video is known: a point in percent or a mask."""
+
+    obj_id: int
+    info: VideoImage
+    page: int
+    point: tuple[float, float] | None = None  # percent of the page (x, y)
+    positive: bool = True
+    mask: np.ndarray | None = None
+
+
+def _prompt_region(region: dict[str, Any], info: VideoImage, config: Any, where: str) -> _Click | None:
+    """Validate one keypoint or brush region; None for regions that are not prompts."""
+    from ml_backend.labelstudio.brush import result_to_mask
+
+    rtype = region.get("type")
+    value = region.get("value")
+    if not isinstance(value, dict):
+        raise PromptError(f"{where}: 'value' must be an object")
+    labels = value.get(rtype)
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
+        raise PromptError(f"{where}: '{rtype}' must name the object's label, e.g. ['Object 1']")
+    obj_id = _object_number(labels[0])
+    if obj_id is None or obj_id < 1:
+        raise PromptError(
+            f"{where}: label {labels[0]!r:.60} does not end in an object number (one label per object: 'Object 1', ...)"
+        )
+    page = region.get("item_index")
+    page = 0 if page is None else page
+    if isinstance(page, bool) or not isinstance(page, int):
+        raise PromptError(f"{where}: 'item_index' must be a page number (0-based integer), got {page!r:.40}")
+    if not 0 <= page < len(info.frame_indices):
+        raise PromptError(f"{where} is on page {page} of '{info.image}', which has {len(info.frame_indices)} pages")
+    for key in ("original_width", "original_height"):
+        size = region.get(key)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 100_000):
+            raise PromptError(f"{where}: '{key}' must be a positive number of pixels, got {size!r:.40}")
+    if region.get("original_height") and region.get("original_width"):
+        info.page_sizes[page] = (region["original_height"], region["original_width"])
+    if rtype == "keypointlabels":
+        if region.get("from_name") not in config.keypoints:
+            return None
+        x, y = _percent(value, "x", where), _percent(value, "y", where)
+        # no is_positive: a plain keypoint (load_task_job filled in the recorded signs first)
+        return _Click(obj_id, info, page, point=(x, y), positive=region.get("is_positive") is not False)
+    if not (region.get("original_height") and region.get("original_width")):
+        raise PromptError(f"{where}: a brush region needs 'original_width' and 'original_height'")
+    try:
+        mask = result_to_mask(region)
+    except Exception:  # the SDK's decoder raises anything on garbage
+        raise PromptError(f"{where}: the brush 'rle' is not a Label Studio brush mask of its image size") from None
+    return _Click(obj_id, info, page, mask=mask) if mask.any() else None
+
+
+def _attribute(attrs: dict[int, dict[str, Any]], k: int, field_name: str, value: dict[str, Any], where: str) -> None:
+    if field_name == "name":
+        attrs.setdefault(k, {})["name"] = _text(value)
+    elif field_name == "number":
+        number = value.get("number")
+        if number in (None, ""):
+            number = 1
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number) or number < 1:
+            raise PromptError(f"{where}: obj{k}_number must be a positive whole number, got {number!r:.40}")
+        attrs.setdefault(k, {})["number"] = int(number)
+    elif field_name == "presence":
+        choices = value.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise PromptError(f"{where}: obj{k}_presence must be a list of choices")
+        attrs.setdefault(k, {})["presence"] = set(choices)
+    else:
+        choice = (value.get("choices") or ["rigid"])[0]
+        if choice not in ("rigid", "deformable"):
+            raise PromptError(f"{where}: obj{k}_deformability must be 'rigid' or 'deformable', got {choice!r:.40}")
+        attrs.setdefault(k, {})["deformability"] = choice
+
+
+def build_task_job(
+    config_xml: str, task: dict[str, Any], annotation: dict[str, Any], fetch_video: Any, *, background=(0, 255, 0)
+) -> TaskJob:
+    """Turn ``task`` + ``annotation`` into a :class:`TaskJob`.
+
+    Every region and the task data are checked first (one readable :class:`PromptError`, no
+    retry); only then is ``fetch_video(ref) -> local path`` asked for the videos (downloading).
+    """
+    from ml_backend.video.frames import open_frames
+
+    data = task.get("data")
+    if not isinstance(data, dict):
+        raise PromptError("the task has no data object")
+    images = _video_images(config_xml, data)
+    by_image = {info.image: info for info in images}
+    config = parse_label_config(config_xml)
+    results = annotation.get("result")
+    if results is None:
+        results = []
+    if not isinstance(results, list):
+        raise PromptError("the annotation's 'result' must be a list of regions")
+
+    clicks: list[_Click] = []
+    attrs: dict[int, dict[str, Any]] = {}
+    scene_type, comments = "", {}
+    for i, region in enumerate(results):
+        if not isinstance(region, dict):
+            raise PromptError(f"annotation region {i} must be an object, got {type(region).__name__}")
+        rtype, value = region.get("type"), region.get("value")
+        from_name = region.get("from_name")
+        where = f"annotation region {i} ({str(from_name)[:40]})"
+        if not isinstance(from_name, str):
+            raise PromptError(f"annotation region {i} has no 'from_name'")
+        if rtype in ("keypointlabels", "brushlabels") and region.get("to_name") in by_image:
+            click = _prompt_region(region, by_image[region["to_name"]], config, where)
+            if click is not None:
+                clicks.append(click)
+            continue
+        if not isinstance(value, dict):
+            continue
+        match = re.fullmatch(r"obj(\d+)_(name|number|presence|deformability)", from_name)
+        if match:
+            _attribute(attrs, int(match.group(1)), match.group(2), value, where)
+        elif from_name == "scene_type":
+            scene_type = _text(value)
+        elif from_name == "comments":
+            text = _text(value)
+            if text:
+                comments = {"text": text}
+    gs = None
+    if len(images) == 1:
+        gs = parse_greenscreen(
+            {k: data.get(k) for k in ("segment_index", "segment_frames", "start_frame", "take", "fps") if k in data}
+            | {"background": list(background)},
+            where="task data ",
+        )
+    if not clicks:
+        raise PromptError("the annotation has no keypoints or masks: nothing to propagate")
+
+    videos: dict[str, str] = {}
+    for info in images:
+        path = str(fetch_video(info.video_ref))
+        try:
+            with open_frames(path, cache_frames=2) as source:
+                info.size = (source.height, source.width)
+                num_frames = source.num_frames
+        except VideoError as exc:  # name the video as the task gives it, never the server's path
+            from ml_backend.worker.lifecycle import shown_ref
+
+            why = str(exc).replace(f"video {path}", "").replace(path, "").strip() or "cannot be opened"
+            raise VideoError(f"{info.key} {shown_ref(info.video_ref)} {why}") from None
+        bad = [i for i in info.frame_indices if i >= num_frames]
+        if bad:
+            raise PromptError(
+                f"{info.key}: frame index {bad[0]} is beyond the last frame {num_frames - 1} of {info.video_ref}"
+            )
+        videos[info.key] = path
+
+    prompts: dict[int, dict[str, list[FramePrompt]]] = {}
+    for click in clicks:
+        info = click.info
+        frame = info.frame_indices[click.page]
+        h, w = info.size
+        if click.point is not None:
+            point = np.array([[click.point[0] / 100 * w, click.point[1] / 100 * h]], np.float32)
+            prompt = FramePrompt(frame, point, np.array([1 if click.positive else 0], np.int32))
+        else:
+            mask = click.mask
+            if mask.shape != (h, w):
+                import cv2
+
+                mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+            prompt = FramePrompt(frame, mask=mask)
+        prompts.setdefault(click.obj_id, {}).setdefault(info.key, []).append(prompt)
+
+    objects = []
+    for obj_id in sorted(set(prompts) | {k for k, a in attrs.items() if a.get("presence")}):
+        a = attrs.get(obj_id, {})
+        per_video = {v: _merge_same_frame(ps) for v, ps in prompts.get(obj_id, {}).items()}
+        presence = a.get("presence")
+        in_video = {
+            info.key: (f"in_{info.key}" in presence) if presence else bool(per_video.get(info.key)) for info in images
+        }
+        missing = [v for v, present in in_video.items() if present and not per_video.get(v)]
+        if missing:
+            raise PromptError(f"object {obj_id} is marked present in {missing[0]} but has no points or mask there")
+        stray = [v for v, present in in_video.items() if not present and per_video.get(v)]
+        if stray:
+            raise PromptError(
+                f"object {obj_id} has points or a mask in {stray[0]} but is not marked present there: "
+                f"remove them, or tick in_{stray[0]} in obj{obj_id}_presence"
+            )
+        objects.append(
+            ObjectSpec(
+                id=obj_id,
+                name=a.get("name") or f"object{obj_id}",
+                number=a.get("number", 1),
+                in_video=in_video,
+                deformability=a.get("deformability", "rigid"),
+                prompts=per_video,
+            )
+        )
+    if not objects:
+        raise PromptError("the annotation has no keypoints or masks: nothing to propagate")
+    if len(images) == 2:
+        spec = PromptSpec("scenediff", objects, scene_type=scene_type, comments=comments)
+    else:
+        if gs is None or not gs.segment_frames:  # one whole video, no segment list
+            with open_frames(videos["video1"], cache_frames=2) as source:
+                start = gs.start_frame if gs else 0
+                gs = GreenScreenSpec(
+                    0, [source.num_frames], start, tuple(background), gs.take if gs else "", gs.fps if gs else 0.0
+                )
+        spec = PromptSpec("greenscreen", objects, comments=comments, greenscreen=gs)
+    return TaskJob(spec, videos, {info.key: info for info in images})
+
+
+def load_task_job(
+    settings: Any, project_id: int, task_id: int, annotation_id: int, *, connection: Any = None
+) -> TaskJob:
+    """Fetch project, task and annotation with the SDK and build the job.
+
+    Keypoints that Label Studio saved without ``is_positive`` (every earlier one after an
+    Update) take the sign recorded in Redis (``connection``) when the backend first saw them
+    (:mod:`ml_backend.labelstudio.signs`); ``TaskJob.signs`` says how many were given, recorded or unknown.
+    Label Studio unreachable or answering 5xx is retried with backoff for
+    ``settings.label_studio_retry_seconds`` (a restart); a 4xx is an input error.
+    """
+    from label_studio_sdk.core.api_error import ApiError
+
+    from ml_backend.exceptions import FetchError
+    from ml_backend.labelstudio import client as labelstudio
+    from ml_backend.labelstudio.backoff import is_transient, with_backoff
+    from ml_backend.server.app import default_fetcher
+
+    what = f"Label Studio at {settings.label_studio_url}"
+
+    def get(kind: str, ident: int) -> Any:
+        def call() -> Any:
+            client = labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
+            return getattr(client, kind).get(id=ident)
+
+        try:
+            return with_backoff(call, seconds=settings.label_studio_retry_seconds, what=what)
+        except ApiError as exc:
+            if exc.status_code in (401, 403):
+                raise JobError(f"{what} refused the token ({exc.status_code}): check LABEL_STUDIO_API_KEY") from None
+            raise JobError(f"{what} has no {kind[:-1]} {ident} ({exc.status_code})") from None
+
+    project = get("projects", project_id)
+    task = get("tasks", task_id)
+    annotation = get("annotations", annotation_id)
+    fetcher = default_fetcher(settings, max_bytes=64 * 1024**3)  # videos may be large
+
+    def fetch_video(ref: str) -> str:
+        try:
+            return str(with_backoff(lambda: fetcher.path(ref), seconds=settings.label_studio_retry_seconds, what=what))
+        except FetchError as exc:
+            if is_transient(exc):
+                raise
+            from ml_backend.worker.lifecycle import shown_ref
+
+            why = str(exc).replace(repr(ref), "").replace(ref, "").strip(" :") or "cannot be fetched"
+            raise JobError(f"video {shown_ref(ref)}: {why}") from None
+
+    task_dict = task.dict() if hasattr(task, "dict") else dict(task)
+    ann_dict = annotation.dict() if hasattr(annotation, "dict") else dict(annotation)
+    from ml_backend.labelstudio.signs import RedisSigns, apply_signs
+    from ml_backend.worker.jobs import fingerprint
+
+    loaded_fp = fingerprint(ann_dict)  # before the recorded signs are filled in
+    store = RedisSigns(connection) if connection is not None else None
+    ann_dict["result"], report = apply_signs(
+        store, project_id, task_id, ann_dict.get("result"), where=f"annotation {annotation_id}"
+    )
+    job = build_task_job(project.label_config, task_dict, ann_dict, fetch_video, background=settings.background_color)
+    job.signs = report.as_dict()
+    job.annotation_fp = loaded_fp
+    job.spec.exports = [*job.spec.exports, *project_exports(settings, project_id)]
+    return job
+
+
+def project_exports(settings: Any, project_id: int) -> list[str]:
+    """The export formats a project asks for: ``"exports"`` (a list, or a comma-separated string)
+    in the **extra params** of the project's ML backend connection in Label Studio (Settings →
+    Model → Extra params, e.g. ``{"exports": ["davis", "mots"]}``)."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    from ml_backend.labelstudio import client as labelstudio
+    from ml_backend.labelstudio.backoff import with_backoff
+    from ml_backend.video.prompts import parse_exports
+
+    def call() -> Any:
+        return labelstudio.client(settings.label_studio_url, settings.label_studio_api_key).ml.list(project=project_id)
+
+    try:
+        backends = with_backoff(call, seconds=settings.label_studio_retry_seconds, what="Label Studio")
+    except ApiError as exc:  # e.g. no permission to list ML backends: the project asks for nothing
+        log.warning("cannot read project %s's ML backends (%s); no extra exports", project_id, exc.status_code)
+        return []
+    names: list[str] = []
+    for backend in backends:
+        extra = getattr(backend, "extra_params", None)
+        if isinstance(extra, dict) and extra.get("exports"):
+            where = f"project {project_id}'s ML backend extra params 'exports'"
+            names.extend(n for n in parse_exports(extra["exports"], where) if n not in names)
+    return names
