@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
 
             jobs = None
             if not args.no_queue:
-                from ml_backend.worker.jobs import JobQueue
+                from ml_backend.worker.queue import JobQueue
 
                 # a webhook answers 503 after a few seconds of Redis outage instead of hanging
                 jobs = JobQueue.from_settings(

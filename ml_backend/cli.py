@@ -76,7 +76,7 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
     check_job(spec, videos)
     choose_exports(spec, [*settings.export_list, *(args.export or [])], review=not args.no_review)
     if args.queue:
-        from ml_backend.worker.jobs import JobQueue
+        from ml_backend.worker.queue import JobQueue
 
         job = JobQueue.from_settings(settings).enqueue_prompts(
             json.loads(Path(args.prompts).read_text()), videos, str(out.resolve())
@@ -123,7 +123,7 @@ def _status(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ml_backend.settings import Settings
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     queue = JobQueue.from_settings(Settings.from_env())
     if not args.job_id:

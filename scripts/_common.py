@@ -212,7 +212,7 @@ def redis_queue(env: dict[str, str] | None = None) -> Any:
     from redis.exceptions import AuthenticationError, ResponseError
 
     from ml_backend.settings import Settings
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     merged = {**os.environ, **(env or {})}
     if not merged.get("REDIS_URL") and stack_redis_url():

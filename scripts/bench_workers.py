@@ -647,7 +647,7 @@ class Context:
         from redis import Redis
 
         from ml_backend.settings import Settings
-        from ml_backend.worker.jobs import JobQueue
+        from ml_backend.worker.queue import JobQueue
 
         port = free_port()
         self.redis_url = f"redis://127.0.0.1:{port}/0"

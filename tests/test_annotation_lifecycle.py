@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from ml_backend.video import pipeline as pipeline_module
-from ml_backend.worker import lifecycle
+from ml_backend.worker import lifecycle, records
 from ml_backend.worker import runner as worker_module
-from ml_backend.worker.jobs import JobQueue
+from ml_backend.worker.queue import JobQueue
 
 from . import test_task_jobs as task_jobs
 from .test_task_jobs import PROJECT, TASK, Hooked, point, published, run, submit
@@ -50,7 +50,7 @@ def message(ls) -> str:
 
 
 def annotation_files(settings, annotation: int) -> list[Path]:
-    folder = lifecycle.annotation_dir(settings.results_root, PROJECT, TASK, annotation)
+    folder = records.annotation_dir(settings.results_root, PROJECT, TASK, annotation)
     return sorted(folder.rglob("frame_*_masked.png")) if folder.exists() else []
 
 
@@ -59,7 +59,7 @@ def assert_nothing_left(settings, ls, queue, annotation: int) -> None:
     assert ls.task_predictions(TASK) == [], "a prediction of the deleted annotation is left"
     assert published(settings) == [], "the task's export folder still holds the deleted annotation's result"
     assert annotation_files(settings, annotation) == []
-    assert not lifecycle.annotation_dir(settings.results_root, PROJECT, TASK, annotation).exists()
+    assert not records.annotation_dir(settings.results_root, PROJECT, TASK, annotation).exists()
     assert leftovers(settings) == []
     assert f"Annotation {annotation}: deleted" in message(ls), message(ls)
 

@@ -402,7 +402,7 @@ HTTP_CASES = {
 
 @pytest.fixture
 def jobs_client(small_settings, redis_server, redis_conn, tmp_path):
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     settings = small_settings.replace(redis_url=redis_server.url, queue_name="test-http", data_dir=tmp_path)
     predictor = InteractivePredictor(settings, fetcher=None, segmenter_factory=lambda: None)

@@ -121,7 +121,7 @@ def test_paths_in_the_file_are_relative_to_it_and_on_the_command_line_to_the_cwd
 ):
     """With --queue the job is only queued: its recorded video paths show how each was resolved."""
     from ml_backend.settings import Settings
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     monkeypatch.setenv("RQ_QUEUE", "test-paths")

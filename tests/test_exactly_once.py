@@ -11,9 +11,10 @@ import threading
 import pytest
 
 from ml_backend import AlreadyPublished, Superseded
+from ml_backend.worker import process as process_module
 from ml_backend.worker import runner as worker_module
-from ml_backend.worker.jobs import RECORD_KEY, PublishGate
-from ml_backend.worker.runner import OWNER_KEY
+from ml_backend.worker.gate import RECORD_KEY, PublishGate
+from ml_backend.worker.process import OWNER_KEY
 
 from . import test_task_jobs as task_jobs
 from .test_task_jobs import Hooked, point, published, run, submit
@@ -24,7 +25,7 @@ ls, settings, queue, video = task_jobs.ls, task_jobs.settings, task_jobs.queue, 
 
 def _as(execution: str | None):
     """Run the next block as the worker execution ``execution`` (what the worker sets)."""
-    worker_module._local.execution = execution
+    process_module._local.execution = execution
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,8 @@ from ml_backend.exceptions import Unavailable
 from ml_backend.labelstudio.backoff import is_transient, with_backoff
 from ml_backend.video.synthetic import moving_shapes
 from ml_backend.worker import runner as worker_module
-from ml_backend.worker.jobs import JobQueue, ProgressMeta
+from ml_backend.worker.progress import ProgressMeta
+from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import make_worker
 
 from .fakes import ColorVideoPredictor

@@ -20,13 +20,14 @@ import pytest
 from PIL import Image
 
 from ml_backend.exporters.overlays import color
+from ml_backend.labelstudio.annotations import fingerprint
 from ml_backend.labelstudio.brush import mask_to_result
 from ml_backend.labelstudio.fetch import FileFetcher
 from ml_backend.labelstudio.taskdata import local_path
 from ml_backend.server.app import create_app
 from ml_backend.server.firstframe import is_first_frame_preview, write_first_frame_preview
 from ml_backend.server.interactive import InteractivePredictor
-from ml_backend.worker.jobs import JobQueue, fingerprint
+from ml_backend.worker.queue import JobQueue
 
 from .fake_labelstudio import FakeLabelStudio
 from .fakes import DiscSegmenter

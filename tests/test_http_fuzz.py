@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ml_backend.labelstudio.fetch import FileFetcher
 from ml_backend.server.app import create_app
 from ml_backend.server.interactive import InteractivePredictor
-from ml_backend.worker.jobs import JobQueue
+from ml_backend.worker.queue import JobQueue
 
 from .fakes import DiscSegmenter
 from .helpers import CONFIG, keypoint

@@ -135,7 +135,7 @@ class Recording(DiscSegmenter):
 @pytest.fixture
 def preview(small_settings, local_root, redis_server, redis_conn, tmp_path):
     from ml_backend.labelstudio.fetch import FileFetcher
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     config = small_settings.replace(redis_url=redis_server.url, queue_name="test-signs", data_dir=tmp_path)
     segmenter = Recording()
@@ -231,7 +231,7 @@ def labels_on(config, frame: int, obj: int = 1) -> list[int]:
 
 
 def test_updates_keep_the_alt_click_negative_in_the_job(settings, redis_conn, queue, ls):
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     app = create_app(
         settings,
@@ -276,7 +276,7 @@ def test_updates_keep_the_alt_click_negative_in_the_job(settings, redis_conn, qu
 def test_a_job_marks_keypoints_whose_sign_nobody_recorded(settings, redis_conn, queue, ls, caplog):
     """An annotation the backend never saw with its flags (saved before the backend ran): the
     points count as positive, and the job's summary and the worker's log say so."""
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     caplog.set_level(logging.WARNING, logger="ml_backend.labelstudio.signs")
     ls.add_annotation(2, TASK, [unflagged(point(obj, 0, 0)) | {"id": f"u{obj}"} for obj in (1, 2, 3, 4)])

@@ -28,8 +28,9 @@ import pytest
 
 from ml_backend.video.synthetic import moving_shapes
 from ml_backend.worker.columns import WORKER_LOST, WORKER_RESTARTED
-from ml_backend.worker.jobs import RERUN_NOTE, JobQueue
 from ml_backend.worker.liveness import ALIVE_KEY, requeue_bound
+from ml_backend.worker.progress import RERUN_NOTE
+from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import watchdog_interval
 
 from .fake_labelstudio import FakeLabelStudio

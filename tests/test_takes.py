@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ml_backend.worker import process as process_module
 from ml_backend.worker import runner as worker_module
-from ml_backend.worker.jobs import JobQueue
+from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import make_worker
 
 from .fake_labelstudio import FakeLabelStudio
@@ -148,7 +149,7 @@ def submit(ls, queue, task_id: int, annotation_id: int, x: float = 75.0, y: floa
 
 
 def work(settings, redis_conn) -> None:
-    worker_module._settings = settings
+    process_module._settings = settings
     make_worker(settings, redis_conn, preload=False).work(burst=True)
 
 

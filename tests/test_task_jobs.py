@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from ml_backend.video.synthetic import moving_shapes
+from ml_backend.worker import process as process_module
+from ml_backend.worker import records
 from ml_backend.worker import runner as worker_module
-from ml_backend.worker.jobs import JobQueue
-from ml_backend.worker.runner import OWNER_KEY, lifecycle, make_worker
+from ml_backend.worker.process import OWNER_KEY
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import make_worker
 
 from .fake_labelstudio import FakeLabelStudio
 from .fakes import ColorVideoPredictor
@@ -102,7 +105,7 @@ def submit(queue, ls, annotation_id: int, result: list) -> dict:
 
 
 def run(settings, redis_conn, predictor=None) -> None:
-    worker_module._settings = settings
+    process_module._settings = settings
     make_worker(settings, redis_conn, preload=False).work(burst=True)
 
 
@@ -203,7 +206,7 @@ def test_a_stale_job_that_starts_late_does_no_work(queue, settings, redis_conn, 
     ls.start()
     a = submit(queue, ls, 1, [point(video, "disc", 0, 0)])
     # a newer version of the same annotation (each annotation has its own latest key)
-    redis_conn.set(lifecycle.latest_key(PROJECT, TASK, 1), "some-newer-job")
+    redis_conn.set(records.latest_key(PROJECT, TASK, 1), "some-newer-job")
     run(settings, redis_conn)
     assert queue.status(a["job_id"])["result"]["status"] == "superseded"
     assert ls.predictions == [] and published(settings) == []

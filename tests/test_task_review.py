@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 
 from ml_backend.labelstudio.taskdata import local_path
+from ml_backend.worker import process as process_module
 from ml_backend.worker import runner as worker_module
-from ml_backend.worker.jobs import JobQueue
+from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import make_worker
 
 from .fake_labelstudio import FakeLabelStudio
@@ -118,7 +119,7 @@ def submit(queue, ls, annotation_id: int, result: list) -> dict:
 
 
 def run(settings, redis_conn) -> None:
-    worker_module._settings = settings
+    process_module._settings = settings
     make_worker(settings, redis_conn, preload=False).work(burst=True)
 
 

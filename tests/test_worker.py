@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 
 from ml_backend.video.synthetic import moving_shapes, scene_pair
 from ml_backend.worker import runner as worker_module
-from ml_backend.worker.jobs import JobQueue
+from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import make_worker
 
 from .fakes import ColorVideoPredictor
@@ -395,7 +395,7 @@ def test_status_counts_every_video_with_fps_and_eta(queue, job_settings, redis_c
 
 
 def test_speed_arithmetic():
-    from ml_backend.worker.jobs import _speed
+    from ml_backend.worker.queue import _speed
 
     progress = {"video1": {"done": 30, "total": 40}, "video2": {"done": 0, "total": 60}}
     out = _speed(progress, started=100.0, status="started", now=110.0)

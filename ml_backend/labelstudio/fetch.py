@@ -267,3 +267,23 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.nda
         raise
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
         raise NotAnImage(f"{name} is not a readable image: {exc}") from None
+
+
+def default_fetcher(settings: Any, *, max_bytes: int | None = None):
+    """The :class:`~ml_backend.labelstudio.fetch.FileFetcher` for ``settings`` (``max_bytes`` overrides the limit)."""
+    from ml_backend.labelstudio.client import auth_headers
+
+    def headers() -> dict[str, str]:
+        if not settings.label_studio_api_key:
+            return {}
+        return auth_headers(settings.label_studio_url, settings.label_studio_api_key)
+
+    return FileFetcher(
+        settings.label_studio_url,
+        settings.data_dir / "downloads",
+        headers=headers,
+        local_root=settings.local_files_root or None,
+        max_bytes=max_bytes or settings.max_download_bytes,
+        cache_bytes=settings.download_cache_bytes,
+        timeout=settings.download_timeout,
+    )

@@ -102,7 +102,7 @@ def _replace_copy(src: Path, folder: Path, stem: str, suffix: str, key: str, kee
 def object_name(obj: Any, task_job: Any) -> str:
     """How ``review_flags`` names an object: its SceneDiff label (``lamp_1``) when the annotator
     named it, else its label in the config (``Subject 1``)."""
-    from ml_backend.labelstudio.annotations import label_for
+    from ml_backend.labelstudio.regions import label_for
 
     if obj.name != f"object{obj.id}":
         return obj.label

@@ -36,9 +36,11 @@ users through the project's local-files storage, so no new route and no weaker a
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +141,11 @@ def format_flags(ranges: list[dict[str, Any]], videos: dict[str, dict[str, Any]]
         label = videos.get(r["video"], {}).get("label", r["video"])
         lines.append(f"{label} · {name} · {frames} · {', '.join(r['reasons'])}{score}")
     return "\n".join(lines) if lines else "no flagged frames"
+
+
+def shown_ref(ref: Any) -> str:
+    """A task file as the user gave it: a local-files URL as its path relative to the storage
+    root (``pairs/x/video1.mp4``), anything else unchanged."""
+    text = str(ref)
+    match = re.match(r"^(?:https?://[^/]+)?/data/local-files/?\?d=(.*)$", text)
+    return unquote(match.group(1)) if match else text

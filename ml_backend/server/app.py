@@ -34,6 +34,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ml_backend.exceptions import BadPayload, MLBackendError, RequestError
+from ml_backend.labelstudio.fetch import default_fetcher
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,27 +73,6 @@ def default_segmenter_factory(settings: Settings):
         return ImageSegmenter(build_image_model(settings), settings)
 
     return factory
-
-
-def default_fetcher(settings: Settings, *, max_bytes: int | None = None):
-    """The :class:`~ml_backend.labelstudio.fetch.FileFetcher` for ``settings`` (``max_bytes`` overrides the limit)."""
-    from ml_backend.labelstudio import client as labelstudio
-    from ml_backend.labelstudio.fetch import FileFetcher
-
-    def headers() -> dict[str, str]:
-        if not settings.label_studio_api_key:
-            return {}
-        return labelstudio.auth_headers(settings.label_studio_url, settings.label_studio_api_key)
-
-    return FileFetcher(
-        settings.label_studio_url,
-        settings.data_dir / "downloads",
-        headers=headers,
-        local_root=settings.local_files_root or None,
-        max_bytes=max_bytes or settings.max_download_bytes,
-        cache_bytes=settings.download_cache_bytes,
-        timeout=settings.download_timeout,
-    )
 
 
 def create_app(
@@ -228,7 +208,7 @@ def create_app(
         data = body()
         if not isinstance(data, dict) or not isinstance(data.get("action"), str):
             raise BadPayload("a webhook body is a JSON object with an 'action'")
-        from ml_backend.worker.jobs import clean_webhook
+        from ml_backend.labelstudio.webhook import clean_webhook
 
         cleaned = clean_webhook(data)  # a malformed webhook is a 400 with or without a queue
         if data["action"] in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):

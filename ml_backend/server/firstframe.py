@@ -87,10 +87,10 @@ def page_zero_prompts(config_xml: str, data: dict[str, Any], annotation: dict[st
     """Keypoints and brush masks of every object on page 0 of each ``<Image valueList>`` (config
     order). A region that is not a valid prompt is skipped with a log line (the job reports it);
     raises :class:`~ml_backend.exceptions.PromptError` when the config or task data do not fit."""
-    from ml_backend.labelstudio.annotations import _prompt_region, _video_images
     from ml_backend.labelstudio.config import parse_label_config
+    from ml_backend.labelstudio.regions import prompt_region, video_images
 
-    images = _video_images(config_xml, data)
+    images = video_images(config_xml, data)
     config = parse_label_config(config_xml)
     pages = []
     for info in images:
@@ -109,7 +109,7 @@ def page_zero_prompts(config_xml: str, data: dict[str, Any], annotation: dict[st
         if page is None or (region.get("item_index") or 0) != 0:
             continue  # another image, or a later page
         try:
-            click = _prompt_region(region, page.info, config, f"annotation region {i}")
+            click = prompt_region(region, page.info, config, f"annotation region {i}")
         except PromptError as exc:
             log.info("first-frame preview: skipping a region: %s", exc)
             continue
@@ -196,9 +196,9 @@ def _write(
     segmenter: Any,
 ) -> str | None:
     from ml_backend.exporters.staging import atomic_write_bytes
+    from ml_backend.labelstudio.annotations import fingerprint
     from ml_backend.labelstudio.taskdata import local_url, task_folder, update_task_data
     from ml_backend.video.previews import png, stack, tile
-    from ml_backend.worker.jobs import fingerprint
 
     task_id = task.get("id")
     data = task.get("data")

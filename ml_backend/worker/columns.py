@@ -30,6 +30,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ml_backend.worker.queue import OLD_NAMES, TASK_JOB
+
 log = logging.getLogger(__name__)
 
 #: Tasks whose columns may still say queued/running: ``<project>:<task>:<job id>``.
@@ -46,7 +48,7 @@ _WAITING = ("queued", "scheduled", "deferred")
 def task_of(job: Any) -> tuple[int, int] | None:
     """``(project, task)`` of a Label Studio task job, else None."""
     try:
-        if job.func_name != "ml_backend.worker.jobs.propagate_task":
+        if OLD_NAMES.get(job.func_name, job.func_name) != TASK_JOB:
             return None
         return int(job.args[0]), int(job.args[1])
     except Exception:
@@ -121,7 +123,7 @@ def _write(settings: Any, connection: Any, project: int, task: int, job_id: str,
     """Apply ``want(data) -> changes | None`` to the task's data if ``job_id`` is still the
     task's latest, checked under the task's lock; best-effort budget. False if it failed."""
     from ml_backend.labelstudio.taskdata import update_task_data
-    from ml_backend.worker.jobs import LATEST_KEY
+    from ml_backend.worker.gate import LATEST_KEY
 
     latest_key = LATEST_KEY.format(project=project, task=task)
 
@@ -148,7 +150,7 @@ def settle(settings: Any, connection: Any, job: Any, *, reason: str = "", restar
     if where is None or not getattr(settings, "label_studio_api_key", ""):
         return True
     project, task = where
-    from ml_backend.worker.jobs import LATEST_KEY
+    from ml_backend.worker.gate import LATEST_KEY
 
     latest = connection.get(LATEST_KEY.format(project=project, task=task))
     if latest is not None and latest.decode() != job.id:
@@ -190,7 +192,7 @@ def reconcile(settings: Any, connection: Any, *, restarted: bool = False, limit:
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
 
-    from ml_backend.worker.runner import SERIALIZER
+    from ml_backend.worker.process import SERIALIZER
 
     seen = 0
     for member in list(connection.sscan_iter(OPEN_KEY, count=100))[:limit]:

@@ -31,226 +31,28 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-from ml_backend.worker.jobs import ProgressMeta
-
-log = logging.getLogger(__name__)
-
-#: The job id of an annotation's newest version (the publish gate's latest key).
-LATEST_KEY = "sam2:annotation-latest:{project}:{task}:{annotation}"
-#: Set when Label Studio says an annotation (ids are global) or a task was deleted.
-DELETED_KEY = "sam2:annotation-deleted:{annotation}"
-TASK_DELETED_KEY = "sam2:task-deleted:{task}"
-#: ``<project>:<task>`` of an annotation (deletion webhooks carry only the annotation id).
-ANNOTATION_TASK_KEY = "sam2:annotation-task:{annotation}"
-#: Hash of a task's annotations: annotation id -> JSON status (:func:`note`).
-STATUS_KEY = "sam2:task-annotations:{project}:{task}"
-#: JSON ``{annotation, job, dir, files, shared}``: what the task's export folder holds.
-PRIMARY_KEY = "sam2:task-primary:{project}:{task}"
-#: The publish gate's lock of a task (:class:`ml_backend.worker.jobs.PublishGate`, scope ``task:P:T``).
-PUBLISH_LOCK = "sam2:publish-lock:task:{project}:{task}"
-KEEP_SECONDS = 30 * 24 * 3600
-
-RULE = (
-    "Rule: each annotation has its own job and result. The task's export folder holds the ground-truth "
-    "annotation's result, else the most recently updated one's; the others are kept in "
-    "annotations/task_{task}/annotation_<id>/ beside it."
+from ml_backend.labelstudio.predictions import choose_primary, delete_predictions, task_annotations
+from ml_backend.worker.records import (
+    DELETED_KEY,
+    KEEP_SECONDS,
+    PRIMARY_KEY,
+    PUBLISH_LOCK,
+    STATUS_KEY,
+    TASK_DELETED_KEY,
+    annotation_dir,
+    note,
+    statuses,
+    where_is,
+    write_message,
 )
 
-
-def latest_key(project: int, task: int, annotation: int) -> str:
-    return LATEST_KEY.format(project=project, task=task, annotation=annotation)
-
-
-def deny_keys(task: int, annotation: int) -> list[str]:
-    return [DELETED_KEY.format(annotation=annotation), TASK_DELETED_KEY.format(task=task)]
-
-
-def is_deleted(connection: Any, task: int, annotation: int) -> bool:
-    return bool(connection.exists(*deny_keys(task, annotation)))
-
-
-def annotation_dir(results_root: Path, project: int, task: int, annotation: int) -> Path:
-    return Path(results_root) / f"project_{project}" / "annotations" / f"task_{task}" / f"annotation_{annotation}"
-
-
-def shown_ref(ref: Any) -> str:
-    """A task file as the user gave it: a local-files URL as its path relative to the storage
-    root (``pairs/x/video1.mp4``), anything else unchanged."""
-    text = str(ref)
-    match = re.match(r"^(?:https?://[^/]+)?/data/local-files/?\?d=(.*)$", text)
-    return unquote(match.group(1)) if match else text
-
-
-def user_reason(text: str, settings: Any) -> str:
-    """``text`` with server paths made relative: under the local-files root as the storage-relative
-    path, under the results folder as ``results/...``, any other absolute path as its file name."""
-    text = str(text).strip().splitlines()[0] if str(text).strip() else ""
-    roots = []
-    if getattr(settings, "local_files_root", ""):
-        roots.append((str(Path(settings.local_files_root).resolve()), ""))
-        roots.append((str(settings.local_files_root), ""))
-    if getattr(settings, "results_root", None):
-        roots.append((str(Path(settings.results_root)), "results"))
-    for root, name in roots:
-        root = root.rstrip("/")
-        if root:
-            text = re.sub(re.escape(root) + r"/(\S+)", lambda m, n=name: f"{n}/{m.group(1)}" if n else m.group(1), text)
-    return re.sub(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)", r"\1", text)
-
-
-# -- per-annotation status and the task's job_message --------------------------------------------
-def remember(connection: Any, project: int, task: int, annotation: int) -> None:
-    connection.set(ANNOTATION_TASK_KEY.format(annotation=annotation), f"{project}:{task}", ex=KEEP_SECONDS)
-
-
-def where_is(connection: Any, annotation: int) -> tuple[int, int] | None:
-    value = connection.get(ANNOTATION_TASK_KEY.format(annotation=annotation))
-    if value is None:
-        return None
-    project, task = value.decode().split(":")
-    return int(project), int(task)
-
-
-def note(connection: Any, project: int, task: int, annotation: int, state: str, **fields: Any) -> None:
-    """Record annotation ``annotation``'s state (queued, running, done, failed, superseded, deleted)."""
-    key = STATUS_KEY.format(project=project, task=task)
-    try:
-        old = connection.hget(key, str(annotation))
-        status = json.loads(old) if old else {}
-        if state != "done":
-            status.pop("role", None)
-        status.update(fields, state=state, at=time.time())
-        connection.hset(key, str(annotation), json.dumps(status))
-        connection.expire(key, KEEP_SECONDS)
-    except Exception as exc:  # a status line is not worth a failed job
-        log.warning("could not record annotation %s's state (%s)", annotation, type(exc).__name__)
-
-
-def statuses(connection: Any, project: int, task: int) -> dict[int, dict[str, Any]]:
-    raw = connection.hgetall(STATUS_KEY.format(project=project, task=task))
-    return {int(k): json.loads(v) for k, v in raw.items()}
-
-
-def message(connection: Any, project: int, task: int) -> str:
-    """``job_message``: the rule, then one line per annotation (module docstring)."""
-    lines = []
-    for annotation, status in sorted(statuses(connection, project, task).items()):
-        state, reason = status.get("state", "?"), status.get("reason", "")
-        line = f"Annotation {annotation}: {state}"
-        if state == "done" and status.get("role") == "primary":
-            line += (
-                f" · the task's result (export folder {status.get('task_dir', '')}, prediction {status.get('job', '')})"
-            )
-        elif state == "done":
-            line += (
-                f" · not the task's result ({reason}); its own result is in {status.get('dir', '')} "
-                f"and its prediction {status.get('job', '')}"
-            )
-        elif reason:
-            line += f" · {reason}"
-        lines.append(line)
-    if not lines:
-        return ""
-    return "\n".join([RULE.format(task=task), *lines])
-
-
-def write_message(settings: Any, connection: Any, project: int, task: int, extra: dict[str, Any] | None = None) -> None:
-    """Write ``job_message`` (and ``extra`` keys) into the task's data; best-effort."""
-    from ml_backend.labelstudio.taskdata import update_task_data
-
-    if connection.exists(TASK_DELETED_KEY.format(task=task)):
-        return
-    try:
-        update_task_data(
-            settings,
-            connection,
-            task,
-            lambda data: {"job_message": message(connection, project, task), **(extra or {})},
-            seconds=min(10.0, settings.label_studio_retry_seconds),
-        )
-    except Exception as exc:
-        log.warning("could not write task %s's job_message (%s)", task, type(exc).__name__)
-
-
-# -- Label Studio: the task's annotations and predictions -----------------------------------------
-def _client(settings: Any) -> Any:
-    from ml_backend.labelstudio import client as labelstudio
-
-    return labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
-
-
-def _get(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
-def task_annotations(settings: Any, task: int, seconds: float = 30.0) -> list[dict[str, Any]] | None:
-    """The task's annotations in Label Studio (cancelled ones left out); None when the task is gone."""
-    from label_studio_sdk.core.api_error import ApiError
-
-    from ml_backend.labelstudio.backoff import with_backoff
-
-    try:
-        found = with_backoff(lambda: _client(settings).annotations.list(id=task), seconds=seconds,
-                             what=f"Label Studio at {settings.label_studio_url}")  # fmt: skip
-    except ApiError as exc:
-        if exc.status_code == 404:
-            return None
-        raise
-    out = []
-    for a in found or []:
-        body = a if isinstance(a, dict) else a.dict()
-        if not body.get("was_cancelled"):
-            out.append(body)
-    return out
-
-
-def choose_primary(annotations: list[dict[str, Any]]) -> int | None:
-    """The ground-truth annotation, else the most recently updated one (ties: the higher id)."""
-    if not annotations:
-        return None
-    truth = [a for a in annotations if a.get("ground_truth")]
-    pool = truth or annotations
-    return int(max(pool, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), int(a["id"])))["id"])
-
-
-def _version_re(project: int, task: int, annotation: int) -> re.Pattern[str]:
-    return re.compile(rf"-job-p{project}-t{task}-a{annotation}-[0-9a-f]+$")
-
-
-def annotation_predictions(settings: Any, project: int, task: int, annotation: int) -> list[Any]:
-    from ml_backend.labelstudio.backoff import with_backoff
-
-    pattern = _version_re(project, task, annotation)
-    found = with_backoff(lambda: _client(settings).predictions.list(task=task), seconds=30,
-                         what=f"Label Studio at {settings.label_studio_url}")  # fmt: skip
-    return [p for p in found or [] if pattern.search(str(_get(p, "model_version") or ""))]
-
-
-def delete_predictions(settings: Any, project: int, task: int, annotation: int, keep: int | None = None) -> int:
-    """Delete the job predictions of ``annotation`` but ``keep``; how many were deleted."""
-    from label_studio_sdk.core.api_error import ApiError
-
-    deleted = 0
-    for prediction in annotation_predictions(settings, project, task, annotation):
-        pid = int(_get(prediction, "id"))
-        if pid == keep:
-            continue
-        try:
-            _client(settings).predictions.delete(id=pid)
-            deleted += 1
-        except ApiError as exc:
-            if exc.status_code != 404:
-                raise
-    return deleted
+log = logging.getLogger(__name__)
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -338,7 +140,7 @@ def cleared_review(data: dict[str, Any]) -> dict[str, Any]:
 
 # -- deletion -------------------------------------------------------------------------------------
 def publish_lock(connection: Any, project: int, task: int) -> Any:
-    from ml_backend.worker.jobs import PublishGate
+    from ml_backend.worker.gate import PublishGate
 
     return connection.lock(PUBLISH_LOCK.format(project=project, task=task), timeout=PublishGate.LOCK_SECONDS,
                            blocking_timeout=None)  # fmt: skip
@@ -380,7 +182,7 @@ def _remove(settings: Any, connection: Any, project: int, task: int, annotation:
     if task_gone:
         return done
     extra: dict[str, Any] = {}
-    from ml_backend.worker.jobs import LATEST_KEY as TASK_LATEST_KEY
+    from ml_backend.worker.gate import LATEST_KEY as TASK_LATEST_KEY
 
     newest = connection.get(TASK_LATEST_KEY.format(project=project, task=task))
     if was_primary or (newest is not None and newest.decode().startswith(f"p{project}-t{task}-a{annotation}-")):
@@ -399,7 +201,7 @@ def _remove(settings: Any, connection: Any, project: int, task: int, annotation:
             remaining = []
         new = choose_primary(remaining)
         if new is not None and queue is not None:
-            from ml_backend.worker.jobs import fingerprint
+            from ml_backend.labelstudio.annotations import fingerprint
 
             body = next(a for a in remaining if int(a["id"]) == new)
             job, created = queue.enqueue_task(project, task, new, fingerprint(body), rerun=True)
@@ -478,105 +280,3 @@ def on_deleted(queue: Any, action: str, payload: dict[str, Any]) -> dict[str, An
         thread.start()
         queue.cleanups.append(thread)
     return {"status": "deleted", "annotations": [a for _, _, a in targets]}
-
-
-# -- inside a job ---------------------------------------------------------------------------------
-class Watched(ProgressMeta):
-    """Progress that also stops the job at its next frame once ``stop()`` raises (the annotation
-    deleted or superseded); ``stop`` is asked at most every ``every`` seconds."""
-
-    def __init__(self, job: Any, stop: Any, every: float = 0.2, **kwargs: Any) -> None:
-        super().__init__(job, **kwargs)
-        self.stop, self.every, self._asked = stop, every, 0.0
-
-    def __call__(self, video: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._asked >= self.every:
-            self._asked = now
-            self.stop()
-        super().__call__(video, done, total)
-
-    def stage(self, name: str) -> None:
-        self.stop()
-        super().stage(name)
-
-
-def verify(settings: Any, connection: Any, queue: Any, project: int, task: int, annotation: int, fp: str) -> int | None:
-    """Ask Label Studio, just before publishing, whether ``annotation`` still exists at version
-    ``fp`` (the fingerprint of the annotation as the job loaded it); returns the task's primary annotation. Raises :class:`Superseded` when it was deleted
-    (recorded as if the webhook had come) or changed (its newer version is enqueued)."""
-    from ml_backend.exceptions import Superseded
-    from ml_backend.worker.jobs import fingerprint
-
-    annotations = task_annotations(settings, task, min(30.0, settings.label_studio_retry_seconds))
-    mine = next((a for a in annotations or [] if int(a["id"]) == annotation), None)
-    if mine is None:
-        connection.set(DELETED_KEY.format(annotation=annotation), 1, ex=KEEP_SECONDS)
-        raise Superseded(f"annotation {annotation} no longer exists in Label Studio")
-    if fingerprint(mine) != fp:
-        if queue is not None:
-            queue.enqueue_task(project, task, annotation, fingerprint(mine))
-        raise Superseded(f"annotation {annotation} changed in Label Studio since; its newer version runs")
-    return choose_primary(annotations or [])
-
-
-# -- at import ------------------------------------------------------------------------------------
-def video_problem(settings: Any, data: dict[str, Any]) -> str | None:
-    """Why a task's video cannot be opened (one sentence), or None when every video opens."""
-    from ml_backend.exceptions import FetchError, VideoError
-    from ml_backend.server.app import default_fetcher
-    from ml_backend.video.frames import open_frames
-
-    fetcher = default_fetcher(settings, max_bytes=64 * 1024**3)
-    for key in sorted(k for k in data if re.fullmatch(r"video\d*", k)):
-        ref = data.get(key)
-        if not isinstance(ref, str) or not ref:
-            continue
-        shown = shown_ref(ref)
-        try:
-            path = str(fetcher.path(ref))
-        except FetchError as exc:
-            why = str(exc).replace(repr(ref), "").replace(ref, "").strip(" :") or "cannot be fetched"
-            return user_reason(f"{key} {shown}: {why}", settings)
-        try:
-            with open_frames(path, cache_frames=1) as source:
-                if source.num_frames < 1:
-                    return f"{key} {shown} has no frames"
-        except VideoError as exc:
-            why = str(exc).replace(f"video {path}", "").strip() or "cannot be opened"
-            return user_reason(f"{key} {shown} {why}", settings)
-    return None
-
-
-def check_imported(queue: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    """``TASKS_CREATED``: open each new task's videos in a background thread; a task whose video
-    cannot be opened gets ``job_state`` failed and the reason before anyone annotates it."""
-    from ml_backend.labelstudio.taskdata import update_task_data
-
-    settings, conn = queue.settings, queue.connection
-    items = payload.get("tasks")
-    tasks = [t for t in items if isinstance(t, dict) and _is_id(t.get("id"))] if isinstance(items, list) else []
-
-    def run() -> None:
-        for task in tasks:
-            data = task.get("data") if isinstance(task.get("data"), dict) else {}
-            try:
-                problem = video_problem(settings, data)
-            except Exception:
-                log.exception("checking task %s's videos failed", task["id"])
-                continue
-            if problem is None:
-                continue
-            text = f"The task's video cannot be opened, so no job can run: {problem}. Fix the file or the task."
-            try:
-                update_task_data(settings, conn, task["id"],
-                                 {"job_state": "failed", "job_progress": 0, "job_error": problem, "job_message": text},
-                                 seconds=10.0)  # fmt: skip
-            except Exception as exc:
-                log.warning("could not flag task %s (%s)", task["id"], type(exc).__name__)
-
-    if tasks and settings.label_studio_api_key:
-        thread = threading.Thread(target=run, name="import-check", daemon=True)
-        thread.start()
-        queue.cleanups.append(thread)
-    return {"status": "checking", "tasks": [t["id"] for t in tasks]}

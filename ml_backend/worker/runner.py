@@ -39,70 +39,17 @@ import threading
 import time
 from typing import Any
 
-from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from ml_backend.settings import Settings
+from ml_backend.worker.process import OWNER_KEY, SERIALIZER, _local, configure, current_settings, get_predictor
+from ml_backend.worker.queue import OLD_NAMES, PROMPTS_JOB, TASK_JOB
 
 log = logging.getLogger(__name__)
 
 #: The only job functions a worker runs.
-ALLOWED_FUNCTIONS = frozenset({"ml_backend.worker.jobs.propagate_task", "ml_backend.worker.jobs.propagate_prompts"})
-
-#: Redis key holding the id of the execution that owns a job (the one allowed to publish it).
-OWNER_KEY = "sam2:job-owner:{job_id}"
-
-#: Serializer of the propagation queue: JSON, so reading a job never unpickles anything.
-SERIALIZER = JSONSerializer
-
-_predictor: Any = None
-_predictor_key: Any = None
-_settings: Settings | None = None
-_lock = threading.Lock()
-_local = threading.local()
-
-
-def configure(settings: Settings) -> None:
-    """Set the settings jobs in this process use (default: read from the environment)."""
-    global _settings
-    _settings = settings
-
-
-def current_settings() -> Settings:
-    global _settings
-    if _settings is None:
-        _settings = Settings.from_env()
-    return _settings
-
-
-def current_execution() -> str | None:
-    """The id of the execution running in this thread (None outside a worker's job)."""
-    return getattr(_local, "execution", None)
-
-
-def current_rerun() -> bool:
-    """Whether the job running in this thread runs its run again (after a stop or a lost worker)."""
-    return bool(getattr(_local, "rerun", False))
-
-
-def get_predictor(settings: Settings) -> Any:
-    """The process's SAM 2 video predictor for ``settings``, built on first use."""
-    global _predictor, _predictor_key
-    key = (
-        settings.model_size,
-        settings.checkpoint,
-        str(settings.checkpoint_path),
-        settings.image_size,
-        settings.device,
-        settings.compile,
-    )
-    with _lock:
-        if _predictor is None or _predictor_key != key:
-            from ml_backend.models import build_video_predictor
-
-            _predictor = build_video_predictor(settings)
-            _predictor_key = key
-        return _predictor
+#: Jobs queued under a name of an earlier release run as the function that replaced it.
+ALLOWED_FUNCTIONS = frozenset({TASK_JOB, PROMPTS_JOB, *OLD_NAMES})
 
 
 def watchdog_interval(heartbeat_ttl: float) -> float:
@@ -269,13 +216,15 @@ class Worker(SimpleWorker):
 
     # -- one job --------------------------------------------------------------------------------
     def execute_job(self, job: Any, queue: Any) -> None:
-        from ml_backend.worker.jobs import run_token
+        from ml_backend.worker.gate import run_token
         from ml_backend.worker.liveness import count_execution, job_ended, job_started
 
         reason = refusal(job)
         if reason is not None:
             self._refuse(job, queue, reason)
             return
+        if job.func_name in OLD_NAMES:  # queued by an earlier release
+            job.func_name = OLD_NAMES[job.func_name]
         execution = self.prepare_execution(job)
         owner_ttl = int(max(job.timeout or 0, 0)) + 3600
         self.connection.set(OWNER_KEY.format(job_id=job.id), execution.id, ex=owner_ttl)

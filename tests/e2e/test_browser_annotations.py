@@ -74,7 +74,7 @@ def keypoint(x: float, y: float, rid: str = "p1", label: str = "Object 1") -> di
 
 def queue(stack: Any) -> Any:
     from ml_backend.settings import Settings
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     return JobQueue.from_settings(Settings(redis_url=stack.redis_url))
 
@@ -125,7 +125,7 @@ def task_dir(stack: Any, project: int, task: int) -> Path:
 
 
 def annotation_dir(stack: Any, project: int, task: int, annotation: int) -> Path:
-    from ml_backend.worker.lifecycle import annotation_dir as folder
+    from ml_backend.worker.records import annotation_dir as folder
 
     return folder(stack.results_root, project, task, annotation)
 

@@ -80,7 +80,7 @@ def new_pair_task(stack: Any) -> tuple[int, int]:
 
 def job_ids(stack: Any) -> set[str]:
     from ml_backend.settings import Settings
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     return set(JobQueue.from_settings(Settings(redis_url=stack.redis_url)).jobs())
 
@@ -88,7 +88,7 @@ def job_ids(stack: Any) -> set[str]:
 def wait_job(stack: Any, project: int, task: int, known: set[str]) -> dict:
     """The next job of ``task`` (not in ``known``) once finished; fails at once if it fails."""
     from ml_backend.settings import Settings
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     queue = JobQueue.from_settings(Settings(redis_url=stack.redis_url))
     prefix = f"p{project}-t{task}-"

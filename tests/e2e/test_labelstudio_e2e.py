@@ -187,7 +187,7 @@ def test_submitted_annotation_is_propagated_exported_and_predicted(stack_alive: 
     from pycocotools import mask as mask_utils
 
     from ml_backend.settings import Settings
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     stack = stack_alive
     client = LabelStudio(base_url=stack.ls_url, api_key=stack.token, timeout=120)
@@ -282,7 +282,7 @@ def served(stack: Any, url: str) -> bytes:
 def new_job(stack: Any, prefix: str, known: set[str], status: str = "finished") -> dict:
     """Wait for a job whose id starts with ``prefix`` and is not in ``known`` to reach ``status``."""
     from ml_backend.settings import Settings
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     queue = JobQueue.from_settings(Settings(redis_url=stack.redis_url))
 
@@ -304,7 +304,7 @@ def new_job(stack: Any, prefix: str, known: set[str], status: str = "finished") 
 
 def job_ids(stack: Any) -> set[str]:
     from ml_backend.settings import Settings
-    from ml_backend.worker.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     return set(JobQueue.from_settings(Settings(redis_url=stack.redis_url)).jobs())
 
