@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from ml_backend.exceptions import MLBackendError, PromptError
+from ml_backend.exporters.registry import choose_exports
+from ml_backend.models import autocast, build_video_predictor, resolve_device
+from ml_backend.settings import Settings
+from ml_backend.video.pipeline import check_job, run_job
+from ml_backend.video.prompts import load_prompts
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import make_worker
+
 
 def _worker(args: argparse.Namespace) -> int:
-    from ml_backend.settings import Settings
-    from ml_backend.worker.runner import make_worker
 
     settings = Settings.from_env()
     worker = make_worker(settings, preload=not args.lazy)
@@ -21,9 +31,6 @@ def _worker(args: argparse.Namespace) -> int:
 
 def check_out_dir(out: str | Path) -> Path:
     """``out`` as a folder this process can create and write, or :class:`PromptError`."""
-    import os
-
-    from ml_backend.exceptions import PromptError
 
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
@@ -39,8 +46,6 @@ def check_out_dir(out: str | Path) -> Path:
 
 
 def _propagate(args: argparse.Namespace) -> int:
-    from ml_backend.exceptions import MLBackendError
-    from ml_backend.settings import Settings
 
     try:
         return _propagate_checked(args, Settings.from_env())
@@ -55,12 +60,6 @@ def _propagate(args: argparse.Namespace) -> int:
 def _propagate_checked(args: argparse.Namespace, settings) -> int:
     """Everything is checked before the model loads: prompts, videos (frame counts, sizes),
     the output folder; then propagate, with progress bars."""
-    from tqdm import tqdm
-
-    from ml_backend.exporters.base import choose_exports
-    from ml_backend.models import autocast, build_video_predictor, resolve_device
-    from ml_backend.video.pipeline import check_job, run_job
-    from ml_backend.video.prompts import load_prompts
 
     spec = load_prompts(args.prompts)
     if args.format:
@@ -76,8 +75,6 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
     check_job(spec, videos)
     choose_exports(spec, [*settings.export_list, *(args.export or [])], review=not args.no_review)
     if args.queue:
-        from ml_backend.worker.queue import JobQueue
-
         job = JobQueue.from_settings(settings).enqueue_prompts(
             json.loads(Path(args.prompts).read_text()), videos, str(out.resolve())
         )
@@ -120,10 +117,6 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ml_backend.settings import Settings
-    from ml_backend.worker.queue import JobQueue
 
     queue = JobQueue.from_settings(Settings.from_env())
     if not args.job_id:

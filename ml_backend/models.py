@@ -17,6 +17,7 @@ where SAM 2's memory rules allow it, else SAM 2's own class. Both builders honou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,10 @@ MODEL_CONFIGS = {
 
 #: Official download location of the SAM 2.1 checkpoints.
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
+
+#: The video predictor classes SAM 2's config instantiates instead of its own (objects batched).
+TARGET = "ml_backend.video.batched.BatchedVideoPredictor"
+TARGET_VOS = "ml_backend.video.batched.BatchedVideoPredictorVOS"
 
 
 def checkpoint_name(model_size: str) -> str:
@@ -125,8 +130,6 @@ def _build(settings: Settings, *, video: bool) -> Any:
         if settings.compile:
             kwargs["vos_optimized"] = True
         if settings.batch_objects:
-            from ml_backend.video.batched import TARGET, TARGET_VOS
-
             # the last `_target_` override wins over the one build_sam2_video_predictor sets
             overrides = [*overrides, f"++model._target_={TARGET_VOS if settings.compile else TARGET}"]
         model = build_sam2_video_predictor(
@@ -176,7 +179,6 @@ def build_video_predictor(settings: Settings) -> Any:
 
 def autocast(settings: Settings, device: str | torch.device) -> Any:
     """The autocast context for inference: bf16 on CUDA when enabled, otherwise a no-op."""
-    import contextlib
 
     import torch
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from ml_backend import defaults
 from ml_backend.exceptions import ConfigurationError
+from ml_backend.exporters.registry import REGISTRY
+from ml_backend.models import checkpoint_name
 
 MODEL_SIZES = ("tiny", "small", "base_plus", "large")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -27,6 +29,16 @@ WEBHOOK_MODES = ("auto", "batch")
 
 def _env(name: str, doc: str) -> dict[str, str]:
     return {"env": name, "doc": doc}
+
+
+@dataclass(frozen=True)
+class QualityRule:
+    """Thresholds of the flag rule (see the module docstring); defaults in :mod:`.defaults`."""
+
+    min_score: float = defaults.QUALITY_MIN_SCORE
+    area_ratio: float = defaults.QUALITY_AREA_RATIO
+    jump: float = defaults.QUALITY_JUMP
+    max_pages: int = defaults.REVIEW_MAX_PAGES
 
 
 @dataclass(frozen=True)
@@ -280,8 +292,6 @@ class Settings:
         if len(self.background_color) != 3 or not all(0 <= c <= 255 for c in self.background_color):
             raise ConfigurationError(f"BACKGROUND_COLOR={self.background_color!r} is not R,G,B in 0..255")
         if self.export_list:
-            from ml_backend.exporters.base import REGISTRY
-
             unknown = [n for n in self.export_list if n not in REGISTRY]
             if unknown:
                 raise ConfigurationError(
@@ -321,7 +331,6 @@ class Settings:
         """The checkpoint file this configuration loads (meaningless with random weights)."""
         if self.checkpoint and not self.random_weights:
             return Path(self.checkpoint)
-        from ml_backend.models import checkpoint_name
 
         return self.checkpoint_dir / checkpoint_name(self.model_size)
 
@@ -333,7 +342,6 @@ class Settings:
     @property
     def quality_rule(self) -> Any:
         """The drift-flag thresholds as a :class:`~ml_backend.video.quality.QualityRule`."""
-        from ml_backend.video.quality import QualityRule
 
         return QualityRule(self.quality_min_score, self.quality_area_ratio, self.quality_jump, self.review_max_pages)
 

@@ -168,7 +168,7 @@ def test_bad_export_lists_are_refused(data, message):
 
 
 def test_export_choice_rules():
-    from ml_backend.exporters.base import choose_exports
+    from ml_backend.exporters.registry import choose_exports
 
     spec = parse_prompts(doc(exports="davis, mots"))
     assert choose_exports(spec, ["mots", "ytvis"]) == ["scenediff", "review", "quality", "davis", "mots", "ytvis"]
@@ -199,8 +199,8 @@ def test_overlapping_masks_go_to_the_smaller_id_in_davis_and_mots(tmp_path):
     """The stand-in predictor never overlaps objects, so drive the two exporters directly."""
     from types import SimpleNamespace
 
-    from ml_backend.exporters.base import ExportJob
     from ml_backend.exporters.davis import DavisExport
+    from ml_backend.exporters.interface import ExportJob
     from ml_backend.exporters.mots import MOTSExport
     from ml_backend.exporters.staging import Staging, rle_encode
 

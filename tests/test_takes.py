@@ -372,7 +372,7 @@ def test_job_out_dir_keys_green_screen_exports_by_take():
 def test_fps_precedence_override_then_import_then_decoder():
     from types import SimpleNamespace
 
-    from ml_backend.exporters.base import ExportJob
+    from ml_backend.exporters.interface import ExportJob
     from ml_backend.video.prompts import GreenScreenSpec, PromptSpec
 
     source = SimpleNamespace(fps=30.0)  # a folder of frames reports 30

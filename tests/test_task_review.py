@@ -173,7 +173,7 @@ def test_a_job_shows_its_state_appends_flagged_pages_and_serves_its_review(setti
     assert 0 < prediction["score"] < 1
 
     # the backend is asked to embed the task's pages, appended ones included (issue 29)
-    from ml_backend.server.prefetch import REQUESTS_KEY
+    from ml_backend.worker.pagerequests import REQUESTS_KEY
 
     (request,) = [json.loads(r) for r in redis_conn.lrange(REQUESTS_KEY, 0, -1)]
     assert request["task"] == TASK and sorted(request["refs"]) == sorted({*d["frames1"], *d["frames2"]})

@@ -4,7 +4,7 @@
 green-screen segment; ``<frame>`` = the input frame's file stem for a folder of frames, else the
 0-based index as ``00000``). Pixel value = object id (1–255), 0 = background; the palette is the
 standard DAVIS / PASCAL VOC one (1 dark red, 2 green, 3 olive, …). Where masks overlap, the
-smaller object id wins (:func:`~ml_backend.exporters.base.label_map`). Every frame gets a PNG, empty
+smaller object id wins (:func:`~ml_backend.exporters.interface.label_map`). Every frame gets a PNG, empty
 ones too, as DAVIS evaluation expects.
 
 Reading it back::
@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from ml_backend.exporters.base import Exporter, ExportJob, check_ids_fit_a_byte, label_map
+from ml_backend.exporters.interface import Exporter, ExportJob, check_ids_fit_a_byte, label_map
 
 
 def davis_palette() -> bytes:
@@ -70,7 +71,6 @@ class DavisExport(Exporter):
         frame: np.ndarray | None,
         scores: Any = None,
     ) -> None:
-        from PIL import Image
 
         names = self.names[video]
         image = Image.fromarray(label_map(masks, self.shapes[video]), mode="P")

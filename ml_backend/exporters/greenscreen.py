@@ -7,13 +7,15 @@ Consecutive segments share one boundary frame, so a segment exports all its fram
 ``offset(k) = start_frame + Σ_{j<k} (frames_j − 1)`` (:func:`greenscreen_offset`). Re-running a
 segment rewrites exactly its own files. The folder is the take's own
 (:func:`ml_backend.worker.jobs.job_out_dir`), and the mp4 plays at the take's frame rate
-(:meth:`ml_backend.exporters.base.ExportJob.fps_of`).
+(:meth:`ml_backend.exporters.interface.ExportJob.fps_of`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.exceptions import PromptError
-from ml_backend.exporters.base import Exporter, ExportJob
+from ml_backend.exporters.interface import Exporter, ExportJob
 from ml_backend.exporters.staging import FILE_MODE
 
 
@@ -122,8 +124,6 @@ def assemble_greenscreen_mp4(
     replaced by a shorter one; delete it to rebuild). Whichever segment finishes last assembles
     the video; two assemblies at once each write their own temporary file.
     """
-    import logging
-    import subprocess
 
     if not segment_frames or shutil.which("ffmpeg") is None:
         return None

@@ -5,7 +5,7 @@ frame index (as in KITTI MOTS), ``id = class_id × 1000 + object id``, ``class_i
 category (1-based, one per distinct object name, in order of first appearance; the same ids as
 the YouTube-VIS export), ``rle`` the COCO compressed RLE string of the mask. MOTS masks must not
 overlap: where they do, the smaller object id keeps the pixel
-(:func:`~ml_backend.exporters.base.label_map`). Lines are sorted by frame, then id; frames where an
+(:func:`~ml_backend.exporters.interface.label_map`). Lines are sorted by frame, then id; frames where an
 object is empty have no line for it. Object ids must be below 1000.
 
 Reading it back::
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.exceptions import PromptError
-from ml_backend.exporters.base import Exporter, ExportJob, label_map
+from ml_backend.exporters.interface import Exporter, ExportJob, label_map
 from ml_backend.exporters.staging import MaskSpool, atomic_write, rle_encode
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.exporters.base import Exporter, ExportJob
+from ml_backend.exporters.interface import Exporter, ExportJob
 from ml_backend.exporters.staging import atomic_write_bytes
 
 PALETTE = [

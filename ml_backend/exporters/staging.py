@@ -1,6 +1,6 @@
 """What every export format shares: COCO RLE, atomic writes, the staging folder, the mask spool.
 
-Formats themselves are plug-ins (:mod:`ml_backend.exporters.base`); they write under a hidden staging
+Formats themselves are plug-ins (:mod:`ml_backend.exporters.interface`); they write under a hidden staging
 folder (:class:`Staging`) and the job renames their files into place only when complete, so an
 interrupted job never leaves a partial file.
 """
@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import os
 import pickle
+import secrets
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 
 def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     """COCO RLE of an ``H×W`` bool mask: ``{'size': [h, w], 'counts': str}``."""
-    from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
@@ -129,7 +132,6 @@ def rle_compress(uncompressed: dict[str, Any]) -> dict[str, Any]:
 
 
 def rle_decode(rle: dict[str, Any]) -> np.ndarray:
-    from pycocotools import mask as mask_utils
 
     counts = rle["counts"]
     return mask_utils.decode(
@@ -185,7 +187,6 @@ class MaskSpool:
     """
 
     def __init__(self, path: Path) -> None:
-        import threading
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,8 +282,6 @@ class Staging:
     """
 
     def __init__(self, out_dir: Path) -> None:
-        import secrets
-        import socket
 
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -378,7 +377,6 @@ class Staging:
 
 def _replace_with_symlink(path: Path, target: str) -> None:
     """Make ``path`` a symlink to ``target`` in one atomic rename (whatever ``path`` was)."""
-    import secrets
 
     tmp = path.parent / f".{path.name}.link-{secrets.token_hex(4)}"
     os.symlink(target, tmp)

@@ -30,7 +30,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ml_backend.exporters.base import Exporter, ExportJob
+from pycocotools import mask as mask_utils
+
+from ml_backend.exporters.interface import Exporter, ExportJob
 from ml_backend.exporters.staging import atomic_write
 
 
@@ -82,8 +84,6 @@ class YouTubeVISExport(Exporter):
 
     @staticmethod
     def _annotation(put: Any, ann_id: int, video: dict[str, Any], obj: Any, category: int, frames: Any) -> None:
-        from pycocotools import mask as mask_utils
-
         head = {"id": ann_id, "video_id": video["id"], "category_id": category, "iscrowd": 0,
                 "height": video["height"], "width": video["width"], "object_id": obj.id}  # fmt: skip
         put(json.dumps(head)[:-1] + ', "segmentations": [')

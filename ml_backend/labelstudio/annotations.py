@@ -34,8 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.exceptions import JobError, PromptError, VideoError
+from ml_backend.exceptions import FetchError, JobError, PromptError, VideoError
+from ml_backend.exporters.staging import rle_decode
+from ml_backend.labelstudio import client as labelstudio
+from ml_backend.labelstudio.backoff import is_transient, with_backoff
+from ml_backend.labelstudio.brush import mask_to_result
 from ml_backend.labelstudio.config import parse_label_config
+from ml_backend.labelstudio.fetch import default_fetcher
 from ml_backend.labelstudio.regions import (
     Click,
     VideoImage,
@@ -45,7 +50,17 @@ from ml_backend.labelstudio.regions import (
     prompt_region,
     video_images,
 )
-from ml_backend.video.prompts import GreenScreenSpec, ObjectSpec, PromptSpec, _merge_same_frame, parse_greenscreen
+from ml_backend.labelstudio.signs import RedisSigns, apply_signs
+from ml_backend.labelstudio.taskdata import shown_ref
+from ml_backend.video.frames import open_frames
+from ml_backend.video.prompts import (
+    GreenScreenSpec,
+    ObjectSpec,
+    PromptSpec,
+    _merge_same_frame,
+    parse_exports,
+    parse_greenscreen,
+)
 from ml_backend.video.propagation import FramePrompt
 
 log = logging.getLogger(__name__)
@@ -62,9 +77,6 @@ class TaskJob:
     def prediction(self, result: Any, version: str) -> list[dict[str, Any]]:
         """Brush regions of the propagated masks on every annotation frame of the task."""
         import cv2
-
-        from ml_backend.exporters.staging import rle_decode
-        from ml_backend.labelstudio.brush import mask_to_result
 
         regions = []
         for key, info in self.images.items():
@@ -95,7 +107,6 @@ def build_task_job(
     Every region and the task data are checked first (one readable :class:`PromptError`, no
     retry); only then is ``fetch_video(ref) -> local path`` asked for the videos (downloading).
     """
-    from ml_backend.video.frames import open_frames
 
     data = task.get("data")
     if not isinstance(data, dict):
@@ -154,8 +165,6 @@ def build_task_job(
                 info.size = (source.height, source.width)
                 num_frames = source.num_frames
         except VideoError as exc:  # name the video as the task gives it, never the server's path
-            from ml_backend.labelstudio.taskdata import shown_ref
-
             why = str(exc).replace(f"video {path}", "").replace(path, "").strip() or "cannot be opened"
             raise VideoError(f"{info.key} {shown_ref(info.video_ref)} {why}") from None
         bad = [i for i in info.frame_indices if i >= num_frames]
@@ -237,11 +246,6 @@ def load_task_job(
     """
     from label_studio_sdk.core.api_error import ApiError
 
-    from ml_backend.exceptions import FetchError
-    from ml_backend.labelstudio import client as labelstudio
-    from ml_backend.labelstudio.backoff import is_transient, with_backoff
-    from ml_backend.labelstudio.fetch import default_fetcher
-
     what = f"Label Studio at {settings.label_studio_url}"
 
     def get(kind: str, ident: int) -> Any:
@@ -267,15 +271,11 @@ def load_task_job(
         except FetchError as exc:
             if is_transient(exc):
                 raise
-            from ml_backend.labelstudio.taskdata import shown_ref
-
             why = str(exc).replace(repr(ref), "").replace(ref, "").strip(" :") or "cannot be fetched"
             raise JobError(f"video {shown_ref(ref)}: {why}") from None
 
     task_dict = task.dict() if hasattr(task, "dict") else dict(task)
     ann_dict = annotation.dict() if hasattr(annotation, "dict") else dict(annotation)
-    from ml_backend.labelstudio.annotations import fingerprint
-    from ml_backend.labelstudio.signs import RedisSigns, apply_signs
 
     loaded_fp = fingerprint(ann_dict)  # before the recorded signs are filled in
     store = RedisSigns(connection) if connection is not None else None
@@ -294,10 +294,6 @@ def project_exports(settings: Any, project_id: int) -> list[str]:
     in the **extra params** of the project's ML backend connection in Label Studio (Settings →
     Model → Extra params, e.g. ``{"exports": ["davis", "mots"]}``)."""
     from label_studio_sdk.core.api_error import ApiError
-
-    from ml_backend.labelstudio import client as labelstudio
-    from ml_backend.labelstudio.backoff import with_backoff
-    from ml_backend.video.prompts import parse_exports
 
     def call() -> Any:
         return labelstudio.client(settings.label_studio_url, settings.label_studio_api_key).ml.list(project=project_id)

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ml_backend.labelstudio.config import parse_label_config
+
 log = logging.getLogger(__name__)
 
 #: What the backend's webhook is sent: submissions start jobs, deletions remove their results
@@ -127,7 +129,6 @@ def same_source(tasks: list[tuple[int, dict[str, Any]]], new: dict[str, Any]) ->
 def project_kind(label_config: str) -> str | None:
     """``"greenscreen"`` (one ``<Image valueList>`` with keypoints or brushes), ``"scenediff"``
     (two), or None (neither: not one of our configs)."""
-    from ml_backend.labelstudio.config import parse_label_config
 
     config = parse_label_config(label_config)
     used = {img for img, _ in config.keypoints.values()} | {img for img, _ in config.brushes.values()}

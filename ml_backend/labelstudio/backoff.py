@@ -14,7 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import httpx
+
 from ml_backend.exceptions import Unavailable
+from ml_backend.stopping import sleep
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +39,10 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(status, int) and (status >= 500 or status in RETRIED_STATUSES):
         return True
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - httpx is a dependency
-        return False
     return isinstance(exc, httpx.TransportError)
 
 
 def _sleep(seconds: float) -> None:
-    from ml_backend.worker.liveness import sleep
 
     sleep(seconds)  # a worker's stop request cuts the pause short in a stoppable job
 

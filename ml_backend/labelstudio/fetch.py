@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+import httpx
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ml_backend.exceptions import FetchError, ForbiddenURL, NotAFile, NotAnImage, SourceNotFound, TooLarge, Unavailable
+from ml_backend.labelstudio.client import auth_headers
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +206,6 @@ class FileFetcher:
         return self.path(ref).read_bytes()
 
     def _download(self, url: str, dest: Path) -> None:
-        import httpx
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -253,7 +255,6 @@ class FileFetcher:
 
 def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.ndarray:
     """Decode image bytes to an ``H×W×3`` uint8 RGB array, checking the size before decoding."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -271,7 +272,6 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.nda
 
 def default_fetcher(settings: Any, *, max_bytes: int | None = None):
     """The :class:`~ml_backend.labelstudio.fetch.FileFetcher` for ``settings`` (``max_bytes`` overrides the limit)."""
-    from ml_backend.labelstudio.client import auth_headers
 
     def headers() -> dict[str, str]:
         if not settings.label_studio_api_key:

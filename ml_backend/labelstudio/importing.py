@@ -23,6 +23,7 @@ Task data (see :mod:`ml_backend.labelstudio.annotations` for how the worker read
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -30,8 +31,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from PIL import Image
+
 from ml_backend.exceptions import VideoError
 from ml_backend.video.frames import ImageFolderFrames, open_frames
+from ml_backend.video.prompts import TAKE_NAME
 
 LOCAL_FILES_URL = "/data/local-files/?d="
 
@@ -40,7 +44,6 @@ def take_name(text: str, what: str = "take name") -> str:
     """``text`` if it can name a take (a folder under the local-files root and under
     ``RESULTS_DIR``: letters, digits, ``.``, ``_``, ``-``, not starting with a dot);
     :class:`VideoError` saying why otherwise."""
-    from ml_backend.video.prompts import TAKE_NAME
 
     if not isinstance(text, str) or not TAKE_NAME.fullmatch(text):
         raise VideoError(
@@ -55,7 +58,6 @@ def take_name(text: str, what: str = "take name") -> str:
 
 def file_sha256(path: str | Path) -> str:
     """The SHA-256 of a file's content, hex (how an import recognises a video it has seen)."""
-    import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -116,7 +118,6 @@ def extract_frames(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Path], list[int]]:
     """Write the chosen frames of ``video`` as ``<out_dir>/frame_XXXXXX<ext>``; return paths, indices."""
-    from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_frames(video, cache_frames=4) as source:
@@ -194,7 +195,6 @@ def split_video(
     read by the same decoder), numbered from 000 like ``segment_index``; ``progress(done, total)``
     counts segments.
     """
-    from PIL import Image
 
     with open_frames(video, cache_frames=4) as source:
         length = max(1, int(round(seconds * source.fps)))

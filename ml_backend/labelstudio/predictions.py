@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ml_backend.labelstudio import client as labelstudio
+from ml_backend.labelstudio.backoff import with_backoff
+
 
 # -- Label Studio: the task's annotations and predictions -----------------------------------------
 def _client(settings: Any) -> Any:
-    from ml_backend.labelstudio import client as labelstudio
 
     return labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
 
@@ -20,8 +22,6 @@ def _get(obj: Any, name: str) -> Any:
 def task_annotations(settings: Any, task: int, seconds: float = 30.0) -> list[dict[str, Any]] | None:
     """The task's annotations in Label Studio (cancelled ones left out); None when the task is gone."""
     from label_studio_sdk.core.api_error import ApiError
-
-    from ml_backend.labelstudio.backoff import with_backoff
 
     try:
         found = with_backoff(lambda: _client(settings).annotations.list(id=task), seconds=seconds,
@@ -52,7 +52,6 @@ def _version_re(project: int, task: int, annotation: int) -> re.Pattern[str]:
 
 
 def annotation_predictions(settings: Any, project: int, task: int, annotation: int) -> list[Any]:
-    from ml_backend.labelstudio.backoff import with_backoff
 
     pattern = _version_re(project, task, annotation)
     found = with_backoff(lambda: _client(settings).predictions.list(task=task), seconds=30,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.exceptions import PromptError
+from ml_backend.labelstudio.brush import result_to_mask
 from ml_backend.labelstudio.config import parse_label_config
 
 
@@ -106,7 +107,6 @@ class Click:
 
 def prompt_region(region: dict[str, Any], info: VideoImage, config: Any, where: str) -> Click | None:
     """Validate one keypoint or brush region; None for regions that are not prompts."""
-    from ml_backend.labelstudio.brush import result_to_mask
 
     rtype = region.get("type")
     value = region.get("value")

@@ -35,8 +35,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from ml_backend.exporters.staging import atomic_write_bytes
+from ml_backend.labelstudio.regions import label_for
 from ml_backend.labelstudio.taskdata import format_flags, local_url, task_folder
+from ml_backend.video.frames import open_frames
+from ml_backend.video.previews import job_preview
 from ml_backend.video.quality import pages_to_add, quality_file
 
 log = logging.getLogger(__name__)
@@ -56,9 +61,6 @@ def load_report(result: Any, spec: Any) -> dict[str, Any] | None:
 
 def _extract(video_path: str, frames: list[int], folder: Path) -> dict[int, Path]:
     """Frames of a video as JPEG files ``frame_XXXXXX.jpg`` in ``folder`` (kept if present)."""
-    from PIL import Image
-
-    from ml_backend.video.frames import open_frames
 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -102,7 +104,6 @@ def _replace_copy(src: Path, folder: Path, stem: str, suffix: str, key: str, kee
 def object_name(obj: Any, task_job: Any) -> str:
     """How ``review_flags`` names an object: its SceneDiff label (``lamp_1``) when the annotator
     named it, else its label in the config (``Subject 1``)."""
-    from ml_backend.labelstudio.regions import label_for
 
     if obj.name != f"object{obj.id}":
         return obj.label
@@ -211,7 +212,6 @@ def _review_files(
             prune_versions(review_dir, f"{label}_overlay", ".webm", settings.review_keep_versions)
 
     # 3. preview strip
-    from ml_backend.video.previews import job_preview
 
     propagated = {v: path for v, path in task_job.videos.items() if v in result.masks}
     gs = task_job.spec.greenscreen if task_job.spec.format == "greenscreen" else None

@@ -42,6 +42,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from ml_backend.exceptions import MLBackendError
+from ml_backend.labelstudio import client as labelstudio
+from ml_backend.labelstudio.backoff import with_backoff
+from ml_backend.labelstudio.fetch import FileFetcher
+from ml_backend.labelstudio.importing import local_url as url_under
+
 log = logging.getLogger(__name__)
 
 STATE_KEYS = ("job_state", "job_progress", "job_error", "flagged_ranges", "lowest_score")
@@ -49,7 +55,6 @@ LOCK_KEY = "sam2:task-data-lock:{task}"
 
 
 def _client(settings: Any) -> Any:
-    from ml_backend.labelstudio import client as labelstudio
 
     return labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
 
@@ -69,7 +74,6 @@ def update_task_data(
     retries transient Label Studio trouble for ``seconds`` (default
     ``settings.label_studio_retry_seconds``).
     """
-    from ml_backend.labelstudio.backoff import with_backoff
 
     seconds = settings.label_studio_retry_seconds if seconds is None else seconds
     what = f"Label Studio at {settings.label_studio_url}"
@@ -96,8 +100,6 @@ def local_path(settings: Any, url: str) -> Path | None:
     resolved and checked exactly as the backend reads task files
     (:meth:`ml_backend.labelstudio.fetch.FileFetcher.resolve`: no ``..``, never outside the root); None when
     the URL is not a local-files URL under it, or there is no local root."""
-    from ml_backend.exceptions import MLBackendError
-    from ml_backend.labelstudio.fetch import FileFetcher
 
     if not getattr(settings, "local_files_root", "") or not isinstance(url, str) or not url:
         return None
@@ -112,7 +114,6 @@ def local_path(settings: Any, url: str) -> Path | None:
 
 def local_url(settings: Any, path: Path) -> str:
     """The ``/data/local-files/?d=...`` URL of ``path`` (under ``LOCAL_FILES_DOCUMENT_ROOT``)."""
-    from ml_backend.labelstudio.importing import local_url as url_under
 
     return url_under(Path(settings.local_files_root), path)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ml_backend.exceptions import BadPayload
+
 #: Largest id accepted from a webhook (Label Studio ids are 64-bit).
 MAX_ID = 2**63 - 1
 
 
 def _id(value: Any, where: str) -> int:
     """``value`` as a positive integer id; :class:`BadPayload` naming ``where`` otherwise."""
-    from ml_backend.exceptions import BadPayload
 
     if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value) if len(value) <= 19 else MAX_ID + 1
@@ -35,7 +36,6 @@ def clean_webhook(payload: dict[str, Any]) -> dict[str, Any]:
     (digits in a string are accepted). Missing ids are left to the job queue, which says which
     one an action needs. Raises :class:`BadPayload` with the field that is wrong.
     """
-    from ml_backend.exceptions import BadPayload
 
     cleaned = dict(payload)
     project = payload.get("project")

@@ -26,16 +26,26 @@ import hmac
 import logging
 import re
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, request, send_file
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ml_backend.exceptions import BadPayload, MLBackendError, RequestError
 from ml_backend.labelstudio.fetch import default_fetcher
+from ml_backend.labelstudio.signs import sign_webhook, store_for
+from ml_backend.labelstudio.webhook import clean_webhook
+from ml_backend.models import build_image_model, check_checkpoint
+from ml_backend.server.firstframe import FirstFramePreviews
+from ml_backend.server.interactive import REQUEST_TIMINGS, InteractivePredictor, Timings
+from ml_backend.server.prefetch import RequestListener
+from ml_backend.server.segmenter import ImageSegmenter
 from ml_backend.settings import Settings
+from ml_backend.video.speed import log_backend_speed
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +77,6 @@ def default_segmenter_factory(settings: Settings):
     """Build the real SAM 2 image segmenter for ``settings`` (called lazily, once)."""
 
     def factory() -> Any:
-        from ml_backend.models import build_image_model
-        from ml_backend.server.segmenter import ImageSegmenter
 
         return ImageSegmenter(build_image_model(settings), settings)
 
@@ -93,8 +101,6 @@ def create_app(
     in ``app.extensions["sam2_prefetch_requests"]``; the server turns it on). Raises :class:`~ml_backend.exceptions.CheckpointMissing`
     when there is no checkpoint and random weights were not asked for.
     """
-    from ml_backend.models import check_checkpoint
-    from ml_backend.server.interactive import InteractivePredictor
 
     settings = settings or Settings.from_env()
     if predictor is None:
@@ -106,24 +112,19 @@ def create_app(
     app.config["SETTINGS"] = settings
     app.extensions["sam2_predictor"] = predictor
     app.extensions["sam2_jobs"] = jobs
-    from ml_backend.server.firstframe import FirstFramePreviews
 
     first_frames = FirstFramePreviews(settings, predictor, connection=getattr(jobs, "connection", None))
     app.extensions["sam2_first_frames"] = first_frames
-    from ml_backend.labelstudio.signs import sign_webhook, store_for
 
     signs = store_for(getattr(jobs, "connection", None))  # keypoint signs, shared with the worker
     predictor.signs = signs
     connection = getattr(jobs, "connection", None)
     if prefetch_requests and connection is not None and getattr(predictor, "prefetcher", None) is not None:
-        from ml_backend.server.prefetch import RequestListener  # pages the worker asks to embed (jobs that published)
-
         app.extensions["sam2_prefetch_requests"] = RequestListener(connection, predictor.prefetch_request).start()
 
     if warmup:
 
         def warm() -> None:  # build the model, then say how long a click takes on this machine
-            from ml_backend.video.speed import log_backend_speed
 
             try:
                 log_backend_speed(predictor, settings)
@@ -182,9 +183,6 @@ def create_app(
 
     @app.post("/predict")
     def predict() -> Any:
-        import time
-
-        from ml_backend.server.interactive import REQUEST_TIMINGS, Timings
 
         timings = Timings()
         started = time.perf_counter()
@@ -208,7 +206,6 @@ def create_app(
         data = body()
         if not isinstance(data, dict) or not isinstance(data.get("action"), str):
             raise BadPayload("a webhook body is a JSON object with an 'action'")
-        from ml_backend.labelstudio.webhook import clean_webhook
 
         cleaned = clean_webhook(data)  # a malformed webhook is a 400 with or without a queue
         if data["action"] in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
@@ -247,7 +244,6 @@ def create_app(
 
     @app.get("/exports/<int:project>/<path:relpath>")
     def exports_file(project: int, relpath: str) -> Any:
-        from flask import send_file
 
         if any(part.startswith(".") for part in relpath.split("/")):
             raise BadPayload("hidden files are not served")
@@ -265,8 +261,6 @@ def create_app(
     def backend_error(exc: MLBackendError) -> Any:
         log.warning("failed %s %s: %s", request.method, request.path, exc)
         return jsonify(error=str(exc), kind=type(exc).__name__), 503
-
-    from redis.exceptions import RedisError
 
     @app.errorhandler(RedisError)
     def redis_error(exc: RedisError) -> Any:

@@ -55,6 +55,15 @@ from urllib.parse import unquote
 import numpy as np
 
 from ml_backend.exceptions import MLBackendError, PromptError
+from ml_backend.exporters.staging import atomic_write_bytes
+from ml_backend.labelstudio import client as labelstudio
+from ml_backend.labelstudio.annotations import fingerprint
+from ml_backend.labelstudio.backoff import with_backoff
+from ml_backend.labelstudio.config import parse_label_config
+from ml_backend.labelstudio.fetch import decode_image
+from ml_backend.labelstudio.regions import prompt_region, video_images
+from ml_backend.labelstudio.taskdata import local_url, task_folder, update_task_data
+from ml_backend.video.previews import png, stack, tile
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +96,6 @@ def page_zero_prompts(config_xml: str, data: dict[str, Any], annotation: dict[st
     """Keypoints and brush masks of every object on page 0 of each ``<Image valueList>`` (config
     order). A region that is not a valid prompt is skipped with a log line (the job reports it);
     raises :class:`~ml_backend.exceptions.PromptError` when the config or task data do not fit."""
-    from ml_backend.labelstudio.config import parse_label_config
-    from ml_backend.labelstudio.regions import prompt_region, video_images
 
     images = video_images(config_xml, data)
     config = parse_label_config(config_xml)
@@ -126,8 +133,6 @@ def first_frame_masks(settings: Any, page: PageZero, fetcher: Any, segmenter: An
     """``(page-0 image, {obj_id: H×W bool})`` for :class:`PageZero` ``page``; objects whose mask
     is empty are left out. Only an object with a positive point asks the segmenter."""
     import cv2
-
-    from ml_backend.labelstudio.fetch import decode_image
 
     path = fetcher.path(page.ref, folder_ok=False)
     frame = decode_image(path.read_bytes(), max_pixels=settings.max_image_pixels, name=page.ref)
@@ -195,10 +200,6 @@ def _write(
     fetcher: Any,
     segmenter: Any,
 ) -> str | None:
-    from ml_backend.exporters.staging import atomic_write_bytes
-    from ml_backend.labelstudio.annotations import fingerprint
-    from ml_backend.labelstudio.taskdata import local_url, task_folder, update_task_data
-    from ml_backend.video.previews import png, stack, tile
 
     task_id = task.get("id")
     data = task.get("data")
@@ -314,9 +315,6 @@ class FirstFramePreviews:
     def render(self, payload: dict[str, Any], task_id: int) -> str | None:
         """Gather config, task and annotation (from the payload, else with the SDK), then
         :func:`write_first_frame_preview` for a single-video task."""
-        from ml_backend.labelstudio import client as labelstudio
-        from ml_backend.labelstudio.backoff import with_backoff
-        from ml_backend.labelstudio.config import parse_label_config
 
         fetcher = getattr(self.predictor, "fetcher", None)
         if fetcher is None:

@@ -38,8 +38,10 @@ from ml_backend.labelstudio.fetch import FileFetcher, decode_image
 from ml_backend.labelstudio.signs import MemorySigns, apply_signs
 from ml_backend.models import model_version
 from ml_backend.server.context import NoKeypoints, parse_clicks
+from ml_backend.server.prefetch import Prefetcher
 from ml_backend.server.sessions import SessionStore
 from ml_backend.settings import Settings
+from ml_backend.worker.pagerequests import page_order
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,6 @@ class InteractivePredictor:
         self._page_objects: OrderedDict[Hashable, dict[str, dict[str, Any]]] = OrderedDict()
         self._page_objects_lock = threading.Lock()
         if settings.prefetch_embeddings:
-            from ml_backend.server.prefetch import Prefetcher
-
             self.prefetcher = Prefetcher(
                 self._prefetch_one, lambda: self._clicks > 0, max_tasks=settings.prefetch_tasks
             )
@@ -317,7 +317,6 @@ class InteractivePredictor:
 
     def _open_task(self, payload: dict[str, Any], task: dict[str, Any]) -> None:
         """Queue the opened task's click targets for prefetching (see :mod:`.prefetch`)."""
-        from ml_backend.server.prefetch import page_order
 
         xml = payload.get("label_config") or self.project_configs.get(str(payload.get("project")))
         data = task.get("data")

@@ -46,25 +46,15 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from ml_backend.worker.pagerequests import REQUESTS_KEY
+
 log = logging.getLogger(__name__)
 
-#: The Redis list of prefetch requests (JSON ``{"project", "task", "refs"}``), newest first.
-REQUESTS_KEY = "sam2:prefetch-requests"
-
-#: Most requests kept on the list (the worker trims it; an idle backend reads nothing).
-MAX_REQUESTS = 200
 
 #: Most tasks pushed by jobs waiting to be embedded (the oldest is dropped first).
 MAX_BACKGROUND_TASKS = 16
-
-
-def push_request(connection: Any, project: Any, task: Any, refs: list[str]) -> None:
-    """Ask the backend to embed ``refs`` (a task's pages), best effort (the worker's side)."""
-    body = json.dumps({"project": project, "task": task, "refs": [r for r in refs if isinstance(r, str)]})
-    pipe = connection.pipeline()
-    pipe.lpush(REQUESTS_KEY, body)
-    pipe.ltrim(REQUESTS_KEY, 0, MAX_REQUESTS - 1)
-    pipe.execute()
 
 
 class RequestListener:
@@ -93,7 +83,6 @@ class RequestListener:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        from redis.exceptions import RedisError
 
         failing = False
         while not self._stop.is_set():
@@ -116,17 +105,6 @@ class RequestListener:
             except Exception:
                 log.exception("prefetch requests: a request failed")
             self.handled += 1
-
-
-def page_order(lists: list[list[str]]) -> list[str]:
-    """Refs of several images' pages: every image's page 0, then every page 1, and so on; each
-    ref once, and only strings."""
-    out: list[str] = []
-    for page in range(max((len(refs) for refs in lists), default=0)):
-        for refs in lists:
-            if page < len(refs) and isinstance(refs[page], str) and refs[page] not in out:
-                out.append(refs[page])
-    return out
 
 
 class Prefetcher:

@@ -44,10 +44,6 @@ import torch
 from sam2.sam2_video_predictor import SAM2VideoPredictor, SAM2VideoPredictorVOS
 from tqdm import tqdm
 
-#: Hydra ``_target_`` of the batched predictors (plain and ``vos_optimized``/compiled).
-TARGET = "ml_backend.video.batched.BatchedVideoPredictor"
-TARGET_VOS = "ml_backend.video.batched.BatchedVideoPredictorVOS"
-
 
 def lookup_window(model: Any) -> int:
     """How many frames back (in the direction of travel) ``_prepare_memory_conditioned_features``

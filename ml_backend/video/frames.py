@@ -18,6 +18,7 @@ travel.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ml_backend.exceptions import VideoError
 
@@ -157,7 +159,6 @@ class ImageFolderFrames(FrameSource):
         self._remember(0, first)
 
     def _load(self, index: int) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(self.files[index]) as img:
@@ -178,7 +179,6 @@ def prefetch_workers(device: Any, requested: int = 0) -> int:
     """Threads preparing frames for a model on ``device``: ``requested`` if above 0; else 1 on the
     CPU (the model needs the other cores) and up to 8 for a GPU, which tracks a frame faster than
     one core resizes a 1080p frame to 1024² (~50 ms)."""
-    import os
 
     if requested > 0:
         return requested
@@ -219,7 +219,6 @@ def _normalise_lut() -> np.ndarray:
 def resize_for_sam(frame: np.ndarray, image_size: int) -> np.ndarray:
     """``frame`` (``H×W×3`` uint8 RGB) resized to ``S×S×3`` uint8 as SAM 2's loader does (PIL,
     bicubic). PIL releases the GIL while resizing, so several threads resize in parallel."""
-    from PIL import Image
 
     return np.asarray(Image.fromarray(frame).resize((image_size, image_size)))
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ml_backend.exceptions import PromptError
-from ml_backend.exporters.base import ExportJob, choose_exports, exporter_class
 from ml_backend.exporters.greenscreen import segment_plan
+from ml_backend.exporters.interface import ExportJob
+from ml_backend.exporters.registry import choose_exports, exporter_class
 from ml_backend.exporters.staging import MaskSpool, Staging, mask_rle, rle_compress, rle_encode_tensor
 from ml_backend.video import frames, propagation
 from ml_backend.video.prompts import PromptSpec
@@ -169,7 +170,7 @@ def run_job(
 
     Writes the job's own format, ``review`` and ``quality`` (when on; ``quality_rule`` holds the
     drift-flag thresholds, :class:`~ml_backend.video.quality.QualityRule`), and the formats in ``spec.exports`` and
-    ``exports`` (:func:`~ml_backend.exporters.base.choose_exports`). Everything is checked before the
+    ``exports`` (:func:`~ml_backend.exporters.interface.choose_exports`). Everything is checked before the
     model sees a frame. With ``publish`` (default) the exports are published at the end; with
     ``publish=False`` the caller decides (:meth:`JobResult.publish`), e.g. only while the job is
     still the task's latest. ``device_rle``, ``timeline`` (per-frame timings, for benchmarks):

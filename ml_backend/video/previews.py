@@ -18,6 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from ml_backend.exporters.overlays import overlay
+from ml_backend.exporters.staging import rle_decode
+from ml_backend.video.frames import open_frames
+from ml_backend.video.quality import segment_frame
+
 #: Height of one tile, pixels.
 TILE_HEIGHT = 160
 
@@ -26,8 +31,6 @@ def tile(
     frame: np.ndarray, masks: Mapping[int, np.ndarray], caption: str = "", height: int = TILE_HEIGHT
 ) -> np.ndarray:
     import cv2
-
-    from ml_backend.exporters.overlays import overlay
 
     h, w = frame.shape[:2]
     size = (max(2, int(round(w * height / h))), height)
@@ -98,9 +101,6 @@ def job_preview(
     ``masks[video][obj_id][str(frame)]``: COCO RLE; ``ranges``: ranked flagged ranges, as in
     ``quality.json``). ``first_frames[video]``: the original frame number of the video's frame 0
     (a green-screen segment), so captions show original numbers."""
-    from ml_backend.exporters.staging import rle_decode
-    from ml_backend.video.frames import open_frames
-    from ml_backend.video.quality import segment_frame
 
     rows = []
     for video, path in videos.items():

@@ -41,8 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from ml_backend.exceptions import PromptError
+from ml_backend.exporters.registry import REGISTRY
 from ml_backend.video.propagation import FramePrompt
 
 VIDEO_KEYS = ("video1", "video2")
@@ -121,7 +123,6 @@ def _is_int(value: Any) -> bool:
 
 def _mask(raw: Any, where: str) -> np.ndarray:
     """Decode a COCO RLE ``{"size": [h, w], "counts": str | [int, ...]}`` to an ``H×W`` bool mask."""
-    from pycocotools import mask as mask_utils
 
     if not isinstance(raw, dict):
         raise PromptError(f"{where}.mask_rle must be a COCO RLE object {{'size': [h, w], 'counts': ...}}")
@@ -289,7 +290,6 @@ def parse_prompts(data: Any) -> PromptSpec:
 
 def parse_exports(value: Any, where: str) -> list[str]:
     """A list of export format names (a list, or a comma-separated string); checks each name."""
-    from ml_backend.exporters.base import REGISTRY
 
     if value in (None, "", []):
         return []

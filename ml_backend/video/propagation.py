@@ -18,6 +18,8 @@ yielded once, with the backward pass's result).
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +88,6 @@ def new_state(
         "temp_output_dict_per_obj": {},
         "frames_tracked_per_obj": {},
     }
-    from collections import OrderedDict
 
     state["obj_id_to_idx"] = OrderedDict()
     state["obj_idx_to_id"] = OrderedDict()
@@ -262,7 +263,6 @@ def propagate_tensors(
     ``len(obj_ids)×H×W`` bool tensor **on the predictor's device** (``H×W`` is the video size), so
     a GPU caller can encode masks before anything crosses to the CPU.
     """
-    import contextlib
 
     import torch
 

@@ -38,7 +38,7 @@ are original frame numbers (segment frame + the segment's ``first_frame``, recor
 and the same range's numbers within the segment are ``segment_start``/``segment_end``/
 ``segment_frame`` (what :func:`pages_to_add` uses: pages are frames of the segment). The
 per-frame arrays (``scores``, ``areas``...) are indexed by segment frame. ``fps`` is the
-source's frame rate (:meth:`~ml_backend.exporters.base.ExportJob.fps_of`), so ``start / fps`` is the
+source's frame rate (:meth:`~ml_backend.exporters.interface.ExportJob.fps_of`), so ``start / fps`` is the
 time in the original video.
 """
 
@@ -52,23 +52,13 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend import defaults
-from ml_backend.exporters.base import Exporter, ExportJob
+from ml_backend.exporters.interface import Exporter, ExportJob
 from ml_backend.exporters.staging import atomic_write_bytes, mask_box
+from ml_backend.settings import QualityRule
 
 #: 2: a green-screen segment's ranges count in the original video (``segment_*`` within the
 #: segment), with ``first_frame``, ``take`` and the take's ``fps`` per video.
 SCHEMA_VERSION = 2
-
-
-@dataclass(frozen=True)
-class QualityRule:
-    """Thresholds of the flag rule (see the module docstring); defaults in :mod:`.defaults`."""
-
-    min_score: float = defaults.QUALITY_MIN_SCORE
-    area_ratio: float = defaults.QUALITY_AREA_RATIO
-    jump: float = defaults.QUALITY_JUMP
-    max_pages: int = defaults.REVIEW_MAX_PAGES
 
 
 @dataclass

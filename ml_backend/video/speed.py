@@ -15,6 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ml_backend.models import autocast, resolve_device
+from ml_backend.video.pipeline import run_job
+from ml_backend.video.prompts import parse_prompts
+from ml_backend.video.synthetic import moving_shapes
+
 log = logging.getLogger(__name__)
 
 #: Redis hash the workers write their measurement to (``seconds_per_frame``, ``device``,
@@ -24,12 +31,6 @@ SPEED_KEY = "sam2:speed"
 
 def seconds_per_frame(predictor: Any, settings: Any, frames: int = 5) -> float:
     """Median seconds per propagated frame of one object on a small synthetic video."""
-    import numpy as np
-
-    from ml_backend.models import autocast, resolve_device
-    from ml_backend.video.pipeline import run_job
-    from ml_backend.video.prompts import parse_prompts
-    from ml_backend.video.synthetic import moving_shapes
 
     video = moving_shapes(num_frames=frames, height=96, width=128)
     x, y = video.shapes["disc"].center(0.0)
@@ -56,7 +57,6 @@ def seconds_per_frame(predictor: Any, settings: Any, frames: int = 5) -> float:
 def seconds_per_encode(segmenter: Any) -> float:
     """Seconds of one image-encoder pass on a 640×480 synthetic frame (cached under a key no
     task uses, so it does not count against anyone's frames)."""
-    import numpy as np
 
     image = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
     started = time.perf_counter()

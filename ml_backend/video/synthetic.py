@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,6 @@ class SyntheticVideo:
 
         path = Path(path)
         if path.suffix == "":
-            from PIL import Image
-
             path.mkdir(parents=True, exist_ok=True)
             for i, frame in enumerate(self.frames):
                 Image.fromarray(frame).save(path / f"{i:05d}.png")

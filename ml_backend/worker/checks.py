@@ -8,8 +8,12 @@ import threading
 import time
 from typing import Any
 
+from ml_backend.exceptions import FetchError, Superseded, VideoError
+from ml_backend.labelstudio.annotations import fingerprint
+from ml_backend.labelstudio.fetch import default_fetcher
 from ml_backend.labelstudio.predictions import choose_primary, task_annotations
-from ml_backend.labelstudio.taskdata import shown_ref
+from ml_backend.labelstudio.taskdata import shown_ref, update_task_data
+from ml_backend.video.frames import open_frames
 from ml_backend.worker.lifecycle import _is_id
 from ml_backend.worker.progress import ProgressMeta
 from ml_backend.worker.records import DELETED_KEY, KEEP_SECONDS, user_reason
@@ -42,8 +46,6 @@ def verify(settings: Any, connection: Any, queue: Any, project: int, task: int, 
     """Ask Label Studio, just before publishing, whether ``annotation`` still exists at version
     ``fp`` (the fingerprint of the annotation as the job loaded it); returns the task's primary annotation. Raises :class:`Superseded` when it was deleted
     (recorded as if the webhook had come) or changed (its newer version is enqueued)."""
-    from ml_backend.exceptions import Superseded
-    from ml_backend.labelstudio.annotations import fingerprint
 
     annotations = task_annotations(settings, task, min(30.0, settings.label_studio_retry_seconds))
     mine = next((a for a in annotations or [] if int(a["id"]) == annotation), None)
@@ -60,9 +62,6 @@ def verify(settings: Any, connection: Any, queue: Any, project: int, task: int, 
 # -- at import ------------------------------------------------------------------------------------
 def video_problem(settings: Any, data: dict[str, Any]) -> str | None:
     """Why a task's video cannot be opened (one sentence), or None when every video opens."""
-    from ml_backend.exceptions import FetchError, VideoError
-    from ml_backend.labelstudio.fetch import default_fetcher
-    from ml_backend.video.frames import open_frames
 
     fetcher = default_fetcher(settings, max_bytes=64 * 1024**3)
     for key in sorted(k for k in data if re.fullmatch(r"video\d*", k)):
@@ -88,7 +87,6 @@ def video_problem(settings: Any, data: dict[str, Any]) -> str | None:
 def check_imported(queue: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """``TASKS_CREATED``: open each new task's videos in a background thread; a task whose video
     cannot be opened gets ``job_state`` failed and the reason before anyone annotates it."""
-    from ml_backend.labelstudio.taskdata import update_task_data
 
     settings, conn = queue.settings, queue.connection
     items = payload.get("tasks")

@@ -30,7 +30,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ml_backend.worker.queue import OLD_NAMES, TASK_JOB
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from ml_backend.labelstudio.taskdata import update_task_data
+from ml_backend.worker.gate import LATEST_KEY
+from ml_backend.worker.names import OLD_NAMES, TASK_JOB
+from ml_backend.worker.process import SERIALIZER
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +128,6 @@ def ended_columns(job: Any, status: str) -> dict[str, Any] | None:
 def _write(settings: Any, connection: Any, project: int, task: int, job_id: str, want: Any) -> bool:
     """Apply ``want(data) -> changes | None`` to the task's data if ``job_id`` is still the
     task's latest, checked under the task's lock; best-effort budget. False if it failed."""
-    from ml_backend.labelstudio.taskdata import update_task_data
-    from ml_backend.worker.gate import LATEST_KEY
 
     latest_key = LATEST_KEY.format(project=project, task=task)
 
@@ -150,7 +154,6 @@ def settle(settings: Any, connection: Any, job: Any, *, reason: str = "", restar
     if where is None or not getattr(settings, "label_studio_api_key", ""):
         return True
     project, task = where
-    from ml_backend.worker.gate import LATEST_KEY
 
     latest = connection.get(LATEST_KEY.format(project=project, task=task))
     if latest is not None and latest.decode() != job.id:
@@ -189,10 +192,6 @@ def settle(settings: Any, connection: Any, job: Any, *, reason: str = "", restar
 def reconcile(settings: Any, connection: Any, *, restarted: bool = False, limit: int = 200) -> int:
     """Settle every task in :data:`OPEN_KEY` (at most ``limit``); stops at the first write Label
     Studio refuses (the next pass goes on). Returns how many entries were looked at."""
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
-
-    from ml_backend.worker.process import SERIALIZER
 
     seen = 0
     for member in list(connection.sscan_iter(OPEN_KEY, count=100))[:limit]:

@@ -6,6 +6,9 @@ import logging
 import threading
 from typing import Any
 
+from ml_backend.exceptions import AlreadyPublished, Superseded
+from ml_backend.worker.process import OWNER_KEY, current_execution
+
 log = logging.getLogger(__name__)
 
 
@@ -105,8 +108,6 @@ class PublishGate:
         self._held = threading.Event()
 
     def _decide(self, claim: bool) -> None:
-        from ml_backend.exceptions import AlreadyPublished, Superseded
-        from ml_backend.worker.process import OWNER_KEY, current_execution
 
         execution = current_execution() or ""
         keys = [self.record_key, self.latest_key or "", OWNER_KEY.format(job_id=self.job_id), *self.deny_keys]
@@ -176,7 +177,6 @@ class PublishGate:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        from ml_backend.worker.process import current_execution
 
         try:
             if exc[0] is None:

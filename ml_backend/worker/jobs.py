@@ -34,13 +34,23 @@ Progress is kept in ``job.meta["progress"]``: ``{video: {"done": n, "total": N}}
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
+from rq import get_current_job
+
+from ml_backend.exceptions import AlreadyPublished, JobError, Superseded, WorkerStopping
+from ml_backend.labelstudio.annotations import load_task_job
+from ml_backend.models import autocast, resolve_device
 from ml_backend.settings import Settings
+from ml_backend.video.pipeline import check_job, run_job
+from ml_backend.video.prompts import parse_prompts
+from ml_backend.worker import checks, lifecycle, records
 from ml_backend.worker.gate import PublishGate, run_token
+from ml_backend.worker.process import current_rerun, current_settings, get_predictor
 from ml_backend.worker.progress import RERUN_NOTE, JobState, ProgressMeta
 from ml_backend.worker.publish import _finish_task, _summary
 from ml_backend.worker.queue import JobQueue
@@ -52,13 +62,9 @@ def _no_retry_on_bad_input(func):
     """Input errors (:class:`~ml_backend.exceptions.JobError`) fail the job at once: a retry would
     read the same input and fail the same way. Other errors (a crash, a lost connection) keep
     the job's retries."""
-    import functools
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from rq import get_current_job
-
-        from ml_backend.exceptions import JobError
 
         try:
             return func(*args, **kwargs)
@@ -73,9 +79,6 @@ def _no_retry_on_bad_input(func):
 
 def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, progress: ProgressMeta) -> Any:
     """Propagate and stage the exports (not published yet)."""
-    from ml_backend.models import autocast, resolve_device
-    from ml_backend.video.pipeline import check_job, run_job
-    from ml_backend.worker.process import get_predictor
 
     shapes = check_job(spec, videos)  # input errors before the model is asked for
     progress.stage("loading model")
@@ -108,7 +111,6 @@ def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, p
 
 def _superseded(job: Any, exc: BaseException) -> dict[str, Any]:
     """The result of a job that publishes nothing (``exc``: a :class:`Superseded`)."""
-    from ml_backend.exceptions import AlreadyPublished
 
     log.info("job %s publishes nothing: %s", getattr(job, "id", "?"), exc)
     status = "already published" if isinstance(exc, AlreadyPublished) else "superseded"
@@ -118,11 +120,6 @@ def _superseded(job: Any, exc: BaseException) -> dict[str, Any]:
 @_no_retry_on_bad_input
 def propagate_prompts(prompts: dict[str, Any], videos: dict[str, str], out_dir: str) -> dict[str, Any]:
     """RQ job: propagate a prompt document through ``videos`` into ``out_dir``."""
-    from rq import get_current_job
-
-    from ml_backend.exceptions import Superseded
-    from ml_backend.video.prompts import parse_prompts
-    from ml_backend.worker.process import current_settings
 
     spec = parse_prompts(prompts)
     merged = {**spec.videos, **{k: v for k, v in (videos or {}).items() if v}}
@@ -176,12 +173,6 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
     task's export folder too. It stops at its next frame once its annotation is deleted or
     updated, and publishes nothing then.
     """
-    from rq import get_current_job
-
-    from ml_backend.exceptions import JobError, Superseded
-    from ml_backend.labelstudio.annotations import load_task_job
-    from ml_backend.worker import checks, records
-    from ml_backend.worker.process import current_settings
 
     settings = current_settings()
     job = get_current_job()
@@ -214,8 +205,6 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
         else:
             records.write_message(settings, conn, project_id, task_id)
     try:
-        from ml_backend.worker.process import current_rerun
-
         state.note = running["job_error"] = RERUN_NOTE if current_rerun() else ""
         state.write(running)  # best-effort: LABEL_STUDIO_BEST_EFFORT_SECONDS at most
         progress.stage("loading task")
@@ -251,8 +240,6 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
             raise
         return _task_superseded(settings, job, project_id, task_id, annotation_id, exc)
     except BaseException as exc:
-        from ml_backend.exceptions import WorkerStopping
-
         state.close()
         if isinstance(exc, WorkerStopping):  # the worker puts it back and says "queued"
             if job is not None:
@@ -278,8 +265,6 @@ def _task_superseded(
 ) -> dict[str, Any]:
     """A task job that publishes nothing: its annotation's status line says why; a deleted
     annotation's results are removed (again: idempotent)."""
-    from ml_backend.exceptions import AlreadyPublished
-    from ml_backend.worker import lifecycle, records
 
     conn = job.connection
     if isinstance(exc, AlreadyPublished):

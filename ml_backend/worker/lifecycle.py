@@ -37,7 +37,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from rq.job import JobStatus
+
+from ml_backend.labelstudio.annotations import fingerprint
 from ml_backend.labelstudio.predictions import choose_primary, delete_predictions, task_annotations
+from ml_backend.labelstudio.taskdata import update_task_data
+from ml_backend.worker.gate import LATEST_KEY as TASK_LATEST_KEY
+from ml_backend.worker.gate import PublishGate
 from ml_backend.worker.records import (
     DELETED_KEY,
     KEEP_SECONDS,
@@ -140,8 +146,6 @@ def cleared_review(data: dict[str, Any]) -> dict[str, Any]:
 
 # -- deletion -------------------------------------------------------------------------------------
 def publish_lock(connection: Any, project: int, task: int) -> Any:
-    from ml_backend.worker.gate import PublishGate
-
     return connection.lock(PUBLISH_LOCK.format(project=project, task=task), timeout=PublishGate.LOCK_SECONDS,
                            blocking_timeout=None)  # fmt: skip
 
@@ -182,15 +186,12 @@ def _remove(settings: Any, connection: Any, project: int, task: int, annotation:
     if task_gone:
         return done
     extra: dict[str, Any] = {}
-    from ml_backend.worker.gate import LATEST_KEY as TASK_LATEST_KEY
 
     newest = connection.get(TASK_LATEST_KEY.format(project=project, task=task))
     if was_primary or (newest is not None and newest.decode().startswith(f"p{project}-t{task}-a{annotation}-")):
         # the columns showed this annotation's job: they say it is gone (or what runs instead)
         extra = {"job_state": "deleted", "job_progress": 0, "job_error": ""}
     if was_primary:
-        from ml_backend.labelstudio.taskdata import update_task_data
-
         try:
             update_task_data(settings, connection, task, cleared_review, seconds=10.0)
         except Exception as exc:
@@ -201,8 +202,6 @@ def _remove(settings: Any, connection: Any, project: int, task: int, annotation:
             remaining = []
         new = choose_primary(remaining)
         if new is not None and queue is not None:
-            from ml_backend.labelstudio.annotations import fingerprint
-
             body = next(a for a in remaining if int(a["id"]) == new)
             job, created = queue.enqueue_task(project, task, new, fingerprint(body), rerun=True)
             note(connection, project, task, new, "queued",
@@ -219,7 +218,6 @@ def _is_id(value: Any) -> bool:
 
 def cancel_jobs(queue: Any, project: int, task: int, annotation: int | None) -> list[str]:
     """Cancel the queued jobs of ``annotation`` (every annotation of the task when None)."""
-    from rq.job import JobStatus
 
     prefix = f"p{project}-t{task}-" + (f"a{annotation}-" if annotation is not None else "")
     cancelled = []

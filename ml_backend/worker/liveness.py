@@ -33,9 +33,6 @@ ALIVE_KEY = "sam2:worker-alive:{name}"
 MISSING_KEY = "sam2:worker-missing:{name}"
 EXECUTIONS_KEY = "sam2:job-executions:{job_id}:{run}"
 
-_stop = threading.Event()
-_state = threading.local()
-
 
 def renew_interval(alive_ttl: float) -> float:
     """Seconds between two renewals of a worker's liveness key: a fifth of its TTL."""
@@ -115,52 +112,3 @@ def count_execution(connection: Any, job_id: str, run: str, ttl: int) -> int:
     pipe.incr(key)
     pipe.expire(key, ttl)
     return int(pipe.execute()[0])
-
-
-# -- graceful stop ------------------------------------------------------------------------------
-def job_started() -> None:
-    """Called by the worker in the job's thread when a job starts: it is stoppable."""
-    _state.job = True
-    _state.stoppable = True
-
-
-def job_ended() -> None:
-    _state.job = False
-    _state.stoppable = False
-
-
-def stoppable(value: bool) -> None:
-    """Whether the running job may stop now (False once it publishes)."""
-    _state.stoppable = value
-
-
-def request_stop() -> None:
-    """Ask the running job to stop at its next frame (the worker got SIGINT/SIGTERM)."""
-    _stop.set()
-
-
-def stop_requested() -> bool:
-    return _stop.is_set()
-
-
-def reset() -> None:
-    """Forget a stop request (tests run several workers in one process)."""
-    _stop.clear()
-
-
-def check_stop() -> None:
-    """Raise :class:`WorkerStopping` in a stoppable job's thread once a stop was requested."""
-    if _stop.is_set() and getattr(_state, "job", False) and getattr(_state, "stoppable", False):
-        from ml_backend.exceptions import WorkerStopping
-
-        raise WorkerStopping("the worker was asked to stop")
-
-
-def sleep(seconds: float) -> None:
-    """``time.sleep`` that a stop request cuts short in a stoppable job's thread."""
-    if getattr(_state, "job", False) and getattr(_state, "stoppable", False):
-        check_stop()
-        _stop.wait(seconds)
-        check_stop()
-    else:
-        time.sleep(seconds)

@@ -7,7 +7,11 @@ import threading
 import time
 from typing import Any
 
+from ml_backend.exceptions import JobError
+from ml_backend.labelstudio.taskdata import update_task_data
 from ml_backend.settings import Settings
+from ml_backend.stopping import check_stop, stoppable
+from ml_backend.worker.columns import remember
 from ml_backend.worker.gate import LATEST_KEY
 
 log = logging.getLogger(__name__)
@@ -62,7 +66,6 @@ class ProgressMeta:
         self._save(force=True)
 
     def __call__(self, video: str, done: int, total: int) -> None:
-        from ml_backend.worker.liveness import check_stop
 
         check_stop()  # a stopping worker: the job stops here, at its next frame
         if self.job is None:
@@ -79,7 +82,6 @@ class ProgressMeta:
             self._save(force=done == total)
 
     def stage(self, name: str) -> None:
-        from ml_backend.worker.liveness import check_stop, stoppable
 
         if name == "publishing":
             stoppable(False)  # a stop never cuts a publish in two
@@ -123,8 +125,6 @@ class JobState:
 
     def write(self, changes: dict[str, Any], *, seconds: float | None = None) -> bool:
         """Merge ``changes`` into the task data now, if this job is still the latest."""
-        from ml_backend.labelstudio.taskdata import update_task_data
-        from ml_backend.worker.columns import remember
 
         if not self.is_latest():
             return False
@@ -177,7 +177,6 @@ class JobState:
     def failed(self, exc: BaseException) -> None:
         """``job_state=failed`` with the reason (an input error's sentence; for anything else a
         sentence naming the error's kind), or ``queued`` with the reason while RQ retries."""
-        from ml_backend.exceptions import JobError
 
         if isinstance(exc, JobError):
             reason, retrying = str(exc), False

@@ -6,7 +6,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ml_backend.exceptions import Superseded
+from ml_backend.exporters.greenscreen import assemble_greenscreen_mp4
+from ml_backend.labelstudio import client as labelstudio
+from ml_backend.labelstudio import predictions
+from ml_backend.labelstudio.backoff import with_backoff
+from ml_backend.labelstudio.review import review_task
+from ml_backend.labelstudio.taskdata import update_task_data
+from ml_backend.models import model_version
 from ml_backend.settings import Settings
+from ml_backend.worker import lifecycle, records
+from ml_backend.worker.pagerequests import page_order, push_request
 from ml_backend.worker.progress import ProgressMeta
 
 log = logging.getLogger(__name__)
@@ -29,14 +39,6 @@ def _finish_task(
     ``result.out_dir``): the task's export folder and review fields when the annotation is the
     task's primary one, the prediction (older ones of the same annotation deleted after it), and
     the annotation's status line."""
-    from ml_backend.exceptions import Superseded
-    from ml_backend.labelstudio import client as labelstudio
-    from ml_backend.labelstudio import predictions
-    from ml_backend.labelstudio.backoff import with_backoff
-    from ml_backend.labelstudio.review import review_task
-    from ml_backend.labelstudio.taskdata import update_task_data
-    from ml_backend.models import model_version
-    from ml_backend.worker import lifecycle, records
 
     conn = job.connection if job else None
     lifecycled = conn is not None and annotation_id is not None
@@ -59,8 +61,6 @@ def _finish_task(
             lifecycle.set_primary(conn, project_id, task_id, annotation_id, job.id, task_dir, rels, shared)
             gs = task_job.spec.greenscreen
             if shared and settings.greenscreen_mp4 and gs is not None and gs.segment_frames:
-                from ml_backend.exporters.greenscreen import assemble_greenscreen_mp4
-
                 assemble_greenscreen_mp4(task_dir, list(gs.segment_frames), gs.start_frame,
                                          gs.fps or settings.greenscreen_fps or 30.0)  # fmt: skip
             where = str(task_dir)
@@ -141,7 +141,6 @@ def _relative(path: Any, root: Path) -> str:
 def _request_prefetch(connection: Any, project: Any, task: int, task_job: Any, data: dict[str, Any]) -> None:
     """Ask the backend to embed the task's pages, appended flagged frames included, so the
     reviewer's first click on any of them costs only the mask decoder (best effort)."""
-    from ml_backend.server.prefetch import page_order, push_request
 
     lists = [data.get(info.data_key) for info in task_job.images.values()]
     refs = page_order([value for value in lists if isinstance(value, list)])

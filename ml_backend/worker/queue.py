@@ -8,29 +8,33 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+
+from ml_backend.connection import redis_for
+from ml_backend.exceptions import BadPayload
+from ml_backend.labelstudio import client as labelstudio
 from ml_backend.labelstudio.annotations import fingerprint
+from ml_backend.labelstudio.backoff import with_backoff
 from ml_backend.labelstudio.webhook import clean_webhook
 from ml_backend.settings import Settings
+from ml_backend.worker import records
+from ml_backend.worker.checks import check_imported
 from ml_backend.worker.gate import LATEST_KEY
+from ml_backend.worker.lifecycle import on_deleted
+from ml_backend.worker.liveness import is_alive
+from ml_backend.worker.names import PROMPTS_JOB, TASK_JOB
+from ml_backend.worker.process import SERIALIZER
 from ml_backend.worker.progress import JobState
-
-#: The job functions, by name: the queue never imports them (they run in the worker).
-TASK_JOB = "ml_backend.worker.jobs.propagate_task"
-PROMPTS_JOB = "ml_backend.worker.jobs.propagate_prompts"
-#: Their names before the package was split into subpackages: jobs queued then still run.
-OLD_NAMES = {
-    "ml_backend.jobs.propagate_task": TASK_JOB,
-    "ml_backend.jobs.propagate_prompts": PROMPTS_JOB,
-}
+from ml_backend.worker.records import message, write_message
 
 
 class JobQueue:
     """Enqueue and inspect propagation jobs on ``settings.queue_name``."""
 
     def __init__(self, connection: Any, settings: Settings) -> None:
-        from rq import Queue
-
-        from ml_backend.worker.process import SERIALIZER
 
         self.connection = connection
         self.settings = settings
@@ -42,14 +46,11 @@ class JobQueue:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobQueue:
-        from ml_backend.connection import redis_for
 
         return cls(redis_for(settings), settings)
 
     def fetch(self, job_id: str) -> Any:
         """The RQ job ``job_id``, or None."""
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job
 
         try:
             return Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
@@ -57,7 +58,6 @@ class JobQueue:
             return None
 
     def _retry(self) -> Any:
-        from rq import Retry
 
         # a retried job (its worker died, or Label Studio stayed away) goes to the front of the queue
         return Retry(max=self.settings.job_retries, enqueue_at_front=True) if self.settings.job_retries > 0 else None
@@ -91,9 +91,6 @@ class JobQueue:
         annotation is cancelled; a running one stops at its next frame and publishes nothing.
         Other annotations of the task keep their jobs (:mod:`ml_backend.worker.lifecycle`).
         """
-        from rq.job import JobStatus
-
-        from ml_backend.worker import records
 
         job_id = f"p{project_id}-t{task_id}-a{annotation_id}-{fp}"
         task_key = LATEST_KEY.format(project=project_id, task=task_id)
@@ -135,7 +132,6 @@ class JobQueue:
 
     # -- webhooks -----------------------------------------------------------------------------
     def on_webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
-        from ml_backend.exceptions import BadPayload
 
         action = payload.get("action")
         if not isinstance(action, str):
@@ -164,12 +160,8 @@ class JobQueue:
                 self.mark_queued([(project_id, task_id, job.id)])
             return {"status": "queued" if created else "exists", "job_id": job.id}
         if action in ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED", "TASKS_DELETED"):
-            from ml_backend.worker.lifecycle import on_deleted
-
             return on_deleted(self, action, payload)
         if action == "TASKS_CREATED":
-            from ml_backend.worker.checks import check_imported
-
             return check_imported(self, payload)
         if action == "START_TRAINING":
             if project_id is None:
@@ -180,8 +172,6 @@ class JobQueue:
 
     def enqueue_project(self, project_id: int) -> list[str]:
         """Enqueue the newest annotation of every annotated task of a project ("Process all")."""
-        from ml_backend.labelstudio import client as labelstudio
-        from ml_backend.labelstudio.backoff import with_backoff
 
         client = labelstudio.client(self.settings.label_studio_url, self.settings.label_studio_api_key)
         ids: list[str] = []
@@ -210,8 +200,6 @@ class JobQueue:
         if not jobs or not self.settings.label_studio_api_key:
             return None
 
-        from rq.job import JobStatus
-
         waiting = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
         def run() -> None:
@@ -228,7 +216,6 @@ class JobQueue:
                     job = self.fetch(job_id)
                     if job is None or job.get_status() not in waiting:
                         return None
-                    from ml_backend.worker.records import message
 
                     return {
                         "job_state": "queued",
@@ -247,7 +234,6 @@ class JobQueue:
         """Rewrite the task's ``job_message`` (:mod:`ml_backend.worker.lifecycle`) in the background."""
         if not self.settings.label_studio_api_key:
             return None
-        from ml_backend.worker.records import write_message
 
         thread = threading.Thread(
             target=write_message, args=(self.settings, self.connection, project_id, task_id), daemon=True
@@ -287,7 +273,6 @@ class JobQueue:
 
     def _held(self, job: Any) -> bool:
         """Whether a live worker holds ``job`` (its liveness key exists)."""
-        from ml_backend.worker.liveness import is_alive
 
         try:
             return is_alive(self.connection, job.worker_name)
@@ -295,7 +280,6 @@ class JobQueue:
             return False
 
     def jobs(self) -> list[str]:
-        from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
         ids = list(self.queue.job_ids)
         for registry in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ml_backend.labelstudio.taskdata import update_task_data
+
 log = logging.getLogger(__name__)
 
 
@@ -140,7 +142,6 @@ def message(connection: Any, project: int, task: int) -> str:
 
 def write_message(settings: Any, connection: Any, project: int, task: int, extra: dict[str, Any] | None = None) -> None:
     """Write ``job_message`` (and ``extra`` keys) into the task's data; best-effort."""
-    from ml_backend.labelstudio.taskdata import update_task_data
 
     if connection.exists(TASK_DELETED_KEY.format(task=task)):
         return

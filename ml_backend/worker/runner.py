@@ -39,11 +39,21 @@ import threading
 import time
 from typing import Any
 
+from rq import Queue
+from rq.registry import StartedJobRegistry
+from rq.utils import now
 from rq.worker import SimpleWorker
 
+from ml_backend.connection import redis_for
+from ml_backend.exceptions import JobRefused, WorkerStopping
 from ml_backend.settings import Settings
+from ml_backend.stopping import job_ended, job_started, request_stop, reset
+from ml_backend.video.speed import measure_worker
+from ml_backend.worker.columns import WORKER_LOST, WORKER_RESTARTED, reconcile, settle
+from ml_backend.worker.gate import run_token
+from ml_backend.worker.liveness import AliveKey, count_execution, holder_gone
+from ml_backend.worker.names import OLD_NAMES, PROMPTS_JOB, TASK_JOB
 from ml_backend.worker.process import OWNER_KEY, SERIALIZER, _local, configure, current_settings, get_predictor
-from ml_backend.worker.queue import OLD_NAMES, PROMPTS_JOB, TASK_JOB
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +100,6 @@ class Worker(SimpleWorker):
     def reap_abandoned(self) -> None:
         """Requeue (or fail, without retries left) the started jobs whose worker is known gone or
         whose heartbeat expired. One worker of a queue does it at a time."""
-        from rq.registry import StartedJobRegistry
-
-        from ml_backend.worker.columns import WORKER_LOST
-        from ml_backend.worker.liveness import holder_gone
 
         interval = watchdog_interval(self.heartbeat_ttl)
         for queue in self.queues:
@@ -127,7 +133,6 @@ class Worker(SimpleWorker):
         """Settle the columns of jobs that ended outside their own code, and reconcile every open
         task: at start (a job left ``running`` by a worker that is gone says ``queued``), then
         every few seconds. Best-effort; Label Studio away just delays it."""
-        from ml_backend.worker.columns import reconcile, settle
 
         settings = current_settings()
         restarted, last = True, 0.0
@@ -150,7 +155,6 @@ class Worker(SimpleWorker):
                 log.debug("columns pass failed", exc_info=True)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        from ml_backend.worker.liveness import AliveKey, reset
 
         reset()
         alive = AliveKey(self.connection, self.name, self.alive_ttl).start()
@@ -171,7 +175,6 @@ class Worker(SimpleWorker):
     def request_stop(self, signum: Any, frame: Any) -> None:
         """First SIGINT/SIGTERM: the running job stops at its next frame and goes back to the
         front of the queue; the worker exits after that."""
-        from ml_backend.worker.liveness import request_stop
 
         if self._in_job:
             log.info("stop requested: the running job stops at its next frame and goes back on the queue")
@@ -180,11 +183,8 @@ class Worker(SimpleWorker):
 
     def request_force_stop(self, signum: Any, frame: Any) -> None:
         """Second signal: stop at once; a running job is still put back on the queue."""
-        from ml_backend.exceptions import WorkerStopping
 
         if self._in_job and self._shutdown_requested_date is not None:
-            from rq.utils import now
-
             if (now() - self._shutdown_requested_date).total_seconds() >= 1:  # not the same Ctrl-C twice
                 log.warning("second stop signal: stopping at once")
                 self._in_job = False
@@ -193,7 +193,6 @@ class Worker(SimpleWorker):
         super().request_force_stop(signum, frame)
 
     def _finalize_failure(self, job: Any, queue: Any, execution: Any, exc_info: Any) -> None:
-        from ml_backend.exceptions import WorkerStopping
 
         if exc_info[0] is not None and issubclass(exc_info[0], WorkerStopping):
             self._put_back(job, queue, execution, at_once="second" in str(exc_info[1]))
@@ -204,7 +203,6 @@ class Worker(SimpleWorker):
     def _put_back(self, job: Any, queue: Any, execution: Any, at_once: bool) -> None:
         """Put a stopped job back at the front of the queue, its retries untouched, then (unless
         stopping at once) make its columns say ``queued`` — "worker restarted"."""
-        from ml_backend.worker.columns import WORKER_RESTARTED, settle
 
         with self.connection.pipeline() as pipeline:
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)
@@ -216,8 +214,6 @@ class Worker(SimpleWorker):
 
     # -- one job --------------------------------------------------------------------------------
     def execute_job(self, job: Any, queue: Any) -> None:
-        from ml_backend.worker.gate import run_token
-        from ml_backend.worker.liveness import count_execution, job_ended, job_started
 
         reason = refusal(job)
         if reason is not None:
@@ -257,7 +253,6 @@ class Worker(SimpleWorker):
         self.set_state("idle")
 
     def _refuse(self, job: Any, queue: Any, reason: str) -> None:
-        from ml_backend.exceptions import JobRefused
 
         message = f"{JobRefused.__module__}.{JobRefused.__name__}: job {job.id} refused: {reason}"
         log.warning(message)
@@ -269,9 +264,6 @@ class Worker(SimpleWorker):
 def make_worker(settings: Settings, connection: Any = None, *, preload: bool = True, **kwargs: Any) -> Worker:
     """A worker on ``settings.queue_name``; ``preload`` builds the model before the first job and
     times a few propagated frames (logged, and left in Redis for ``scripts/stack.py``)."""
-    from rq import Queue
-
-    from ml_backend.connection import redis_for
 
     configure(settings)
     connection = connection or redis_for(settings)
@@ -280,7 +272,5 @@ def make_worker(settings: Settings, connection: Any = None, *, preload: bool = T
     worker.heartbeat_ttl = settings.job_heartbeat_ttl
     worker.alive_ttl = settings.worker_alive_ttl
     if preload:
-        from ml_backend.video.speed import measure_worker
-
         measure_worker(get_predictor(settings), settings, connection)
     return worker
