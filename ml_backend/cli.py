@@ -11,10 +11,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ml_backend import models
 from ml_backend.exceptions import MLBackendError, PromptError
 from ml_backend.exporters.registry import choose_exports
-from ml_backend.models import autocast, build_video_predictor, resolve_device
+from ml_backend.models import resolve_device
 from ml_backend.settings import Settings
+from ml_backend.video.options import JobOptions
 from ml_backend.video.pipeline import check_job, run_job
 from ml_backend.video.prompts import load_prompts
 from ml_backend.worker.queue import JobQueue
@@ -80,8 +82,14 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
         )
         print(f"queued job {job.id}; follow it with: python -m ml_backend status {job.id} --follow")
         return 0
-    predictor = build_video_predictor(settings)
-    device = resolve_device(settings.device)
+    predictor = models.build_video_predictor(settings)  # looked up here, so tests can stand in for it
+    options = JobOptions.from_settings(
+        settings,
+        exports=args.export or (),
+        review=not args.no_review,
+        quality=not args.no_quality,
+        device=resolve_device(settings.device),
+    )
     bars: dict[str, tqdm] = {}
 
     def progress(video: str, done: int, total: int) -> None:
@@ -94,18 +102,8 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
             spec,
             videos,
             out,
-            image_size=settings.image_size,
-            exports=[*settings.export_list, *(args.export or [])],
+            options,
             progress=progress,
-            review=settings.review_exports and not args.no_review,
-            quality=settings.quality_flags and not args.no_quality,
-            quality_rule=settings.quality_rule,
-            prefetch=settings.prefetch_frames,
-            prefetch_workers=settings.prefetch_workers,
-            offload_state_to_cpu=settings.offload_state_to_cpu,
-            autocast=lambda: autocast(settings, device),
-            greenscreen_mp4=settings.greenscreen_mp4,
-            greenscreen_fps=settings.greenscreen_fps,
         )
     finally:
         for bar in bars.values():

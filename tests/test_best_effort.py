@@ -16,7 +16,6 @@ import threading
 import time
 
 from ml_backend.worker import process as process_module
-from ml_backend.worker import runner as worker_module
 from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import make_worker
 
@@ -107,7 +106,7 @@ def test_the_heartbeat_keeps_a_busy_job_alive(settings, redis_conn, tmp_path, mo
 
     settings = settings.replace(job_heartbeat_ttl=2, queue_name="test-busy")
     busy = Busy()
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: busy)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: busy)
     queue = JobQueue(redis_conn, settings)
     clip = task_jobs.moving_shapes(num_frames=4, height=48, width=64).write(tmp_path / "v.mkv")
     prompts = {

@@ -12,7 +12,6 @@ import pytest
 
 from ml_backend import AlreadyPublished, Superseded
 from ml_backend.worker import process as process_module
-from ml_backend.worker import runner as worker_module
 from ml_backend.worker.gate import RECORD_KEY, PublishGate
 from ml_backend.worker.process import OWNER_KEY
 
@@ -132,7 +131,7 @@ def test_a_live_job_requeued_by_the_watchdog_publishes_once(queue, settings, red
         queue.queue.push_job_id(job.id, at_front=True)
 
     made = Hooked(requeue_as_the_watchdog_would)
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: made)
     reply.update(submit(queue, ls, 1, [point(video, "disc", 0, 0)]))
     run(settings, redis_conn)  # burst: the first execution, then the requeued copy
     assert len(ls.predictions) == 1

@@ -18,7 +18,7 @@ import pytest
 from ml_backend.exceptions import Unavailable
 from ml_backend.labelstudio.backoff import is_transient, with_backoff
 from ml_backend.video.synthetic import moving_shapes
-from ml_backend.worker import runner as worker_module
+from ml_backend.worker import process as process_module
 from ml_backend.worker.progress import ProgressMeta
 from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import make_worker
@@ -117,7 +117,7 @@ def test_stack_stopped_with_jobs_queued_then_started_finishes_every_job(
     import redis
 
     conn = redis.Redis.from_url(redis_server.url)
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: ColorVideoPredictor())
     make_worker(settings, conn, preload=False).work(burst=True)
     fresh = JobQueue(conn, settings)
     assert [fresh.status(j.id)["status"] for j in jobs] == ["finished"] * 3
@@ -137,7 +137,7 @@ def test_the_worker_runs_only_our_job_functions(small_settings, redis_server, re
     ours = JobQueue(redis_conn, settings).enqueue_prompts(
         prompts_for(video), {"video1": str(video.write(tmp_path / "v.mkv"))}, str(tmp_path / "o")
     )
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: ColorVideoPredictor())
     make_worker(settings, redis_conn, preload=False).work(burst=True)
     queue = JobQueue(redis_conn, settings)
     assert not marker.exists()

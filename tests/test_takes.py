@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from ml_backend.worker import process as process_module
-from ml_backend.worker import runner as worker_module
 from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import make_worker
 
@@ -212,7 +211,7 @@ def test_25_fps_take_gives_a_25_fps_mp4_and_flags_in_original_frames_and_seconds
     square vanishes at original frame 25 (frame 5 of segment 2)."""
     import cv2
 
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: ColorVideoPredictor())
     video = numbered_video(tmp_path / "clip25.mkv", take=1, n=30, square=range(25))
     tasks = import_take(ls, video, "--seconds", "0.4", "--name", "clip25")
     data = [ls.tasks[t]["data"] for t in tasks]

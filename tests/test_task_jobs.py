@@ -17,7 +17,6 @@ import pytest
 from ml_backend.video.synthetic import moving_shapes
 from ml_backend.worker import process as process_module
 from ml_backend.worker import records
-from ml_backend.worker import runner as worker_module
 from ml_backend.worker.process import OWNER_KEY
 from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import make_worker
@@ -112,7 +111,7 @@ def run(settings, redis_conn, predictor=None) -> None:
 @pytest.fixture
 def predictor(monkeypatch):
     made = ColorVideoPredictor()
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: made)
     return made
 
 
@@ -190,7 +189,7 @@ def test_a_stale_job_never_publishes(queue, settings, redis_conn, ls, video, mon
     v2 = [point(video, "square", 0, 0)]
     replies = {}
     made = Hooked(lambda: replies.setdefault("b", submit(queue, ls, 1, v2)))
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: made)
     replies["a"] = submit(queue, ls, 1, v1)
     run(settings, redis_conn)
     a, b = queue.status(replies["a"]["job_id"]), queue.status(replies["b"]["job_id"])
@@ -235,7 +234,7 @@ def test_an_execution_that_lost_its_job_publishes_nothing(queue, settings, redis
     ls.start()
     reply = {}
     made = Hooked(lambda: redis_conn.set(OWNER_KEY.format(job_id=reply["a"]["job_id"]), "another-execution"))
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: made)
     reply["a"] = submit(queue, ls, 1, [point(video, "disc", 0, 0)])
     run(settings, redis_conn)
     assert queue.status(reply["a"]["job_id"])["result"]["status"] == "superseded"

@@ -22,7 +22,6 @@ from PIL import Image
 
 from ml_backend.labelstudio.taskdata import local_path
 from ml_backend.worker import process as process_module
-from ml_backend.worker import runner as worker_module
 from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import make_worker
 
@@ -94,7 +93,7 @@ def queue(settings, redis_conn):
 @pytest.fixture(autouse=True)
 def predictor(monkeypatch):
     made = ColorVideoPredictor()
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: made)
     return made
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ml_backend.exceptions import BadPayload
@@ -59,3 +60,46 @@ def clean_webhook(payload: dict[str, Any]) -> dict[str, Any]:
                 annotation[key] = _id_or_object(annotation[key], f"annotation.{key}")
         cleaned["annotation"] = annotation
     return cleaned
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A webhook body parsed once (:meth:`parse`): the job queue and the first-frame preview
+    both read it. ``payload`` is the body with its ids checked and made ints
+    (:func:`clean_webhook`); ``project_id``, ``task_id`` and ``annotation`` are found where Label
+    Studio puts them (on the body, or on its annotation), None where it sends none."""
+
+    action: str
+    payload: dict[str, Any]
+    project_id: int | None = None
+    task_id: int | None = None
+    annotation: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, data: Any) -> Webhook:
+        """Check a webhook body; :class:`BadPayload` naming what is wrong."""
+        if not isinstance(data, dict) or not isinstance(data.get("action"), str):
+            raise BadPayload("a webhook body is a JSON object with an 'action'")
+        return cls.of(clean_webhook(data))
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> Webhook:
+        """The value of a body whose ids are checked already (:func:`clean_webhook`)."""
+        annotation = payload.get("annotation") if isinstance(payload.get("annotation"), dict) else None
+        project = payload.get("project")
+        project_id = project.get("id") if isinstance(project, dict) else project
+        if project_id is None and annotation is not None:
+            project_id = annotation.get("project")
+        task = annotation.get("task") if annotation and annotation.get("task") is not None else payload.get("task")
+        task_id = task.get("id") if isinstance(task, dict) else task
+        return cls(payload["action"], payload, project_id, task_id, annotation)
+
+    @property
+    def project(self) -> Any:
+        """The body's ``project`` as sent: an id, or an object (with its ``label_config``)."""
+        return self.payload.get("project")
+
+    @property
+    def task(self) -> Any:
+        """The body's ``task`` as sent: an object with an ``id`` (and its ``data``), or None."""
+        return self.payload.get("task")

@@ -38,7 +38,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from ml_backend.exceptions import BadPayload, MLBackendError, RequestError
 from ml_backend.labelstudio.fetch import default_fetcher
 from ml_backend.labelstudio.signs import sign_webhook, store_for
-from ml_backend.labelstudio.webhook import clean_webhook
+from ml_backend.labelstudio.webhook import Webhook
 from ml_backend.models import build_image_model, check_checkpoint
 from ml_backend.server.firstframe import FirstFramePreviews
 from ml_backend.server.interactive import REQUEST_TIMINGS, InteractivePredictor, Timings
@@ -203,17 +203,14 @@ def create_app(
 
     @app.post("/webhook")
     def webhook() -> Any:
-        data = body()
-        if not isinstance(data, dict) or not isinstance(data.get("action"), str):
-            raise BadPayload("a webhook body is a JSON object with an 'action'")
-
-        cleaned = clean_webhook(data)  # a malformed webhook is a 400 with or without a queue
-        if data["action"] in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-            cleaned = sign_webhook(signs, cleaned)  # record the signs the annotation carries
+        hook = Webhook.parse(body())  # a malformed webhook is a 400 with or without a queue
+        shown = hook
+        if hook.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            shown = Webhook.of(sign_webhook(signs, hook.payload))  # record the signs the annotation carries
         answer = (
-            jobs.on_webhook(data) if jobs is not None else {"status": "ignored", "reason": "no job queue configured"}
+            jobs.on_webhook(hook) if jobs is not None else {"status": "ignored", "reason": "no job queue configured"}
         )
-        first_frames.submit(cleaned)  # the first-frame preview, in the background, in either WEBHOOK_MODE
+        first_frames.submit(shown)  # the first-frame preview, in the background, in either WEBHOOK_MODE
         return jsonify(answer)
 
     @app.get("/jobs/<job_id>")

@@ -63,6 +63,7 @@ from ml_backend.labelstudio.config import parse_label_config
 from ml_backend.labelstudio.fetch import decode_image
 from ml_backend.labelstudio.regions import prompt_region, video_images
 from ml_backend.labelstudio.taskdata import local_url, task_folder, update_task_data
+from ml_backend.labelstudio.webhook import Webhook
 from ml_backend.video.previews import png, stack, tile
 
 log = logging.getLogger(__name__)
@@ -263,27 +264,27 @@ class FirstFramePreviews:
         self._pending: dict[int, dict[str, Any]] = {}  # task id → newest webhook not rendered yet
         self._futures: list[Future] = []
 
-    def submit(self, payload: dict[str, Any]) -> bool:
-        """Queue the render for a webhook ``payload`` (as :func:`ml_backend.worker.jobs.clean_webhook`
-        returns it); True when queued. Other actions, cancelled (skipped) annotations and a
+    def submit(self, hook: Webhook | dict[str, Any]) -> bool:
+        """Queue the render for a webhook (:class:`~ml_backend.labelstudio.webhook.Webhook`, or a
+        body whose ids are checked); True when queued. Other actions, cancelled (skipped) annotations and a
         backend without ``LABEL_STUDIO_API_KEY`` queue nothing. Never raises."""
         try:
-            if payload.get("action") not in ACTIONS:
+            hook = hook if isinstance(hook, Webhook) else Webhook.of(hook)
+            if hook.action not in ACTIONS:
                 return False
-            annotation = payload.get("annotation")
-            if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
+            annotation = hook.annotation
+            if annotation is None or annotation.get("was_cancelled"):
                 return False
             if not self.settings.label_studio_api_key:
                 log.info("no LABEL_STUDIO_API_KEY: no first-frame preview")
                 return False
-            task = annotation.get("task") if annotation.get("task") is not None else payload.get("task")
-            task_id = task.get("id") if isinstance(task, dict) else task
+            task_id = hook.task_id
             if not isinstance(task_id, int):
-                log.info("a %s webhook without a task id: no first-frame preview", payload.get("action"))
+                log.info("a %s webhook without a task id: no first-frame preview", hook.action)
                 return False
             with self._lock:
                 fresh = task_id not in self._pending
-                self._pending[task_id] = payload
+                self._pending[task_id] = hook
                 if fresh:
                     self._futures = [f for f in self._futures if not f.done()]
                     self._futures.append(self._executor.submit(self._run, task_id))
@@ -301,18 +302,18 @@ class FirstFramePreviews:
 
     def _run(self, task_id: int) -> str | None:
         with self._lock:
-            payload = self._pending.pop(task_id, None)
-        if payload is None:
+            hook = self._pending.pop(task_id, None)
+        if hook is None:
             return None
         try:
-            return self.render(payload, task_id)
+            return self.render(hook, task_id)
         except MLBackendError as exc:
             log.warning("task %s: no first-frame preview: %s", task_id, exc)
         except Exception:
             log.exception("task %s: the first-frame preview failed", task_id)
         return None
 
-    def render(self, payload: dict[str, Any], task_id: int) -> str | None:
+    def render(self, hook: Webhook, task_id: int) -> str | None:
         """Gather config, task and annotation (from the payload, else with the SDK), then
         :func:`write_first_frame_preview` for a single-video task."""
 
@@ -331,11 +332,10 @@ class FirstFramePreviews:
             found = with_backoff(call, seconds=seconds, what=what)
             return found.dict() if hasattr(found, "dict") else dict(found)
 
-        project = payload.get("project")
+        project = hook.project
         config_xml = project.get("label_config") if isinstance(project, dict) else None
         if not isinstance(config_xml, str) or not config_xml.strip():
-            project_id = project.get("id") if isinstance(project, dict) else project
-            project_id = project_id if project_id is not None else payload["annotation"].get("project")
+            project_id = hook.project_id
             if project_id is None:
                 log.info("task %s: the webhook names no project: no first-frame preview", task_id)
                 return None
@@ -348,10 +348,10 @@ class FirstFramePreviews:
             log.debug("task %s is not a single-video task: no first-frame preview", task_id)
             return None
 
-        task = payload.get("task")
+        task = hook.task
         if not (isinstance(task, dict) and task.get("id") == task_id and isinstance(task.get("data"), dict)):
             task = get("tasks", task_id)
-        annotation = payload["annotation"]
+        annotation = hook.annotation
         if not isinstance(annotation.get("result"), list) and annotation.get("id") is not None:
             annotation = get("annotations", annotation["id"])
         return write_first_frame_preview(

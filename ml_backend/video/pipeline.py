@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ml_backend.exporters.interface import ExportJob
 from ml_backend.exporters.registry import choose_exports, exporter_class
 from ml_backend.exporters.staging import MaskSpool, Staging, mask_rle, rle_compress, rle_encode_tensor
 from ml_backend.video import frames, propagation
+from ml_backend.video.options import JobOptions
 from ml_backend.video.prompts import PromptSpec
 
 log = logging.getLogger(__name__)
@@ -148,50 +149,48 @@ def run_job(
     spec: PromptSpec,
     videos: dict[str, str | Path],
     out_dir: str | Path,
+    options: JobOptions | None = None,
     *,
-    image_size: int,
-    exports: list[str] | tuple[str, ...] = (),
     progress: Progress | None = None,
-    review: bool = True,
-    quality: bool = True,
-    quality_rule: Any = None,
-    prefetch: int = 8,
-    prefetch_workers: int = 0,
-    offload_state_to_cpu: bool = False,
-    autocast: Callable[[], Any] | None = None,
-    bounded: bool = True,
-    greenscreen_mp4: bool = False,
-    greenscreen_fps: float = 0.0,
-    device_rle: bool | None = None,
     publish: bool = True,
     timeline: list[dict[str, Any]] | None = None,
+    **fields: Any,
 ) -> JobResult:
     """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``.
 
-    Writes the job's own format, ``review`` and ``quality`` (when on; ``quality_rule`` holds the
-    drift-flag thresholds, :class:`~ml_backend.video.quality.QualityRule`), and the formats in ``spec.exports`` and
-    ``exports`` (:func:`~ml_backend.exporters.interface.choose_exports`). Everything is checked before the
+    ``options`` (:class:`~ml_backend.video.options.JobOptions`) says how; ``fields`` are
+    :class:`JobOptions` fields given one by one instead (tests), or over ``options``.
+    Writes the job's own format, ``review`` and ``quality`` (when on), and the formats in
+    ``spec.exports`` and ``options.exports`` (:func:`~ml_backend.exporters.registry.choose_exports`). Everything is checked before the
     model sees a frame. With ``publish`` (default) the exports are published at the end; with
     ``publish=False`` the caller decides (:meth:`JobResult.publish`), e.g. only while the job is
     still the task's latest. ``device_rle``, ``timeline`` (per-frame timings, for benchmarks):
     see :func:`propagate_video`.
     """
+    options = JobOptions(**fields) if options is None else replace(options, **fields)
     check_job(spec, videos)
-    job_exports = choose_exports(spec, exports, review=review, quality=quality)
+    job_exports = choose_exports(spec, options.exports, review=options.review, quality=options.quality)
     result = JobResult(Path(out_dir))
     exporters: list[Any] = []
     try:
         result.staging = Staging(result.out_dir)
         result.spool = MaskSpool(result.staging.private("masks.spool"))  # removed with the staging
-        job = ExportJob(spec, result.staging, image_size, greenscreen_mp4, greenscreen_fps, quality_rule)
+        job = ExportJob(
+            spec,
+            result.staging,
+            options.image_size,
+            options.greenscreen_mp4,
+            options.greenscreen_fps,
+            options.quality_rule,
+        )
         exporters = [exporter_class(name)(job) for name in job_exports]
         for name in video_names(spec):
             started = time.perf_counter()
             result.num_frames[name] = propagate_video(
                 predictor, name, videos[name], spec.objects_in(name), result.spool, exporters,
-                progress=progress, prefetch=prefetch, prefetch_workers=prefetch_workers,
-                offload_state_to_cpu=offload_state_to_cpu, autocast=autocast, bounded=bounded, device_rle=device_rle,
-                timeline=timeline,
+                progress=progress, prefetch=options.prefetch, prefetch_workers=options.prefetch_workers,
+                offload_state_to_cpu=options.offload_state_to_cpu, autocast=options.autocast,
+                bounded=options.bounded, device_rle=options.device_rle, timeline=timeline,
             )  # fmt: skip
             result.seconds[name] = time.perf_counter() - started
         result.masks = {name: result.spool.view(name) for name in video_names(spec)}

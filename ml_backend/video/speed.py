@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.models import autocast, resolve_device
+from ml_backend.video.options import JobOptions
 from ml_backend.video.pipeline import run_job
 from ml_backend.video.prompts import parse_prompts
 from ml_backend.video.synthetic import moving_shapes
@@ -44,10 +45,8 @@ def seconds_per_frame(predictor: Any, settings: Any, frames: int = 5) -> float:
             spec,
             {"video1": path},
             Path(tmp) / "out",
-            image_size=settings.image_size,
-            review=False,
+            JobOptions(settings.image_size, review=False, autocast=lambda: autocast(settings, device)),
             progress=lambda *_: stamps.append(time.perf_counter()),
-            autocast=lambda: autocast(settings, device),
         ):
             pass
     deltas = np.diff(stamps)

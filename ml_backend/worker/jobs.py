@@ -44,13 +44,14 @@ from rq import get_current_job
 
 from ml_backend.exceptions import AlreadyPublished, JobError, Superseded, WorkerStopping
 from ml_backend.labelstudio.annotations import load_task_job
-from ml_backend.models import autocast, resolve_device
+from ml_backend.models import resolve_device
 from ml_backend.settings import Settings
+from ml_backend.video.options import JobOptions
 from ml_backend.video.pipeline import check_job, run_job
 from ml_backend.video.prompts import parse_prompts
-from ml_backend.worker import checks, lifecycle, records
+from ml_backend.worker import checks, lifecycle, process, records
 from ml_backend.worker.gate import PublishGate, run_token
-from ml_backend.worker.process import current_rerun, current_settings, get_predictor
+from ml_backend.worker.process import current_rerun, current_settings
 from ml_backend.worker.progress import RERUN_NOTE, JobState, ProgressMeta
 from ml_backend.worker.publish import _finish_task, _summary
 from ml_backend.worker.queue import JobQueue
@@ -82,7 +83,7 @@ def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, p
 
     shapes = check_job(spec, videos)  # input errors before the model is asked for
     progress.stage("loading model")
-    predictor = get_predictor(settings)
+    predictor = process.get_predictor(settings)  # looked up here, so tests can stand in for it
     device = resolve_device(settings.device)
     progress.stage("propagating")
     progress.declare({video: shape[0] for video, shape in shapes.items()})
@@ -91,18 +92,8 @@ def _run(spec: Any, videos: dict[str, str], out_dir: Path, settings: Settings, p
         spec,
         videos,
         out_dir,
-        image_size=settings.image_size,
-        exports=settings.export_list,
+        JobOptions.from_settings(settings, device=device),
         progress=progress,
-        review=settings.review_exports,
-        quality=settings.quality_flags,
-        quality_rule=settings.quality_rule,
-        prefetch=settings.prefetch_frames,
-        prefetch_workers=settings.prefetch_workers,
-        offload_state_to_cpu=settings.offload_state_to_cpu,
-        autocast=lambda: autocast(settings, device),
-        greenscreen_mp4=settings.greenscreen_mp4,
-        greenscreen_fps=settings.greenscreen_fps,
         publish=False,
     )
     progress.stage("staged")

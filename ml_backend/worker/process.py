@@ -7,7 +7,7 @@ from typing import Any
 
 from rq.serializers import JSONSerializer
 
-from ml_backend.models import build_video_predictor
+from ml_backend import models
 from ml_backend.settings import Settings
 
 #: Redis key holding the id of the execution that owns a job (the one allowed to publish it).
@@ -69,6 +69,6 @@ def get_predictor(settings: Settings) -> Any:
     )
     with _lock:
         if _predictor is None or _predictor_key != key:
-            _predictor = build_video_predictor(settings)
+            _predictor = models.build_video_predictor(settings)
             _predictor_key = key
         return _predictor

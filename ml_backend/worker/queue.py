@@ -18,7 +18,7 @@ from ml_backend.exceptions import BadPayload
 from ml_backend.labelstudio import client as labelstudio
 from ml_backend.labelstudio.annotations import fingerprint
 from ml_backend.labelstudio.backoff import with_backoff
-from ml_backend.labelstudio.webhook import clean_webhook
+from ml_backend.labelstudio.webhook import Webhook
 from ml_backend.settings import Settings
 from ml_backend.worker import records
 from ml_backend.worker.checks import check_imported
@@ -131,44 +131,40 @@ class JobQueue:
         return job, True
 
     # -- webhooks -----------------------------------------------------------------------------
-    def on_webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
-
-        action = payload.get("action")
-        if not isinstance(action, str):
-            raise BadPayload("a webhook body is a JSON object with an 'action'")
-        payload = clean_webhook(payload)
-        project = payload.get("project")
-        project_id = project.get("id") if isinstance(project, dict) else project
+    def on_webhook(self, webhook: Webhook | dict[str, Any]) -> dict[str, Any]:
+        """Act on a webhook (a body is parsed first: :meth:`Webhook.parse`)."""
+        hook = webhook if isinstance(webhook, Webhook) else Webhook.parse(webhook)
+        action = hook.action
         if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-            if self.settings.webhook_mode != "auto":
-                return {
-                    "status": "ignored",
-                    "reason": "WEBHOOK_MODE=batch: use Start training or scripts/process_all.py",
-                }
-            annotation = payload.get("annotation")
-            if not isinstance(annotation, dict) or "id" not in annotation:
-                raise BadPayload(f"{action} webhook without an annotation")
-            if annotation.get("was_cancelled"):
-                return {"status": "ignored", "reason": "skipped task"}
-            task = annotation.get("task") if annotation.get("task") is not None else payload.get("task")
-            task_id = task.get("id") if isinstance(task, dict) else task
-            project_id = project_id if project_id is not None else annotation.get("project")
-            if task_id is None or project_id is None:
-                raise BadPayload(f"{action} webhook without task or project ids")
-            job, created = self.enqueue_task(project_id, task_id, annotation["id"], fingerprint(annotation))
-            if created:
-                self.mark_queued([(project_id, task_id, job.id)])
-            return {"status": "queued" if created else "exists", "job_id": job.id}
+            return self._on_annotation(hook)
         if action in ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED", "TASKS_DELETED"):
-            return on_deleted(self, action, payload)
+            return on_deleted(self, action, hook.payload)
         if action == "TASKS_CREATED":
-            return check_imported(self, payload)
+            return check_imported(self, hook.payload)
         if action == "START_TRAINING":
-            if project_id is None:
+            if hook.project_id is None:
                 raise BadPayload("START_TRAINING webhook without a project id")
-            jobs = self.enqueue_project(project_id)
+            jobs = self.enqueue_project(hook.project_id)
             return {"status": "queued", "job_ids": jobs}
         return {"status": "ignored", "reason": f"action {action} does not start propagation"}
+
+    def _on_annotation(self, hook: Webhook) -> dict[str, Any]:
+        if self.settings.webhook_mode != "auto":
+            return {
+                "status": "ignored",
+                "reason": "WEBHOOK_MODE=batch: use Start training or scripts/process_all.py",
+            }
+        annotation = hook.annotation
+        if annotation is None or "id" not in annotation:
+            raise BadPayload(f"{hook.action} webhook without an annotation")
+        if annotation.get("was_cancelled"):
+            return {"status": "ignored", "reason": "skipped task"}
+        if hook.task_id is None or hook.project_id is None:
+            raise BadPayload(f"{hook.action} webhook without task or project ids")
+        job, created = self.enqueue_task(hook.project_id, hook.task_id, annotation["id"], fingerprint(annotation))
+        if created:
+            self.mark_queued([(hook.project_id, hook.task_id, job.id)])
+        return {"status": "queued" if created else "exists", "job_id": job.id}
 
     def enqueue_project(self, project_id: int) -> list[str]:
         """Enqueue the newest annotation of every annotated task of a project ("Process all")."""

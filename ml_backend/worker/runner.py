@@ -49,11 +49,12 @@ from ml_backend.exceptions import JobRefused, WorkerStopping
 from ml_backend.settings import Settings
 from ml_backend.stopping import job_ended, job_started, request_stop, reset
 from ml_backend.video.speed import measure_worker
+from ml_backend.worker import process
 from ml_backend.worker.columns import WORKER_LOST, WORKER_RESTARTED, reconcile, settle
 from ml_backend.worker.gate import run_token
 from ml_backend.worker.liveness import AliveKey, count_execution, holder_gone
 from ml_backend.worker.names import OLD_NAMES, PROMPTS_JOB, TASK_JOB
-from ml_backend.worker.process import OWNER_KEY, SERIALIZER, _local, configure, current_settings, get_predictor
+from ml_backend.worker.process import OWNER_KEY, SERIALIZER, _local, configure, current_settings
 
 log = logging.getLogger(__name__)
 
@@ -272,5 +273,5 @@ def make_worker(settings: Settings, connection: Any = None, *, preload: bool = T
     worker.heartbeat_ttl = settings.job_heartbeat_ttl
     worker.alive_ttl = settings.worker_alive_ttl
     if preload:
-        measure_worker(get_predictor(settings), settings, connection)
+        measure_worker(process.get_predictor(settings), settings, connection)
     return worker
