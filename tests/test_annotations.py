@@ -102,7 +102,7 @@ def test_annotation_to_exact_masks_and_prediction(pair_task, tmp_path):
     assert objects[3].prompts["video1"][0].mask is not None and objects[3].prompts["video1"][0].frame == 3
 
     out = run_job(ColorVideoPredictor(), spec, job.videos, tmp_path / "out", image_size=64, review=False)
-    from ml_backend.exporters.staging import rle_decode
+    from ml_backend.exporters.masks import rle_decode
 
     truth = {
         ("video1", 1): (v1, "mug"),

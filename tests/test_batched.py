@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.exporters.staging import rle_decode, rle_encode
+from ml_backend.exporters.masks import rle_decode, rle_encode
 from ml_backend.settings import Settings
 from ml_backend.video import batched
 from ml_backend.video.pipeline import run_job

@@ -201,8 +201,9 @@ def test_overlapping_masks_go_to_the_smaller_id_in_davis_and_mots(tmp_path):
 
     from ml_backend.exporters.davis import DavisExport
     from ml_backend.exporters.interface import ExportJob
+    from ml_backend.exporters.masks import rle_encode
     from ml_backend.exporters.mots import MOTSExport
-    from ml_backend.exporters.staging import Staging, rle_encode
+    from ml_backend.exporters.staging import Staging
 
     spec = parse_prompts(
         doc(

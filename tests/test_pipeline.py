@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.exporters.staging import (
+from ml_backend.exporters.masks import (
     coco_counts_string,
     mask_box,
     mask_rle,

@@ -24,7 +24,8 @@ import numpy as np
 
 from ml_backend.exceptions import PromptError
 from ml_backend.exporters.interface import Exporter, ExportJob, label_map
-from ml_backend.exporters.staging import MaskSpool, atomic_write, rle_encode
+from ml_backend.exporters.masks import rle_encode
+from ml_backend.exporters.staging import MaskSpool, atomic_write
 
 
 class MOTSExport(Exporter):

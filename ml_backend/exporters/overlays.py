@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.exporters.interface import Exporter, ExportJob
+from ml_backend.exporters.masks import resize_nearest
 from ml_backend.exporters.staging import atomic_write_bytes
 
 PALETTE = [
@@ -134,9 +135,7 @@ class _VideoReview:
 
         small = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
         small_masks = {
-            obj_id: cv2.resize(mask.view(np.uint8), self.size, interpolation=cv2.INTER_NEAREST) > 0
-            for obj_id, mask in masks.items()
-            if mask.any()
+            obj_id: resize_nearest(mask, self.size[1], self.size[0]) for obj_id, mask in masks.items() if mask.any()
         }
         self.frames.put(i, overlay(small, small_masks))
         if i in self.samples:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.exceptions import FetchError, JobError, PromptError, VideoError
-from ml_backend.exporters.staging import rle_decode
+from ml_backend.exporters.masks import resize_nearest, rle_decode
 from ml_backend.labelstudio import client as labelstudio
 from ml_backend.labelstudio.backoff import is_transient, with_backoff
 from ml_backend.labelstudio.brush import mask_to_result
@@ -76,7 +76,6 @@ class TaskJob:
 
     def prediction(self, result: Any, version: str) -> list[dict[str, Any]]:
         """Brush regions of the propagated masks on every annotation frame of the task."""
-        import cv2
 
         regions = []
         for key, info in self.images.items():
@@ -87,9 +86,7 @@ class TaskJob:
                     rle = per_frame.get(str(frame))
                     if rle is None:
                         continue
-                    mask = rle_decode(rle)
-                    if mask.shape != (h, w):
-                        mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                    mask = resize_nearest(rle_decode(rle), h, w)
                     label = label_for(info.labels, obj_id)
                     if label is None:
                         continue
@@ -183,12 +180,7 @@ def build_task_job(
             point = np.array([[click.point[0] / 100 * w, click.point[1] / 100 * h]], np.float32)
             prompt = FramePrompt(frame, point, np.array([1 if click.positive else 0], np.int32))
         else:
-            mask = click.mask
-            if mask.shape != (h, w):
-                import cv2
-
-                mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-            prompt = FramePrompt(frame, mask=mask)
+            prompt = FramePrompt(frame, mask=resize_nearest(click.mask, h, w))
         prompts.setdefault(click.obj_id, {}).setdefault(info.key, []).append(prompt)
 
     objects = []
@@ -249,12 +241,8 @@ def load_task_job(
     what = f"Label Studio at {settings.label_studio_url}"
 
     def get(kind: str, ident: int) -> Any:
-        def call() -> Any:
-            client = labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
-            return getattr(client, kind).get(id=ident)
-
         try:
-            return with_backoff(call, seconds=settings.label_studio_retry_seconds, what=what)
+            return labelstudio.get(settings, kind, ident)
         except ApiError as exc:
             if exc.status_code in (401, 403):
                 raise JobError(f"{what} refused the token ({exc.status_code}): check LABEL_STUDIO_API_KEY") from None

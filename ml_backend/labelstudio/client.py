@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 from ml_backend.exceptions import ConfigurationError
+from ml_backend.labelstudio.backoff import with_backoff
 
 
 @functools.lru_cache(maxsize=8)
@@ -34,3 +35,24 @@ def auth_headers(url: str, api_key: str) -> dict[str, str]:
     wrapper = client(url, api_key)._client_wrapper
     headers = wrapper.get_headers()
     return {"Authorization": headers["Authorization"]}
+
+
+def for_settings(settings: Any) -> Any:
+    """The client for ``settings``' ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``."""
+    return client(settings.label_studio_url, settings.label_studio_api_key)
+
+
+def get(settings: Any, kind: str, ident: Any, *, seconds: float | None = None) -> Any:
+    """One object of Label Studio's API (``kind``: ``projects``, ``tasks``, ``annotations``),
+    transient trouble retried for ``seconds`` (default ``LABEL_STUDIO_RETRY_SECONDS``)."""
+    seconds = settings.label_studio_retry_seconds if seconds is None else seconds
+    return with_backoff(
+        lambda: getattr(for_settings(settings), kind).get(id=ident),
+        seconds=seconds,
+        what=f"Label Studio at {settings.label_studio_url}",
+    )
+
+
+def as_dict(found: Any) -> dict[str, Any]:
+    """An SDK object (or a dict) as a plain dict."""
+    return found.dict() if hasattr(found, "dict") else dict(found)

@@ -29,15 +29,13 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from PIL import Image
 
 from ml_backend.exceptions import VideoError
+from ml_backend.labelstudio.taskdata import local_url
 from ml_backend.video.frames import ImageFolderFrames, open_frames
 from ml_backend.video.prompts import TAKE_NAME
-
-LOCAL_FILES_URL = "/data/local-files/?d="
 
 
 def take_name(text: str, what: str = "take name") -> str:
@@ -77,12 +75,6 @@ def video_fps(video: str | Path) -> float:
         return 0.0
     with open_frames(video, cache_frames=1) as source:
         return round(float(source.fps or 0.0), 4)
-
-
-def local_url(root: Path, path: Path) -> str:
-    """The Label Studio URL of ``path`` under the local-files document ``root``."""
-    rel = Path(path).resolve().relative_to(Path(root).resolve())
-    return LOCAL_FILES_URL + quote(rel.as_posix(), safe="/")
 
 
 def review_fields(videos: Sequence[str]) -> dict[str, Any]:

@@ -9,12 +9,6 @@ from ml_backend.labelstudio import client as labelstudio
 from ml_backend.labelstudio.backoff import with_backoff
 
 
-# -- Label Studio: the task's annotations and predictions -----------------------------------------
-def _client(settings: Any) -> Any:
-
-    return labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
-
-
 def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
@@ -24,7 +18,7 @@ def task_annotations(settings: Any, task: int, seconds: float = 30.0) -> list[di
     from label_studio_sdk.core.api_error import ApiError
 
     try:
-        found = with_backoff(lambda: _client(settings).annotations.list(id=task), seconds=seconds,
+        found = with_backoff(lambda: labelstudio.for_settings(settings).annotations.list(id=task), seconds=seconds,
                              what=f"Label Studio at {settings.label_studio_url}")  # fmt: skip
     except ApiError as exc:
         if exc.status_code == 404:
@@ -54,7 +48,7 @@ def _version_re(project: int, task: int, annotation: int) -> re.Pattern[str]:
 def annotation_predictions(settings: Any, project: int, task: int, annotation: int) -> list[Any]:
 
     pattern = _version_re(project, task, annotation)
-    found = with_backoff(lambda: _client(settings).predictions.list(task=task), seconds=30,
+    found = with_backoff(lambda: labelstudio.for_settings(settings).predictions.list(task=task), seconds=30,
                          what=f"Label Studio at {settings.label_studio_url}")  # fmt: skip
     return [p for p in found or [] if pattern.search(str(_get(p, "model_version") or ""))]
 
@@ -69,7 +63,7 @@ def delete_predictions(settings: Any, project: int, task: int, annotation: int, 
         if pid == keep:
             continue
         try:
-            _client(settings).predictions.delete(id=pid)
+            labelstudio.for_settings(settings).predictions.delete(id=pid)
             deleted += 1
         except ApiError as exc:
             if exc.status_code != 404:

@@ -191,7 +191,7 @@ def _review_files(
         urls = list(task_data.get(info.data_key) or [])
         indices = list(task_data.get(info.indices_key) or info.frame_indices)
         for frame in frames:
-            urls.append(local_url(settings, files[frame]))
+            urls.append(local_url(settings.local_files_root, files[frame]))
             indices.append(frame)
         changes[info.data_key], changes[info.indices_key] = urls, indices
         info.frame_indices = list(indices)
@@ -206,7 +206,7 @@ def _review_files(
         field = "review_video" if single else f"review_{video}"
         if webm is not None:
             copy = _replace_copy(webm, review_dir, f"{label}_overlay", ".webm", key, settings.review_keep_versions)
-            changes[field] = local_url(settings, copy)
+            changes[field] = local_url(settings.local_files_root, copy)
         else:  # nothing propagated there this time (no object in it, or REVIEW_EXPORTS=0)
             changes[field] = ""
             prune_versions(review_dir, f"{label}_overlay", ".webm", settings.review_keep_versions)
@@ -221,5 +221,5 @@ def _review_files(
     target = review_dir / f"{stem}-{key}.png"
     atomic_write_bytes(target, data)
     prune_versions(review_dir, stem, ".png", settings.review_keep_versions, current=target)
-    changes["preview"] = local_url(settings, target)
+    changes["preview"] = local_url(settings.local_files_root, target)
     return changes

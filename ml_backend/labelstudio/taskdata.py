@@ -40,23 +40,17 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from ml_backend.exceptions import MLBackendError
 from ml_backend.labelstudio import client as labelstudio
 from ml_backend.labelstudio.backoff import with_backoff
 from ml_backend.labelstudio.fetch import FileFetcher
-from ml_backend.labelstudio.importing import local_url as url_under
 
 log = logging.getLogger(__name__)
 
 STATE_KEYS = ("job_state", "job_progress", "job_error", "flagged_ranges", "lowest_score")
 LOCK_KEY = "sam2:task-data-lock:{task}"
-
-
-def _client(settings: Any) -> Any:
-
-    return labelstudio.client(settings.label_studio_url, settings.label_studio_api_key)
 
 
 def update_task_data(
@@ -79,13 +73,15 @@ def update_task_data(
     what = f"Label Studio at {settings.label_studio_url}"
 
     def merge() -> dict[str, Any] | None:
-        task = with_backoff(lambda: _client(settings).tasks.get(id=task_id), seconds=seconds, what=what)
+        task = labelstudio.get(settings, "tasks", task_id, seconds=seconds)
         data = dict(getattr(task, "data", None) or {})
         updates = change(data) if callable(change) else change
         if not updates or all(data.get(k) == v for k, v in updates.items()):
             return data
         data.update(updates)
-        with_backoff(lambda: _client(settings).tasks.update(id=task_id, data=data), seconds=seconds, what=what)
+        with_backoff(
+            lambda: labelstudio.for_settings(settings).tasks.update(id=task_id, data=data), seconds=seconds, what=what
+        )
         return data
 
     if connection is None:
@@ -112,10 +108,15 @@ def local_path(settings: Any, url: str) -> Path | None:
     return found if isinstance(found, Path) else None
 
 
-def local_url(settings: Any, path: Path) -> str:
-    """The ``/data/local-files/?d=...`` URL of ``path`` (under ``LOCAL_FILES_DOCUMENT_ROOT``)."""
+#: Where Label Studio serves files under ``LOCAL_FILES_DOCUMENT_ROOT``.
+LOCAL_FILES_URL = "/data/local-files/?d="
 
-    return url_under(Path(settings.local_files_root), path)
+
+def local_url(root: Path, path: Path) -> str:
+    """The ``/data/local-files/?d=...`` URL of ``path`` under the local-files document ``root``
+    (``LOCAL_FILES_DOCUMENT_ROOT``)."""
+    rel = Path(path).resolve().relative_to(Path(root).resolve())
+    return LOCAL_FILES_URL + quote(rel.as_posix(), safe="/")
 
 
 def task_folder(settings: Any, frame_urls: list[Any]) -> Path | None:

@@ -55,10 +55,10 @@ from urllib.parse import unquote
 import numpy as np
 
 from ml_backend.exceptions import MLBackendError, PromptError
+from ml_backend.exporters.masks import resize_nearest
 from ml_backend.exporters.staging import atomic_write_bytes
 from ml_backend.labelstudio import client as labelstudio
 from ml_backend.labelstudio.annotations import fingerprint
-from ml_backend.labelstudio.backoff import with_backoff
 from ml_backend.labelstudio.config import parse_label_config
 from ml_backend.labelstudio.fetch import decode_image
 from ml_backend.labelstudio.regions import prompt_region, video_images
@@ -133,7 +133,6 @@ def page_zero_prompts(config_xml: str, data: dict[str, Any], annotation: dict[st
 def first_frame_masks(settings: Any, page: PageZero, fetcher: Any, segmenter: Any) -> tuple[np.ndarray, dict]:
     """``(page-0 image, {obj_id: H×W bool})`` for :class:`PageZero` ``page``; objects whose mask
     is empty are left out. Only an object with a positive point asks the segmenter."""
-    import cv2
 
     path = fetcher.path(page.ref, folder_ok=False)
     frame = decode_image(path.read_bytes(), max_pixels=settings.max_image_pixels, name=page.ref)
@@ -152,9 +151,7 @@ def first_frame_masks(settings: Any, page: PageZero, fetcher: Any, segmenter: An
             decoded, _ = segmenter.predict(embedding, xy, labels)
             mask |= np.asarray(decoded, bool)
         for brush in page.masks.get(obj_id, []):
-            if brush.shape != (h, w):
-                brush = cv2.resize(brush.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-            mask |= brush
+            mask |= resize_nearest(brush, h, w)
         if mask.any():
             masks[obj_id] = mask
     return frame, masks
@@ -227,7 +224,7 @@ def _write(
     label = preview_label(data, len(pages))
     review = folder / "review"
     target = review / f"{label}_first-{fingerprint(annotation)}.png"
-    url = local_url(settings, target)
+    url = local_url(settings.local_files_root, target)
     written: list[Path] = []
 
     def change(current: dict[str, Any]) -> dict[str, Any] | None:
@@ -322,15 +319,9 @@ class FirstFramePreviews:
             log.info("the backend has no file fetcher: no first-frame preview")
             return None
         seconds = min(10.0, self.settings.label_studio_retry_seconds)
-        what = f"Label Studio at {self.settings.label_studio_url}"
 
         def get(kind: str, ident: Any) -> dict[str, Any]:
-            def call() -> Any:
-                client = labelstudio.client(self.settings.label_studio_url, self.settings.label_studio_api_key)
-                return getattr(client, kind).get(id=ident)
-
-            found = with_backoff(call, seconds=seconds, what=what)
-            return found.dict() if hasattr(found, "dict") else dict(found)
+            return labelstudio.as_dict(labelstudio.get(self.settings, kind, ident, seconds=seconds))
 
         project = hook.project
         config_xml = project.get("label_config") if isinstance(project, dict) else None

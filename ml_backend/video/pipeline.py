@@ -23,8 +23,9 @@ from typing import Any
 from ml_backend.exceptions import PromptError
 from ml_backend.exporters.greenscreen import segment_plan
 from ml_backend.exporters.interface import ExportJob
+from ml_backend.exporters.masks import mask_rle, rle_compress, rle_encode_tensor
 from ml_backend.exporters.registry import choose_exports, exporter_class
-from ml_backend.exporters.staging import MaskSpool, Staging, mask_rle, rle_compress, rle_encode_tensor
+from ml_backend.exporters.staging import MaskSpool, Staging
 from ml_backend.video import frames, propagation
 from ml_backend.video.options import JobOptions
 from ml_backend.video.prompts import PromptSpec

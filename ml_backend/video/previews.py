@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ml_backend.exporters.masks import resize_nearest, rle_decode
 from ml_backend.exporters.overlays import overlay
-from ml_backend.exporters.staging import rle_decode
 from ml_backend.video.frames import open_frames
 from ml_backend.video.quality import segment_frame
 
@@ -36,7 +36,7 @@ def tile(
     size = (max(2, int(round(w * height / h))), height)
     small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
     small_masks = {
-        obj_id: cv2.resize(np.asarray(mask, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        obj_id: resize_nearest(mask, size[1], size[0])
         for obj_id, mask in masks.items()
         if mask is not None and np.any(mask)
     }

@@ -53,7 +53,8 @@ from typing import Any
 import numpy as np
 
 from ml_backend.exporters.interface import Exporter, ExportJob
-from ml_backend.exporters.staging import atomic_write_bytes, mask_box
+from ml_backend.exporters.masks import mask_box
+from ml_backend.exporters.staging import atomic_write_bytes
 from ml_backend.settings import QualityRule
 
 #: 2: a green-screen segment's ranges count in the original video (``segment_*`` within the

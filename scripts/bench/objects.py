@@ -78,7 +78,7 @@ def min_iou(a: dict[str, Any] | None, b: dict[str, Any] | None, frames: int) -> 
         return None
     import numpy as np
 
-    from ml_backend.exporters.staging import rle_decode
+    from ml_backend.exporters.masks import rle_decode
 
     worst = 1.0
     for obj_id in set(a) | set(b):
