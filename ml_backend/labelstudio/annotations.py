@@ -57,7 +57,7 @@ from ml_backend.video.prompts import (
     GreenScreenSpec,
     ObjectSpec,
     PromptSpec,
-    _merge_same_frame,
+    merge_same_frame,
     parse_exports,
     parse_greenscreen,
 )
@@ -109,6 +109,42 @@ def build_task_job(
     if not isinstance(data, dict):
         raise PromptError("the task has no data object")
     images = video_images(config_xml, data)
+    regions = _read_regions(config_xml, annotation, images)
+    gs = None
+    if len(images) == 1:
+        gs = parse_greenscreen(
+            {k: data.get(k) for k in ("segment_index", "segment_frames", "start_frame", "take", "fps") if k in data}
+            | {"background": list(background)},
+            where="task data ",
+        )
+    if not regions.clicks:
+        raise PromptError("the annotation has no keypoints or masks: nothing to propagate")
+    videos = _fetch_videos(images, fetch_video)
+    objects = _objects(_frame_prompts(regions.clicks), regions.attrs, images)
+    if len(images) == 2:
+        spec = PromptSpec("scenediff", objects, scene_type=regions.scene_type, comments=regions.comments)
+    else:
+        if gs is None or not gs.segment_frames:  # one whole video, no segment list
+            with open_frames(videos["video1"], cache_frames=2) as source:
+                start = gs.start_frame if gs else 0
+                gs = GreenScreenSpec(
+                    0, [source.num_frames], start, tuple(background), gs.take if gs else "", gs.fps if gs else 0.0
+                )
+        spec = PromptSpec("greenscreen", objects, comments=regions.comments, greenscreen=gs)
+    return TaskJob(spec, videos, {info.key: info for info in images})
+
+
+@dataclass
+class _Regions:
+    """What an annotation's regions say, checked: the prompts and the objects' attributes."""
+
+    clicks: list[Click] = field(default_factory=list)
+    attrs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    scene_type: str = ""
+    comments: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_regions(config_xml: str, annotation: dict[str, Any], images: list[VideoImage]) -> _Regions:
     by_image = {info.image: info for info in images}
     config = parse_label_config(config_xml)
     results = annotation.get("result")
@@ -116,10 +152,7 @@ def build_task_job(
         results = []
     if not isinstance(results, list):
         raise PromptError("the annotation's 'result' must be a list of regions")
-
-    clicks: list[Click] = []
-    attrs: dict[int, dict[str, Any]] = {}
-    scene_type, comments = "", {}
+    out = _Regions()
     for i, region in enumerate(results):
         if not isinstance(region, dict):
             raise PromptError(f"annotation region {i} must be an object, got {type(region).__name__}")
@@ -131,29 +164,24 @@ def build_task_job(
         if rtype in ("keypointlabels", "brushlabels") and region.get("to_name") in by_image:
             click = prompt_region(region, by_image[region["to_name"]], config, where)
             if click is not None:
-                clicks.append(click)
+                out.clicks.append(click)
             continue
         if not isinstance(value, dict):
             continue
         match = re.fullmatch(r"obj(\d+)_(name|number|presence|deformability)", from_name)
         if match:
-            object_attribute(attrs, int(match.group(1)), match.group(2), value, where)
+            object_attribute(out.attrs, int(match.group(1)), match.group(2), value, where)
         elif from_name == "scene_type":
-            scene_type = _text(value)
+            out.scene_type = _text(value)
         elif from_name == "comments":
             text = _text(value)
             if text:
-                comments = {"text": text}
-    gs = None
-    if len(images) == 1:
-        gs = parse_greenscreen(
-            {k: data.get(k) for k in ("segment_index", "segment_frames", "start_frame", "take", "fps") if k in data}
-            | {"background": list(background)},
-            where="task data ",
-        )
-    if not clicks:
-        raise PromptError("the annotation has no keypoints or masks: nothing to propagate")
+                out.comments = {"text": text}
+    return out
 
+
+def _fetch_videos(images: list[VideoImage], fetch_video: Any) -> dict[str, str]:
+    """Each image's video as a local path; its size noted, its frame indices checked."""
     videos: dict[str, str] = {}
     for info in images:
         path = str(fetch_video(info.video_ref))
@@ -170,7 +198,11 @@ def build_task_job(
                 f"{info.key}: frame index {bad[0]} is beyond the last frame {num_frames - 1} of {info.video_ref}"
             )
         videos[info.key] = path
+    return videos
 
+
+def _frame_prompts(clicks: list[Click]) -> dict[int, dict[str, list[FramePrompt]]]:
+    """The clicks as SAM 2 prompts in video pixels: ``{obj_id: {video: [FramePrompt, ...]}}``."""
     prompts: dict[int, dict[str, list[FramePrompt]]] = {}
     for click in clicks:
         info = click.info
@@ -182,11 +214,17 @@ def build_task_job(
         else:
             prompt = FramePrompt(frame, mask=resize_nearest(click.mask, h, w))
         prompts.setdefault(click.obj_id, {}).setdefault(info.key, []).append(prompt)
+    return prompts
 
+
+def _objects(
+    prompts: dict[int, dict[str, list[FramePrompt]]], attrs: dict[int, dict[str, Any]], images: list[VideoImage]
+) -> list[ObjectSpec]:
+    """One :class:`ObjectSpec` per object with prompts or a presence; presence and prompts agree."""
     objects = []
     for obj_id in sorted(set(prompts) | {k for k, a in attrs.items() if a.get("presence")}):
         a = attrs.get(obj_id, {})
-        per_video = {v: _merge_same_frame(ps) for v, ps in prompts.get(obj_id, {}).items()}
+        per_video = {v: merge_same_frame(ps) for v, ps in prompts.get(obj_id, {}).items()}
         presence = a.get("presence")
         in_video = {
             info.key: (f"in_{info.key}" in presence) if presence else bool(per_video.get(info.key)) for info in images
@@ -212,17 +250,7 @@ def build_task_job(
         )
     if not objects:
         raise PromptError("the annotation has no keypoints or masks: nothing to propagate")
-    if len(images) == 2:
-        spec = PromptSpec("scenediff", objects, scene_type=scene_type, comments=comments)
-    else:
-        if gs is None or not gs.segment_frames:  # one whole video, no segment list
-            with open_frames(videos["video1"], cache_frames=2) as source:
-                start = gs.start_frame if gs else 0
-                gs = GreenScreenSpec(
-                    0, [source.num_frames], start, tuple(background), gs.take if gs else "", gs.fps if gs else 0.0
-                )
-        spec = PromptSpec("greenscreen", objects, comments=comments, greenscreen=gs)
-    return TaskJob(spec, videos, {info.key: info for info in images})
+    return objects
 
 
 def load_task_job(

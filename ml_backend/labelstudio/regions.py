@@ -12,6 +12,7 @@ import numpy as np
 from ml_backend.exceptions import PromptError
 from ml_backend.labelstudio.brush import result_to_mask
 from ml_backend.labelstudio.config import parse_label_config
+from ml_backend.video.prompts import DEFORMABILITIES
 
 
 @dataclass
@@ -166,6 +167,6 @@ def object_attribute(
         attrs.setdefault(k, {})["presence"] = set(choices)
     else:
         choice = (value.get("choices") or ["rigid"])[0]
-        if choice not in ("rigid", "deformable"):
+        if choice not in DEFORMABILITIES:
             raise PromptError(f"{where}: obj{k}_deformability must be 'rigid' or 'deformable', got {choice!r:.40}")
         attrs.setdefault(k, {})["deformability"] = choice

@@ -159,14 +159,12 @@ def run_job(
 ) -> JobResult:
     """Propagate ``spec`` through ``videos`` (``{"video1": path, ...}``) and export into ``out_dir``.
 
-    ``options`` (:class:`~ml_backend.video.options.JobOptions`) says how; ``fields`` are
-    :class:`JobOptions` fields given one by one instead (tests), or over ``options``.
-    Writes the job's own format, ``review`` and ``quality`` (when on), and the formats in
-    ``spec.exports`` and ``options.exports`` (:func:`~ml_backend.exporters.registry.choose_exports`). Everything is checked before the
+    ``options`` (:class:`~ml_backend.video.options.JobOptions`) says how; ``fields``, its fields one
+    by one instead (tests) or over it. Writes the job's own format, ``review`` and ``quality`` (when
+    on), and the formats in ``spec.exports`` and ``options.exports``. Everything is checked before the
     model sees a frame. With ``publish`` (default) the exports are published at the end; with
     ``publish=False`` the caller decides (:meth:`JobResult.publish`), e.g. only while the job is
-    still the task's latest. ``device_rle``, ``timeline`` (per-frame timings, for benchmarks):
-    see :func:`propagate_video`.
+    still the task's latest. ``timeline`` (per-frame timings, benchmarks): :func:`propagate_video`.
     """
     options = JobOptions(**fields) if options is None else replace(options, **fields)
     check_job(spec, videos)

@@ -49,6 +49,9 @@ from ml_backend.video.propagation import FramePrompt
 
 VIDEO_KEYS = ("video1", "video2")
 
+#: How an object moves, in prompt files and in annotations (``obj<k>_deformability``).
+DEFORMABILITIES = ("rigid", "deformable")
+
 #: A take's name: it is a folder name in the local-files root and under ``RESULTS_DIR``.
 TAKE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -102,7 +105,7 @@ class PromptSpec:
         return {o.id: o.prompts.get(video, []) for o in self.objects if o.in_video.get(video)}
 
 
-def _merge_same_frame(prompts: list[FramePrompt]) -> list[FramePrompt]:
+def merge_same_frame(prompts: list[FramePrompt]) -> list[FramePrompt]:
     by_frame: dict[int, FramePrompt] = {}
     for p in prompts:
         if p.frame in by_frame and p.mask is None and by_frame[p.frame].mask is None:
@@ -223,54 +226,7 @@ def parse_prompts(data: Any) -> PromptSpec:
     objects: list[ObjectSpec] = []
     seen: set[int] = set()
     for i, raw in enumerate(raw_objects):
-        where = f"objects[{i}]"
-        if not isinstance(raw, dict):
-            raise PromptError(f"{where} must be an object")
-        obj_id = raw.get("id", i + 1)
-        if not _is_int(obj_id) or obj_id < 1 or obj_id in seen:
-            raise PromptError(f"{where}.id must be a unique positive integer, got {obj_id!r:.40}")
-        seen.add(obj_id)
-        raw_prompts = raw.get("prompts") or []
-        if not isinstance(raw_prompts, list):
-            raise PromptError(f"{where}.prompts must be a list")
-        prompts: dict[str, list[FramePrompt]] = {}
-        for j, rp in enumerate(raw_prompts):
-            video, prompt = _prompt(rp, f"{where}.prompts[{j}]")
-            prompts.setdefault(video, []).append(prompt)
-        prompts = {v: _merge_same_frame(ps) for v, ps in prompts.items()}
-        in_video = {}
-        for v in VIDEO_KEYS:
-            flag = raw.get(f"in_{v}")
-            if flag is not None and not isinstance(flag, bool):
-                raise PromptError(f"{where}.in_{v} must be true or false, got {flag!r:.40}")
-            in_video[v] = bool(prompts.get(v)) if flag is None else flag
-            if flag is False and prompts.get(v):
-                raise PromptError(
-                    f"object {obj_id} has prompts in {v} but in_{v} is false: remove those prompts or set in_{v} true"
-                )
-        if not any(in_video.values()):
-            raise PromptError(
-                f"object {obj_id} ({str(raw.get('name', '?'))[:60]}) has no prompts: click at least one point on it"
-            )
-        deform = raw.get("deformability", "rigid")
-        if deform not in ("rigid", "deformable"):
-            raise PromptError(f"{where}.deformability must be 'rigid' or 'deformable', got {deform!r:.40}")
-        number = raw.get("number", 1)
-        if not _is_int(number) or number < 1:
-            raise PromptError(f"{where}.number must be a positive integer (multiplicity index), got {number!r:.40}")
-        name = raw.get("name")
-        if name is not None and not isinstance(name, str):
-            raise PromptError(f"{where}.name must be a string")
-        objects.append(
-            ObjectSpec(
-                id=obj_id,
-                name=name or f"object{obj_id}",
-                number=number,
-                in_video=in_video,
-                deformability=deform,
-                prompts=prompts,
-            )
-        )
+        objects.append(_parse_object(raw, i, seen))
     gs = parse_greenscreen(data.get("greenscreen")) if fmt == "greenscreen" else None
     videos = data.get("videos") or {}
     if not isinstance(videos, dict) or not all(k in VIDEO_KEYS and isinstance(v, str) for k, v in videos.items()):
@@ -285,6 +241,56 @@ def parse_prompts(data: Any) -> PromptSpec:
         videos=dict(videos),
         greenscreen=gs,
         exports=exports,
+    )
+
+
+def _parse_object(raw: Any, i: int, seen: set[int]) -> ObjectSpec:
+    """``objects[i]`` of a prompt file, checked (``seen``: the ids before it)."""
+    where = f"objects[{i}]"
+    if not isinstance(raw, dict):
+        raise PromptError(f"{where} must be an object")
+    obj_id = raw.get("id", i + 1)
+    if not _is_int(obj_id) or obj_id < 1 or obj_id in seen:
+        raise PromptError(f"{where}.id must be a unique positive integer, got {obj_id!r:.40}")
+    seen.add(obj_id)
+    raw_prompts = raw.get("prompts") or []
+    if not isinstance(raw_prompts, list):
+        raise PromptError(f"{where}.prompts must be a list")
+    prompts: dict[str, list[FramePrompt]] = {}
+    for j, rp in enumerate(raw_prompts):
+        video, prompt = _prompt(rp, f"{where}.prompts[{j}]")
+        prompts.setdefault(video, []).append(prompt)
+    prompts = {v: merge_same_frame(ps) for v, ps in prompts.items()}
+    in_video = {}
+    for v in VIDEO_KEYS:
+        flag = raw.get(f"in_{v}")
+        if flag is not None and not isinstance(flag, bool):
+            raise PromptError(f"{where}.in_{v} must be true or false, got {flag!r:.40}")
+        in_video[v] = bool(prompts.get(v)) if flag is None else flag
+        if flag is False and prompts.get(v):
+            raise PromptError(
+                f"object {obj_id} has prompts in {v} but in_{v} is false: remove those prompts or set in_{v} true"
+            )
+    if not any(in_video.values()):
+        raise PromptError(
+            f"object {obj_id} ({str(raw.get('name', '?'))[:60]}) has no prompts: click at least one point on it"
+        )
+    deform = raw.get("deformability", "rigid")
+    if deform not in DEFORMABILITIES:
+        raise PromptError(f"{where}.deformability must be 'rigid' or 'deformable', got {deform!r:.40}")
+    number = raw.get("number", 1)
+    if not _is_int(number) or number < 1:
+        raise PromptError(f"{where}.number must be a positive integer (multiplicity index), got {number!r:.40}")
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise PromptError(f"{where}.name must be a string")
+    return ObjectSpec(
+        id=obj_id,
+        name=name or f"object{obj_id}",
+        number=number,
+        in_video=in_video,
+        deformability=deform,
+        prompts=prompts,
     )
 
 

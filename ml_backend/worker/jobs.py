@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +168,11 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
 
     settings = current_settings()
     job = get_current_job()
-    conn = job.connection if job else None
+    ids = _TaskIds(project_id, task_id, annotation_id)
     gate = None
     if job is not None:
         gate = PublishGate(
-            conn,
+            job.connection,
             job.id,
             f"task:{project_id}:{task_id}",
             records.latest_key(project_id, task_id, annotation_id),
@@ -188,43 +189,11 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
         if gate is not None
         else ProgressMeta(job, on_percent=state.progress)
     )
-    running: dict[str, Any] = {"job_state": "running", "job_progress": 0, "job_error": ""}
-    if job is not None:  # the annotation's line goes with the columns (one write), or alone
-        records.note(conn, project_id, task_id, annotation_id, "running", job=job.id, reason="")
-        if state.is_latest():
-            running["job_message"] = records.message(conn, project_id, task_id)
-        else:
-            records.write_message(settings, conn, project_id, task_id)
+    running = _announce(settings, job, state, ids)
     try:
         state.note = running["job_error"] = RERUN_NOTE if current_rerun() else ""
         state.write(running)  # best-effort: LABEL_STUDIO_BEST_EFFORT_SECONDS at most
-        progress.stage("loading task")
-        try:
-            task_job = load_task_job(settings, project_id, task_id, annotation_id, connection=conn)
-        except JobError:
-            if gate is not None:
-                gate.check()  # a deletion seen meanwhile is the reason, not the missing annotation
-            raise
-        task_dir = job_out_dir(settings.results_root, project_id, task_id, task_job.spec)
-        if job is None:  # a local run: the task's folder, no Label Studio lifecycle
-            with _run(task_job.spec, task_job.videos, task_dir, settings, progress) as result:
-                state.close()
-                result.publish()
-                return _finish_task(result, task_job, task_id, settings, job, progress)
-        out_dir = records.annotation_dir(settings.results_root, project_id, task_id, annotation_id)
-        with _run(task_job.spec, task_job.videos, out_dir, settings, progress) as result:
-            state.close()  # no progress write may land after the final state
-            with gate:
-                progress.stage("publishing")
-                queue = JobQueue(conn, settings)
-                # the version this job propagated (as loaded), not the one its id was made from
-                loaded = task_job.annotation_fp or job.id.rsplit("-", 1)[-1]
-                primary = checks.verify(settings, conn, queue, project_id, task_id, annotation_id, loaded)
-                result.publish()
-                return _finish_task(
-                    result, task_job, task_id, settings, job, progress,
-                    project_id=project_id, annotation_id=annotation_id, primary=primary, task_dir=task_dir,
-                )  # fmt: skip
+        return _propagate_task(settings, job, gate, state, progress, ids)
     except Superseded as exc:
         state.close()
         if job is None:
@@ -232,23 +201,84 @@ def propagate_task(project_id: int, task_id: int, annotation_id: int) -> dict[st
         return _task_superseded(settings, job, project_id, task_id, annotation_id, exc)
     except BaseException as exc:
         state.close()
-        if isinstance(exc, WorkerStopping):  # the worker puts it back and says "queued"
-            if job is not None:
-                records.note(conn, project_id, task_id, annotation_id, "queued", reason="worker restarted")
-                records.write_message(settings, conn, project_id, task_id)
-            raise
-        state.failed(exc)
-        if job is not None:
-            reason = str(exc) if isinstance(exc, JobError) else f"the job stopped on an unexpected {type(exc).__name__}"
-            retrying = not isinstance(exc, JobError) and (job.retries_left or 0) > 0
-            records.note(
-                conn, project_id, task_id, annotation_id, "queued" if retrying else "failed",
-                reason=("retrying after: " if retrying else "") + records.user_reason(reason, settings),
-            )  # fmt: skip
-            records.write_message(settings, conn, project_id, task_id)
+        _note_failure(settings, job, state, ids, exc)
         raise
     finally:
         state.close()
+
+
+@dataclass(frozen=True)
+class _TaskIds:
+    project: int
+    task: int
+    annotation: int
+
+
+def _announce(settings: Settings, job: Any, state: JobState, ids: _TaskIds) -> dict[str, Any]:
+    """Note the annotation as running; the task's columns to write first (with its message when
+    this job is the task's latest, which goes in the same write)."""
+    running: dict[str, Any] = {"job_state": "running", "job_progress": 0, "job_error": ""}
+    if job is not None:  # the annotation's line goes with the columns (one write), or alone
+        conn = job.connection
+        records.note(conn, ids.project, ids.task, ids.annotation, "running", job=job.id, reason="")
+        if state.is_latest():
+            running["job_message"] = records.message(conn, ids.project, ids.task)
+        else:
+            records.write_message(settings, conn, ids.project, ids.task)
+    return running
+
+
+def _propagate_task(
+    settings: Settings, job: Any, gate: PublishGate | None, state: JobState, progress: Any, ids: _TaskIds
+) -> dict[str, Any]:
+    """Load the task, propagate, and publish through ``gate`` (a local run, without a job,
+    publishes into the task's folder at once)."""
+    conn = job.connection if job else None
+    progress.stage("loading task")
+    try:
+        task_job = load_task_job(settings, ids.project, ids.task, ids.annotation, connection=conn)
+    except JobError:
+        if gate is not None:
+            gate.check()  # a deletion seen meanwhile is the reason, not the missing annotation
+        raise
+    task_dir = job_out_dir(settings.results_root, ids.project, ids.task, task_job.spec)
+    if job is None or gate is None:  # a local run: the task's folder, no Label Studio lifecycle
+        with _run(task_job.spec, task_job.videos, task_dir, settings, progress) as result:
+            state.close()
+            result.publish()
+            return _finish_task(result, task_job, ids.task, settings, job, progress)
+    out_dir = records.annotation_dir(settings.results_root, ids.project, ids.task, ids.annotation)
+    with _run(task_job.spec, task_job.videos, out_dir, settings, progress) as result:
+        state.close()  # no progress write may land after the final state
+        with gate:
+            progress.stage("publishing")
+            queue = JobQueue(conn, settings)
+            # the version this job propagated (as loaded), not the one its id was made from
+            loaded = task_job.annotation_fp or job.id.rsplit("-", 1)[-1]
+            primary = checks.verify(settings, conn, queue, ids.project, ids.task, ids.annotation, loaded)
+            result.publish()
+            return _finish_task(
+                result, task_job, ids.task, settings, job, progress,
+                project_id=ids.project, annotation_id=ids.annotation, primary=primary, task_dir=task_dir,
+            )  # fmt: skip
+
+
+def _note_failure(settings: Settings, job: Any, state: JobState, ids: _TaskIds, exc: BaseException) -> None:
+    """Say why the job stopped: queued again after a worker stop, retrying, or failed."""
+    if isinstance(exc, WorkerStopping):  # the worker puts it back and says "queued"
+        if job is not None:
+            records.note(job.connection, ids.project, ids.task, ids.annotation, "queued", reason="worker restarted")
+            records.write_message(settings, job.connection, ids.project, ids.task)
+        return
+    state.failed(exc)
+    if job is not None:
+        reason = str(exc) if isinstance(exc, JobError) else f"the job stopped on an unexpected {type(exc).__name__}"
+        retrying = not isinstance(exc, JobError) and (job.retries_left or 0) > 0
+        records.note(
+            job.connection, ids.project, ids.task, ids.annotation, "queued" if retrying else "failed",
+            reason=("retrying after: " if retrying else "") + records.user_reason(reason, settings),
+        )  # fmt: skip
+        records.write_message(settings, job.connection, ids.project, ids.task)
 
 
 def _task_superseded(

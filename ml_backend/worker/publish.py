@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,96 +40,143 @@ def _finish_task(
     ``result.out_dir``): the task's export folder and review fields when the annotation is the
     task's primary one, the prediction (older ones of the same annotation deleted after it), and
     the annotation's status line."""
+    finish = _Finish(result, task_job, task_id, settings, job, progress, project_id, annotation_id, primary, task_dir)
+    return finish.run()
 
-    conn = job.connection if job else None
-    lifecycled = conn is not None and annotation_id is not None
-    is_primary = not lifecycled or primary == annotation_id
 
-    def deleted_now() -> None:
-        if lifecycled and records.is_deleted(conn, task_id, annotation_id):
-            lifecycle.remove_annotation(settings, conn, project_id, task_id, annotation_id, lock_held=True)
-            raise Superseded(f"annotation {annotation_id} was deleted while its job published")
+@dataclass
+class _Finish:
+    result: Any
+    task_job: Any
+    task_id: int
+    settings: Settings
+    job: Any
+    progress: ProgressMeta
+    project_id: int | None
+    annotation_id: int | None
+    primary: int | None
+    task_dir: Path | None
 
-    progress.stage("updating the task")
-    key = (job.id.rsplit("-", 1)[-1] if job else "local")[:16]
-    summary_review: dict[str, Any] = {}
-    where, rels = str(result.out_dir), []
-    if lifecycled:
-        deleted_now()
-        shared = task_job.spec.format == "greenscreen"
-        if is_primary:
-            rels = lifecycle.mirror(result.files, Path(result.out_dir), task_dir, shared=shared)
-            lifecycle.set_primary(conn, project_id, task_id, annotation_id, job.id, task_dir, rels, shared)
-            gs = task_job.spec.greenscreen
-            if shared and settings.greenscreen_mp4 and gs is not None and gs.segment_frames:
+    def __post_init__(self) -> None:
+        self.conn = self.job.connection if self.job else None
+        self.lifecycled = self.conn is not None and self.annotation_id is not None
+        self.is_primary = not self.lifecycled or self.primary == self.annotation_id
+        self.review: dict[str, Any] = {}
+
+    def run(self) -> dict[str, Any]:
+        self.progress.stage("updating the task")
+        where, rels = self.place()
+        self.note_done()
+        data = self.write_review()
+        if self.job is not None and data:
+            _request_prefetch(self.conn, self.project_id, self.task_id, self.task_job, data)
+        self.progress.stage("posting prediction")
+        prediction, replaced = self.post_prediction()
+        self.progress.stage("exported")
+        summary = _summary(self.result)
+        summary["prediction_regions"] = len(prediction)
+        summary["review"] = self.review
+        summary["signs"] = self.task_job.signs  # keypoints whose sign was given, recorded or unknown
+        if self.lifecycled:
+            summary.update(annotation=self.annotation_id, primary=self.is_primary,
+                           annotation_dir=str(self.result.out_dir), replaced_predictions=replaced)  # fmt: skip
+            if self.is_primary:  # where the task's export is (the annotation's own folder holds the same files)
+                summary.update(out_dir=where, files=[str(Path(where) / rel) for rel in rels])
+        return summary
+
+    def deleted_now(self) -> None:
+        if self.lifecycled and records.is_deleted(self.conn, self.task_id, self.annotation_id):
+            lifecycle.remove_annotation(
+                self.settings, self.conn, self.project_id, self.task_id, self.annotation_id, lock_held=True
+            )
+            raise Superseded(f"annotation {self.annotation_id} was deleted while its job published")
+
+    def place(self) -> tuple[str, list[str]]:
+        """The primary annotation's files mirrored into the task's folder; ``(where, files)``."""
+        where, rels = str(self.result.out_dir), []
+        if not self.lifecycled:
+            return where, rels
+        self.deleted_now()
+        conn, project_id, task_id, task_dir = self.conn, self.project_id, self.task_id, self.task_dir
+        shared = self.task_job.spec.format == "greenscreen"
+        if self.is_primary:
+            rels = lifecycle.mirror(self.result.files, Path(self.result.out_dir), task_dir, shared=shared)
+            lifecycle.set_primary(conn, project_id, task_id, self.annotation_id, self.job.id, task_dir, rels, shared)
+            gs = self.task_job.spec.greenscreen
+            if shared and self.settings.greenscreen_mp4 and gs is not None and gs.segment_frames:
                 assemble_greenscreen_mp4(task_dir, list(gs.segment_frames), gs.start_frame,
-                                         gs.fps or settings.greenscreen_fps or 30.0)  # fmt: skip
+                                         gs.fps or self.settings.greenscreen_fps or 30.0)  # fmt: skip
             where = str(task_dir)
         else:
             record = lifecycle.primary_record(conn, project_id, task_id)
-            if record is not None and int(record["annotation"]) == annotation_id:
+            if record is not None and int(record["annotation"]) == self.annotation_id:
                 lifecycle.remove_task_result(conn, project_id, task_id)  # its older version was primary
+        return where, rels
 
-    root = Path(settings.results_root)
-    if lifecycled:  # the annotation's line is written with the task's review fields (one write)
-        if is_primary:
-            records.note(conn, project_id, task_id, annotation_id, "done", role="primary", job=job.id,
-                           task_dir=_relative(task_dir, root), dir=_relative(result.out_dir, root), reason="")  # fmt: skip
+    def note_done(self) -> None:
+        """The annotation's line, written with the task's review fields (one write)."""
+        if not self.lifecycled:
+            return
+        root = Path(self.settings.results_root)
+        ids = (self.conn, self.project_id, self.task_id, self.annotation_id, "done")
+        if self.is_primary:
+            records.note(*ids, role="primary", job=self.job.id, task_dir=_relative(self.task_dir, root),
+                         dir=_relative(self.result.out_dir, root), reason="")  # fmt: skip
         else:
-            why = f"annotation {primary} is the task's primary one: the ground truth, else the most recently updated"
-            records.note(conn, project_id, task_id, annotation_id, "done", role="other", job=job.id,
-                           dir=_relative(result.out_dir, root), reason=why)  # fmt: skip
-
-    def change(data: dict[str, Any]) -> dict[str, Any]:
-        changes, review = review_task(settings, task_job, result, data, key)
-        summary_review.update(review)
-        if lifecycled and not is_primary:  # the task shows its primary annotation's review
-            changes = {}
-        if lifecycled:
-            changes["job_message"] = records.message(conn, project_id, task_id)
-        return changes
-
-    data = None
-    try:  # best-effort: the prediction is the job's result, not the columns
-        data = update_task_data(settings, conn, task_id, change, seconds=settings.label_studio_best_effort_seconds)
-    except Exception as exc:
-        log.warning(
-            "could not write task %s's review columns (%s); posting the prediction", task_id, type(exc).__name__
-        )
-    if job is not None and data:
-        _request_prefetch(conn, project_id, task_id, task_job, data)
-    progress.stage("posting prediction")
-    version = f"{model_version(settings)}-job-{job.id if job else 'local'}"
-    prediction = task_job.prediction(result, version)
-    score = float(summary_review.get("confidence", 1.0))
-    if lifecycled:
-        deleted_now()
-    posted = with_backoff(
-        lambda: labelstudio.client(settings.label_studio_url, settings.label_studio_api_key).predictions.create(
-            task=task_id, result=prediction, model_version=version, score=score
-        ),
-        seconds=settings.label_studio_retry_seconds,
-        what=f"Label Studio at {settings.label_studio_url}",
-    )
-    replaced = 0
-    if lifecycled:
-        try:
-            replaced = predictions.delete_predictions(
-                settings, project_id, task_id, annotation_id, keep=int(getattr(posted, "id", 0) or 0)
+            why = (
+                f"annotation {self.primary} is the task's primary one: the ground truth, else the most recently updated"
             )
-        except Exception as exc:  # the new one is posted: an old tab left is not worth a failed job
-            log.warning("could not delete older predictions of annotation %s (%s)", annotation_id, exc)
-    progress.stage("exported")
-    summary = _summary(result)
-    summary["prediction_regions"] = len(prediction)
-    summary["review"] = summary_review
-    summary["signs"] = task_job.signs  # keypoints whose sign was given, recorded or unknown
-    if lifecycled:
-        summary.update(annotation=annotation_id, primary=is_primary, annotation_dir=str(result.out_dir),
-                       replaced_predictions=replaced)  # fmt: skip
-        if is_primary:  # where the task's export is (the annotation's own folder holds the same files)
-            summary.update(out_dir=where, files=[str(Path(where) / rel) for rel in rels])
-    return summary
+            records.note(*ids, role="other", job=self.job.id, dir=_relative(self.result.out_dir, root), reason=why)
+
+    def write_review(self) -> dict[str, Any] | None:
+        """The task's review columns (best-effort: the prediction is the job's result, not the columns)."""
+        key = (self.job.id.rsplit("-", 1)[-1] if self.job else "local")[:16]
+
+        def change(data: dict[str, Any]) -> dict[str, Any]:
+            changes, review = review_task(self.settings, self.task_job, self.result, data, key)
+            self.review.update(review)
+            if self.lifecycled and not self.is_primary:  # the task shows its primary annotation's review
+                changes = {}
+            if self.lifecycled:
+                changes["job_message"] = records.message(self.conn, self.project_id, self.task_id)
+            return changes
+
+        seconds = self.settings.label_studio_best_effort_seconds
+        try:
+            return update_task_data(self.settings, self.conn, self.task_id, change, seconds=seconds)
+        except Exception as exc:
+            log.warning(
+                "could not write task %s's review columns (%s); posting the prediction",
+                self.task_id,
+                type(exc).__name__,
+            )
+            return None
+
+    def post_prediction(self) -> tuple[list[dict[str, Any]], int]:
+        """Post the prediction, then delete the annotation's older ones; ``(regions, deleted)``."""
+        settings, job = self.settings, self.job
+        version = f"{model_version(settings)}-job-{job.id if job else 'local'}"
+        prediction = self.task_job.prediction(self.result, version)
+        score = float(self.review.get("confidence", 1.0))
+        if self.lifecycled:
+            self.deleted_now()
+        posted = with_backoff(
+            lambda: labelstudio.for_settings(settings).predictions.create(
+                task=self.task_id, result=prediction, model_version=version, score=score
+            ),
+            seconds=settings.label_studio_retry_seconds,
+            what=f"Label Studio at {settings.label_studio_url}",
+        )
+        replaced = 0
+        if self.lifecycled:
+            keep = int(getattr(posted, "id", 0) or 0)
+            try:
+                replaced = predictions.delete_predictions(
+                    settings, self.project_id, self.task_id, self.annotation_id, keep=keep
+                )
+            except Exception as exc:  # the new one is posted: an old tab left is not worth a failed job
+                log.warning("could not delete older predictions of annotation %s (%s)", self.annotation_id, exc)
+        return prediction, replaced
 
 
 def _relative(path: Any, root: Path) -> str:
