@@ -151,7 +151,7 @@ def child_stages(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bench.masks import NoiseLogits, ShapeLogits
-    from ml_backend.exporters import staging as exports
+    from ml_backend.exporters import masks as exports
     from ml_backend.video import frames
     from ml_backend.video.quality import Track
 
