@@ -174,7 +174,7 @@ def apply_signs(
 
 
 def sign_webhook(store: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    """A webhook ``payload`` (ids checked by :func:`ml_backend.worker.jobs.clean_webhook`) whose
+    """A webhook ``payload`` (ids checked by :func:`ml_backend.labelstudio.webhook.clean_webhook`) whose
     annotation's keypoints carry their signs (:func:`apply_signs`, which records the given ones).
     A payload without an annotation, task or project comes back as it is."""
     annotation = payload.get("annotation")

@@ -26,7 +26,7 @@ encoded again, and the page embedded here is ready for the next click.
 Files: ``<task folder>/review/<label>_first-<fingerprint>.png`` under the local-files root
 (:func:`ml_backend.labelstudio.taskdata.task_folder`), ``<label>`` = ``segment_XXX`` (task data
 ``segment_index``) or ``pair`` for a two-video task (one row per video), ``<fingerprint>`` =
-:func:`ml_backend.worker.jobs.fingerprint` of the annotation, so a browser never shows a stale copy;
+:func:`ml_backend.labelstudio.annotations.fingerprint` of the annotation, so a browser never shows a stale copy;
 older ``<label>_first-*.png`` are removed. Nothing is rendered when the task's frames are not
 local-files files, or the annotation has no points or masks on page 0 (a log line says so).
 

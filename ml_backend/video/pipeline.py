@@ -238,7 +238,7 @@ def propagate_video(
     memory, with an event; no synchronisation) and the object scores likewise
     (:func:`~ml_backend.video.propagation.object_scores_later`), and hands the frame to the export
     thread. The export thread waits for the copies, encodes each mask's COCO RLE from its
-    bounding box (:func:`~ml_backend.exporters.staging.mask_rle`), spools it and feeds the exporters.
+    bounding box (:func:`~ml_backend.exporters.masks.mask_rle`), spools it and feeds the exporters.
 
     ``device_rle=True`` (off by default, ``None`` means off): find each mask's runs on the
     model's device in the model's thread instead (SAM 2's ``mask_to_rle_pytorch``, which

@@ -85,7 +85,7 @@ class Track:
     def record(self, frame: int, mask: np.ndarray, score: float | None = None, iou: float | None = None) -> None:
         """Signals of ``frame`` from an ``H×W`` bool ``mask`` (and the model's numbers, if any).
 
-        Counts only inside the mask's bounding box (:func:`~ml_backend.exporters.staging.mask_box`): the
+        Counts only inside the mask's bounding box (:func:`~ml_backend.exporters.masks.mask_box`): the
         same integers as counting over the whole frame, for a fraction of the cost."""
         box = mask_box(mask)
         self.seen[frame] = True

@@ -82,7 +82,7 @@ class JobQueue:
         self, project_id: int, task_id: int, annotation_id: int, fp: str, *, rerun: bool = False
     ) -> tuple[Any, bool]:
         """``(job, created)``: the job for this annotation version, which becomes the annotation's
-        latest (:data:`ml_backend.worker.lifecycle.LATEST_KEY`) and the task's newest (its state columns).
+        latest (:data:`ml_backend.worker.records.LATEST_KEY`) and the task's newest (its state columns).
 
         An unfinished job for the same version is reused. A finished one is reused only if it
         is already the annotation's latest (the same submission twice) and ``rerun`` is not set;
