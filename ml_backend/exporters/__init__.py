@@ -1,1 +1,1 @@
-"""Export formats: the interface, the registry, staging and RLE, one module per format."""
+"""Export formats: the interface, the registry, masks and staging, one module per format."""

@@ -1,4 +1,4 @@
-"""Export formats as plug-ins: one propagation, many formats.
+"""The exporter interface: what a format implements to be fed from one propagation.
 
 Each format is a class in its own module (``scenediff``, ``greenscreen``, ``review``, ``davis``,
 ``ytvis``, ``mots``), registered by name in :data:`REGISTRY`. :func:`ml_backend.video.pipeline.run_job`

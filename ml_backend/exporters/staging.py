@@ -1,4 +1,4 @@
-"""What every export format shares: COCO RLE, atomic writes, the staging folder, the mask spool.
+"""What every export format shares: atomic writes, the staging folder and publishing, the mask spool.
 
 Formats themselves are plug-ins (:mod:`ml_backend.exporters.interface`); they write under a hidden staging
 folder (:class:`Staging`) and the job renames their files into place only when complete, so an

@@ -1,4 +1,4 @@
-"""The HTTP server Label Studio talks to: the app factory; its routes are in :mod:`.routes`, nothing heavy at import.
+"""The backend's Flask app factory: the predictor, the queue, previews and signs wired to the routes.
 
 Routes (the Label Studio ML-backend protocol, payloads in the README):
 

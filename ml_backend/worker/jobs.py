@@ -1,4 +1,4 @@
-"""Propagation jobs on an RQ queue: enqueueing (with de-duplication), the job functions, status.
+"""The RQ job functions: propagate a prompt document, or a Label Studio annotation, and publish it.
 
 Job functions are importable module-level functions, as RQ wants:
 

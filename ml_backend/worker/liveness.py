@@ -1,4 +1,4 @@
-"""Worker liveness and graceful stops.
+"""Worker liveness: a key each worker renews, and how soon a lost worker's job is requeued.
 
 **Liveness.** Each worker keeps ``sam2:worker-alive:<name>`` in Redis with a short TTL
 (``WORKER_ALIVE_TTL``, 10 s), renewed every fifth of it by a thread of its own (:class:`AliveKey`),
@@ -10,7 +10,7 @@ least a renewal apart (:func:`holder_gone`), so a job whose worker was killed is
 ``WORKER_ALIVE_TTL`` + ``WORKER_ALIVE_TTL``/5 + two watchdog intervals (:func:`requeue_bound`):
 about 22 s with the defaults (a watchdog interval is 1–5 s).
 
-**Graceful stop.** On SIGINT/SIGTERM the worker calls :func:`request_stop`; the job thread meets
+**Graceful stop** (:mod:`ml_backend.stopping`). On SIGINT/SIGTERM the worker calls `request_stop`; the job meets
 :func:`check_stop` at its next frame (the progress callback), at a stage before publishing, or in
 a backoff pause, and raises :class:`~ml_backend.exceptions.WorkerStopping`. The worker then puts
 the job back at the front of the queue without using a retry. Once the job is publishing it is no
