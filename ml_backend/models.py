@@ -22,6 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ml_backend.exceptions import CheckpointMissing, ConfigurationError
+from ml_backend.settings import checkpoint_name  # noqa: F401 - public here too (the download script)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -44,13 +45,6 @@ CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 #: The video predictor classes SAM 2's config instantiates instead of its own (objects batched).
 TARGET = "ml_backend.video.batched.BatchedVideoPredictor"
 TARGET_VOS = "ml_backend.video.batched.BatchedVideoPredictorVOS"
-
-
-def checkpoint_name(model_size: str) -> str:
-    """File name of the official checkpoint, e.g. ``sam2.1_hiera_tiny.pt``."""
-    if model_size not in MODEL_CONFIGS:
-        raise ConfigurationError(f"unknown model size {model_size!r}")
-    return f"sam2.1_hiera_{model_size}.pt"
 
 
 def model_version(settings: Settings) -> str:

@@ -20,9 +20,17 @@ from typing import Any
 from ml_backend import defaults
 from ml_backend.exceptions import ConfigurationError
 from ml_backend.exporters.registry import REGISTRY
-from ml_backend.models import checkpoint_name
 
 MODEL_SIZES = ("tiny", "small", "base_plus", "large")
+
+
+def checkpoint_name(model_size: str) -> str:
+    """File name of the official checkpoint, e.g. ``sam2.1_hiera_tiny.pt``."""
+    if model_size not in MODEL_SIZES:
+        raise ConfigurationError(f"unknown model size {model_size!r}")
+    return f"sam2.1_hiera_{model_size}.pt"
+
+
 DEVICES = ("auto", "cuda", "mps", "cpu")
 WEBHOOK_MODES = ("auto", "batch")
 
