@@ -3,7 +3,7 @@
 Importing this package is cheap: torch, sam2 and the model load only when first needed.
 """
 
-from .exceptions import (
+from ml_backend.exceptions import (
     AlreadyPublished,
     BadPayload,
     BadPoint,
@@ -28,7 +28,7 @@ from .exceptions import (
     UnknownTag,
     VideoError,
 )
-from .settings import Settings
+from ml_backend.settings import Settings
 
 __version__ = "0.1.0"
 
@@ -63,7 +63,7 @@ __all__ = [
 
 
 def create_app(*args, **kwargs):
-    """The backend's Flask app; see :func:`ml_backend.app.create_app`."""
-    from .app import create_app as _create_app
+    """The backend's Flask app; see :func:`ml_backend.server.app.create_app`."""
+    from ml_backend.server.app import create_app as _create_app
 
     return _create_app(*args, **kwargs)

@@ -14,14 +14,14 @@ import logging
 import os
 import sys
 
-from . import defaults
+from ml_backend import defaults
 
 
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
-    from .models import check_checkpoint
-    from .settings import Settings
+    from ml_backend.models import check_checkpoint
+    from ml_backend.settings import Settings
 
     settings = Settings.from_env()
     if args.port:
@@ -39,11 +39,11 @@ def _serve(args: argparse.Namespace) -> int:
 
         def load(self):
             # Runs in the worker process after the fork: the model (and CUDA) start there.
-            from .app import create_app
+            from ml_backend.server.app import create_app
 
             jobs = None
             if not args.no_queue:
-                from .jobs import JobQueue
+                from ml_backend.worker.queue import JobQueue
 
                 # a webhook answers 503 after a few seconds of Redis outage instead of hanging
                 jobs = JobQueue.from_settings(
@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _settings(_: argparse.Namespace) -> int:
-    from .settings import Settings
+    from ml_backend.settings import Settings
 
     print("| Variable | Default | Meaning |")
     print("|---|---|---|")
@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     show = sub.add_parser("settings", help="print the settings table")
     show.set_defaults(func=_settings)
 
-    from . import cli
+    from ml_backend import cli
 
     cli.add_commands(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .exceptions import ConfigurationError
+    from ml_backend.exceptions import ConfigurationError
 
     try:
         return int(args.func(args) or 0)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(exc, RedisError):
             raise
-        from .connection import redacted
+        from ml_backend.connection import redacted
 
         url = redacted(os.environ.get("REDIS_URL") or defaults.REDIS_URL)
         print(f"error: Redis at {url} did not answer ({type(exc).__name__}); is redis-server running?", file=sys.stderr)

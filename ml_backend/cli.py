@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from ml_backend import models
+from ml_backend.exceptions import MLBackendError, PromptError
+from ml_backend.exporters.registry import choose_exports
+from ml_backend.models import resolve_device
+from ml_backend.settings import Settings
+from ml_backend.video.options import JobOptions
+from ml_backend.video.pipeline import check_job, run_job
+from ml_backend.video.prompts import load_prompts
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import make_worker
+
 
 def _worker(args: argparse.Namespace) -> int:
-    from .settings import Settings
-    from .worker import make_worker
 
     settings = Settings.from_env()
     worker = make_worker(settings, preload=not args.lazy)
@@ -21,9 +33,6 @@ def _worker(args: argparse.Namespace) -> int:
 
 def check_out_dir(out: str | Path) -> Path:
     """``out`` as a folder this process can create and write, or :class:`PromptError`."""
-    import os
-
-    from .exceptions import PromptError
 
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
@@ -39,8 +48,6 @@ def check_out_dir(out: str | Path) -> Path:
 
 
 def _propagate(args: argparse.Namespace) -> int:
-    from .exceptions import MLBackendError
-    from .settings import Settings
 
     try:
         return _propagate_checked(args, Settings.from_env())
@@ -55,12 +62,6 @@ def _propagate(args: argparse.Namespace) -> int:
 def _propagate_checked(args: argparse.Namespace, settings) -> int:
     """Everything is checked before the model loads: prompts, videos (frame counts, sizes),
     the output folder; then propagate, with progress bars."""
-    from tqdm import tqdm
-
-    from .exporter import choose_exports
-    from .models import autocast, build_video_predictor, resolve_device
-    from .pipeline import check_job, run_job
-    from .prompts import load_prompts
 
     spec = load_prompts(args.prompts)
     if args.format:
@@ -76,15 +77,19 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
     check_job(spec, videos)
     choose_exports(spec, [*settings.export_list, *(args.export or [])], review=not args.no_review)
     if args.queue:
-        from .jobs import JobQueue
-
         job = JobQueue.from_settings(settings).enqueue_prompts(
             json.loads(Path(args.prompts).read_text()), videos, str(out.resolve())
         )
         print(f"queued job {job.id}; follow it with: python -m ml_backend status {job.id} --follow")
         return 0
-    predictor = build_video_predictor(settings)
-    device = resolve_device(settings.device)
+    predictor = models.build_video_predictor(settings)  # looked up here, so tests can stand in for it
+    options = JobOptions.from_settings(
+        settings,
+        exports=args.export or (),
+        review=not args.no_review,
+        quality=not args.no_quality,
+        device=resolve_device(settings.device),
+    )
     bars: dict[str, tqdm] = {}
 
     def progress(video: str, done: int, total: int) -> None:
@@ -97,18 +102,8 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
             spec,
             videos,
             out,
-            image_size=settings.image_size,
-            exports=[*settings.export_list, *(args.export or [])],
+            options,
             progress=progress,
-            review=settings.review_exports and not args.no_review,
-            quality=settings.quality_flags and not args.no_quality,
-            quality_rule=settings.quality_rule,
-            prefetch=settings.prefetch_frames,
-            prefetch_workers=settings.prefetch_workers,
-            offload_state_to_cpu=settings.offload_state_to_cpu,
-            autocast=lambda: autocast(settings, device),
-            greenscreen_mp4=settings.greenscreen_mp4,
-            greenscreen_fps=settings.greenscreen_fps,
         )
     finally:
         for bar in bars.values():
@@ -120,10 +115,6 @@ def _propagate_checked(args: argparse.Namespace, settings) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .jobs import JobQueue
-    from .settings import Settings
 
     queue = JobQueue.from_settings(Settings.from_env())
     if not args.job_id:

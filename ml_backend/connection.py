@@ -13,8 +13,14 @@ seconds is therefore invisible to a running job and to the worker loop.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from . import defaults
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+from redis.retry import Retry
+
+from ml_backend import defaults
 
 #: Longest wait between two attempts, seconds.
 BACKOFF_CAP = 2.0
@@ -35,10 +41,6 @@ def attempts_for(seconds: float, base: float = BACKOFF_BASE, cap: float = BACKOF
 
 def redis_connection(url: str, *, retry_seconds: float = defaults.REDIS_RETRY_SECONDS, **kwargs: Any) -> Any:
     """A ``redis.Redis`` for ``url`` whose commands retry for ``retry_seconds`` while Redis is away."""
-    from redis import Redis
-    from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError, TimeoutError
-    from redis.retry import Retry
 
     retry = Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), attempts_for(retry_seconds))
     return Redis.from_url(
@@ -57,7 +59,6 @@ def redis_for(settings: Any) -> Any:
 
 def redacted(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for messages and logs)."""
-    from urllib.parse import urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)

@@ -24,7 +24,7 @@ BF16 = True
 TF32 = True
 
 #: Video propagation runs the objects of a frame as one batch wherever their memory layout is
-#: the same (``ml_backend.batched``); off = SAM 2's own one-object-at-a-time loop.
+#: the same (``ml_backend.video.batched``); off = SAM 2's own one-object-at-a-time loop.
 BATCH_OBJECTS = True
 
 #: Seed for the random-weight model (``SAM2_CHECKPOINT=random``) so runs are repeatable.
@@ -132,7 +132,7 @@ EXPORTS = ""
 REVIEW_EXPORTS = True
 
 #: Record per-frame tracking quality (object scores, mask area and centroid) and flag frames where
-#: tracking may have drifted: ``review/quality.json`` (:mod:`ml_backend.quality`).
+#: tracking may have drifted: ``review/quality.json`` (:mod:`ml_backend.video.quality`).
 QUALITY_FLAGS = True
 
 #: A frame whose mask is shown with an object score (sigmoid) below this is flagged ``low_score``.

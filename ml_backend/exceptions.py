@@ -133,7 +133,7 @@ class PromptError(JobError):
 
 
 class JobRefused(JobError):
-    """A queued job that names a function this worker does not run (see :mod:`ml_backend.worker`)."""
+    """A queued job that names a function this worker does not run (see :mod:`ml_backend.worker.runner`)."""
 
 
 class Superseded(MLBackendError):
@@ -147,5 +147,5 @@ class AlreadyPublished(Superseded):
 
 class WorkerStopping(BaseException):
     """The worker was asked to stop: the running job stops at its next frame and is put back at
-    the front of the queue, without using a retry (:mod:`ml_backend.liveness`). A BaseException so
+    the front of the queue, without using a retry (:mod:`ml_backend.worker.liveness`). A BaseException so
     that no ``except Exception`` in job code swallows it."""

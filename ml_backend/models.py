@@ -5,7 +5,7 @@ Nothing here runs at import; torch and sam2 are imported inside the builders.
 ``build_image_model(settings)`` returns a ``SAM2Base`` ready for ``SAM2ImagePredictor``;
 ``build_video_predictor(settings)`` returns a ``SAM2VideoPredictor``: with
 ``settings.batch_objects`` (``SAM2_BATCH_OBJECTS``, default on) the subclass
-:class:`ml_backend.batched.BatchedVideoPredictor` that tracks the objects of a frame as one batch
+:class:`ml_backend.video.batched.BatchedVideoPredictor` that tracks the objects of a frame as one batch
 where SAM 2's memory rules allow it, else SAM 2's own class. Both builders honour:
 
 - ``settings.model_size``: one of :data:`MODEL_CONFIGS`;
@@ -17,15 +17,17 @@ where SAM 2's memory rules allow it, else SAM 2's own class. Both builders honou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import CheckpointMissing, ConfigurationError
+from ml_backend.exceptions import CheckpointMissing, ConfigurationError
+from ml_backend.settings import checkpoint_name  # noqa: F401 - public here too (the download script)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .settings import Settings
+    from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,9 @@ MODEL_CONFIGS = {
 #: Official download location of the SAM 2.1 checkpoints.
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 
-
-def checkpoint_name(model_size: str) -> str:
-    """File name of the official checkpoint, e.g. ``sam2.1_hiera_tiny.pt``."""
-    if model_size not in MODEL_CONFIGS:
-        raise ConfigurationError(f"unknown model size {model_size!r}")
-    return f"sam2.1_hiera_{model_size}.pt"
+#: The video predictor classes SAM 2's config instantiates instead of its own (objects batched).
+TARGET = "ml_backend.video.batched.BatchedVideoPredictor"
+TARGET_VOS = "ml_backend.video.batched.BatchedVideoPredictorVOS"
 
 
 def model_version(settings: Settings) -> str:
@@ -125,8 +124,6 @@ def _build(settings: Settings, *, video: bool) -> Any:
         if settings.compile:
             kwargs["vos_optimized"] = True
         if settings.batch_objects:
-            from .batched import TARGET, TARGET_VOS
-
             # the last `_target_` override wins over the one build_sam2_video_predictor sets
             overrides = [*overrides, f"++model._target_={TARGET_VOS if settings.compile else TARGET}"]
         model = build_sam2_video_predictor(
@@ -170,13 +167,12 @@ def build_image_model(settings: Settings) -> Any:
 
 def build_video_predictor(settings: Settings) -> Any:
     """A ``SAM2VideoPredictor`` in eval mode on the resolved device (batched objects unless
-    ``settings.batch_objects`` is off: :mod:`ml_backend.batched`)."""
+    ``settings.batch_objects`` is off: :mod:`ml_backend.video.batched`)."""
     return _build(settings, video=True)
 
 
 def autocast(settings: Settings, device: str | torch.device) -> Any:
     """The autocast context for inference: bf16 on CUDA when enabled, otherwise a no-op."""
-    import contextlib
 
     import torch
 

@@ -17,10 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import defaults
-from .exceptions import ConfigurationError
+from ml_backend import defaults
+from ml_backend.exceptions import ConfigurationError
+from ml_backend.exporters.registry import REGISTRY
 
 MODEL_SIZES = ("tiny", "small", "base_plus", "large")
+
+
+def checkpoint_name(model_size: str) -> str:
+    """File name of the official checkpoint, e.g. ``sam2.1_hiera_tiny.pt``."""
+    if model_size not in MODEL_SIZES:
+        raise ConfigurationError(f"unknown model size {model_size!r}")
+    return f"sam2.1_hiera_{model_size}.pt"
+
+
 DEVICES = ("auto", "cuda", "mps", "cpu")
 WEBHOOK_MODES = ("auto", "batch")
 
@@ -29,244 +39,199 @@ def _env(name: str, doc: str) -> dict[str, str]:
     return {"env": name, "doc": doc}
 
 
+def setting(default: Any, env: str, doc: str) -> Any:
+    """A field of :class:`Settings`: its default, the environment variable that sets it, and what it does."""
+    return field(default=default, metadata=_env(env, doc))
+
+
+@dataclass(frozen=True)
+class QualityRule:
+    """Thresholds of the flag rule (see the module docstring); defaults in :mod:`.defaults`."""
+
+    min_score: float = defaults.QUALITY_MIN_SCORE
+    area_ratio: float = defaults.QUALITY_AREA_RATIO
+    jump: float = defaults.QUALITY_JUMP
+    max_pages: int = defaults.REVIEW_MAX_PAGES
+
+
 @dataclass(frozen=True)
 class Settings:
     """All run-time settings. Build with :meth:`from_env`; tests may pass keyword arguments."""
 
-    model_size: str = field(
-        default=defaults.MODEL_SIZE,
-        metadata=_env("SAM2_MODEL_SIZE", "SAM 2.1 model: tiny, small, base_plus or large"),
+    model_size: str = setting(defaults.MODEL_SIZE, "SAM2_MODEL_SIZE", "SAM 2.1 model: tiny, small, base_plus or large")
+    checkpoint: str = setting(
+        "",
+        "SAM2_CHECKPOINT",
+        "checkpoint file; empty = `<SAM2_CHECKPOINT_DIR>/sam2.1_hiera_<size>.pt`; "
+        "`random` = random weights (tests and smoke runs only)",
     )
-    checkpoint: str = field(
-        default="",
-        metadata=_env(
-            "SAM2_CHECKPOINT",
-            "checkpoint file; empty = `<SAM2_CHECKPOINT_DIR>/sam2.1_hiera_<size>.pt`; "
-            "`random` = random weights (tests and smoke runs only)",
-        ),
+    checkpoint_dir: Path = setting(
+        Path(defaults.CHECKPOINT_DIR), "SAM2_CHECKPOINT_DIR", "where the download script puts checkpoints"
     )
-    checkpoint_dir: Path = field(
-        default=Path(defaults.CHECKPOINT_DIR),
-        metadata=_env("SAM2_CHECKPOINT_DIR", "where the download script puts checkpoints"),
+    image_size: int = setting(
+        defaults.IMAGE_SIZE, "SAM2_IMAGE_SIZE", "square input side in pixels, a multiple of 32 (1024 = trained size)"
     )
-    image_size: int = field(
-        default=defaults.IMAGE_SIZE,
-        metadata=_env("SAM2_IMAGE_SIZE", "square input side in pixels, a multiple of 32 (1024 = trained size)"),
+    device: str = setting(defaults.DEVICE, "SAM2_DEVICE", "auto (cuda > mps > cpu), cuda, mps or cpu")
+    bf16: bool = setting(defaults.BF16, "SAM2_BF16", "bfloat16 autocast on CUDA")
+    tf32: bool = setting(defaults.TF32, "SAM2_TF32", "TF32 matmuls on CUDA")
+    compile: bool = setting(False, "SAM2_COMPILE", "torch.compile the video predictor (`vos_optimized`, CUDA)")
+    batch_objects: bool = setting(
+        defaults.BATCH_OBJECTS,
+        "SAM2_BATCH_OBJECTS",
+        "track the objects of a frame as one batch where SAM 2's memory rules allow (same masks); "
+        "0 = SAM 2's one-by-one path",
     )
-    device: str = field(
-        default=defaults.DEVICE,
-        metadata=_env("SAM2_DEVICE", "auto (cuda > mps > cpu), cuda, mps or cpu"),
+    offload_state_to_cpu: bool = setting(False, "SAM2_OFFLOAD_STATE", "keep per-frame tracking state on the CPU")
+    torch_threads: int = setting(
+        defaults.TORCH_THREADS, "TORCH_THREADS", "CPU threads for PyTorch; 0 = PyTorch's default (all cores)"
     )
-    bf16: bool = field(default=defaults.BF16, metadata=_env("SAM2_BF16", "bfloat16 autocast on CUDA"))
-    tf32: bool = field(default=defaults.TF32, metadata=_env("SAM2_TF32", "TF32 matmuls on CUDA"))
-    compile: bool = field(
-        default=False,
-        metadata=_env("SAM2_COMPILE", "torch.compile the video predictor (`vos_optimized`, CUDA)"),
+    random_seed: int = setting(defaults.RANDOM_SEED, "SAM2_RANDOM_SEED", "seed for random weights")
+    label_studio_url: str = setting(
+        defaults.LABEL_STUDIO_URL, "LABEL_STUDIO_URL", "Label Studio as the backend reaches it"
     )
-    batch_objects: bool = field(
-        default=defaults.BATCH_OBJECTS,
-        metadata=_env(
-            "SAM2_BATCH_OBJECTS",
-            "track the objects of a frame as one batch where SAM 2's memory rules allow (same masks); "
-            "0 = SAM 2's one-by-one path",
-        ),
+    label_studio_api_key: str = setting(
+        "", "LABEL_STUDIO_API_KEY", "legacy token or personal access token (JWT refresh token) of a Label Studio user"
     )
-    offload_state_to_cpu: bool = field(
-        default=False,
-        metadata=_env("SAM2_OFFLOAD_STATE", "keep per-frame tracking state on the CPU"),
+    basic_auth_user: str = setting("", "BASIC_AUTH_USER", "if set, /predict, /setup, /webhook need HTTP basic auth")
+    basic_auth_pass: str = setting("", "BASIC_AUTH_PASS", "password for BASIC_AUTH_USER")
+    redis_url: str = setting(
+        defaults.REDIS_URL,
+        "REDIS_URL",
+        "Redis for the job queue (`redis://:PASSWORD@host:port/db`; `rediss://` for TLS); click sessions stay in "
+        "the backend's memory",
     )
-    torch_threads: int = field(
-        default=defaults.TORCH_THREADS,
-        metadata=_env("TORCH_THREADS", "CPU threads for PyTorch; 0 = PyTorch's default (all cores)"),
+    queue_name: str = setting(defaults.QUEUE_NAME, "RQ_QUEUE", "RQ queue name")
+    embedding_cache_items: int = setting(
+        defaults.EMBEDDING_CACHE_ITEMS, "EMBEDDING_CACHE_ITEMS", "most image embeddings kept in memory"
     )
-    random_seed: int = field(default=defaults.RANDOM_SEED, metadata=_env("SAM2_RANDOM_SEED", "seed for random weights"))
-    label_studio_url: str = field(
-        default=defaults.LABEL_STUDIO_URL,
-        metadata=_env("LABEL_STUDIO_URL", "Label Studio as the backend reaches it"),
+    embedding_cache_bytes: int = setting(
+        defaults.EMBEDDING_CACHE_BYTES, "EMBEDDING_CACHE_BYTES", "most bytes of image embeddings kept in memory"
     )
-    label_studio_api_key: str = field(
-        default="",
-        metadata=_env(
-            "LABEL_STUDIO_API_KEY",
-            "legacy token or personal access token (JWT refresh token) of a Label Studio user",
-        ),
+    prefetch_embeddings: bool = setting(
+        defaults.PREFETCH_EMBEDDINGS,
+        "PREFETCH_EMBEDDINGS",
+        "embed a task's frames in the background: when it is opened or first clicked, and when its job publishes",
     )
-    basic_auth_user: str = field(
-        default="", metadata=_env("BASIC_AUTH_USER", "if set, /predict, /setup, /webhook need HTTP basic auth")
+    prefetch_tasks: int = setting(
+        defaults.PREFETCH_TASKS, "PREFETCH_TASKS", "most recently opened tasks whose frames are prefetched"
     )
-    basic_auth_pass: str = field(default="", metadata=_env("BASIC_AUTH_PASS", "password for BASIC_AUTH_USER"))
-    redis_url: str = field(
-        default=defaults.REDIS_URL,
-        metadata=_env(
-            "REDIS_URL",
-            "Redis for the job queue (`redis://:PASSWORD@host:port/db`; `rediss://` for TLS); click sessions stay in "
-            "the backend's memory",
-        ),
+    suggest_page_objects: bool = setting(
+        defaults.SUGGEST_PAGE_OBJECTS,
+        "SUGGEST_PAGE_OBJECTS",
+        "answer each click with the latest masks of the other objects clicked on that page too",
     )
-    queue_name: str = field(default=defaults.QUEUE_NAME, metadata=_env("RQ_QUEUE", "RQ queue name"))
-    embedding_cache_items: int = field(
-        default=defaults.EMBEDDING_CACHE_ITEMS,
-        metadata=_env("EMBEDDING_CACHE_ITEMS", "most image embeddings kept in memory"),
+    download_cache_bytes: int = setting(
+        defaults.DOWNLOAD_CACHE_BYTES, "DOWNLOAD_CACHE_BYTES", "most bytes of downloaded task files kept on disk"
     )
-    embedding_cache_bytes: int = field(
-        default=defaults.EMBEDDING_CACHE_BYTES,
-        metadata=_env("EMBEDDING_CACHE_BYTES", "most bytes of image embeddings kept in memory"),
+    max_image_pixels: int = setting(
+        defaults.MAX_IMAGE_PIXELS, "MAX_IMAGE_PIXELS", "largest image accepted (width x height)"
     )
-    prefetch_embeddings: bool = field(
-        default=defaults.PREFETCH_EMBEDDINGS,
-        metadata=_env(
-            "PREFETCH_EMBEDDINGS",
-            "embed a task's frames in the background: when it is opened or first clicked, and when its job publishes",
-        ),
+    max_request_bytes: int = setting(
+        defaults.MAX_REQUEST_BYTES, "MAX_REQUEST_BYTES", "largest request body read, bytes (larger: 413 before reading)"
     )
-    prefetch_tasks: int = field(
-        default=defaults.PREFETCH_TASKS,
-        metadata=_env("PREFETCH_TASKS", "most recently opened tasks whose frames are prefetched"),
+    max_session_points: int = setting(
+        defaults.MAX_SESSION_POINTS,
+        "MAX_SESSION_POINTS",
+        "most click points kept for one object on one page (more: 422)",
     )
-    suggest_page_objects: bool = field(
-        default=defaults.SUGGEST_PAGE_OBJECTS,
-        metadata=_env(
-            "SUGGEST_PAGE_OBJECTS",
-            "answer each click with the latest masks of the other objects clicked on that page too",
-        ),
+    max_download_bytes: int = setting(
+        defaults.MAX_DOWNLOAD_BYTES, "MAX_DOWNLOAD_BYTES", "largest task file accepted, bytes"
     )
-    download_cache_bytes: int = field(
-        default=defaults.DOWNLOAD_CACHE_BYTES,
-        metadata=_env("DOWNLOAD_CACHE_BYTES", "most bytes of downloaded task files kept on disk"),
+    download_timeout: float = setting(
+        defaults.DOWNLOAD_TIMEOUT, "DOWNLOAD_TIMEOUT", "seconds a download from Label Studio may take"
     )
-    max_image_pixels: int = field(
-        default=defaults.MAX_IMAGE_PIXELS,
-        metadata=_env("MAX_IMAGE_PIXELS", "largest image accepted (width x height)"),
+    local_files_root: str = setting(
+        "", "LOCAL_FILES_DOCUMENT_ROOT", "if set, `/data/local-files/?d=` URLs are read from this folder directly"
     )
-    max_request_bytes: int = field(
-        default=defaults.MAX_REQUEST_BYTES,
-        metadata=_env("MAX_REQUEST_BYTES", "largest request body read, bytes (larger: 413 before reading)"),
+    data_dir: Path = setting(Path(defaults.DATA_DIR), "DATA_DIR", "root for download cache and results")
+    results_dir: Path = setting(Path(""), "RESULTS_DIR", "where exports go; empty = `<DATA_DIR>/results`")
+    session_ttl: int = setting(defaults.SESSION_TTL, "SESSION_TTL", "seconds an interactive click session is kept")
+    webhook_mode: str = setting(
+        defaults.WEBHOOK_MODE,
+        "WEBHOOK_MODE",
+        "auto: propagate each submitted annotation; batch: only on Start training",
     )
-    max_session_points: int = field(
-        default=defaults.MAX_SESSION_POINTS,
-        metadata=_env("MAX_SESSION_POINTS", "most click points kept for one object on one page (more: 422)"),
+    background_color: tuple[int, int, int] = setting(
+        defaults.BACKGROUND_COLOR, "BACKGROUND_COLOR", "green-screen background as R,G,B"
     )
-    max_download_bytes: int = field(
-        default=defaults.MAX_DOWNLOAD_BYTES,
-        metadata=_env("MAX_DOWNLOAD_BYTES", "largest task file accepted, bytes"),
+    job_timeout: int = setting(defaults.JOB_TIMEOUT, "JOB_TIMEOUT", "seconds a propagation job may run")
+    job_heartbeat_ttl: int = setting(
+        defaults.JOB_HEARTBEAT_TTL,
+        "JOB_HEARTBEAT_TTL",
+        "seconds without heartbeat before a running job counts as abandoned",
     )
-    download_timeout: float = field(
-        default=defaults.DOWNLOAD_TIMEOUT,
-        metadata=_env("DOWNLOAD_TIMEOUT", "seconds a download from Label Studio may take"),
+    job_retries: int = setting(defaults.JOB_RETRIES, "JOB_RETRIES", "retries of a failed or abandoned job")
+    label_studio_retry_seconds: float = setting(
+        defaults.LABEL_STUDIO_RETRY_SECONDS,
+        "LABEL_STUDIO_RETRY_SECONDS",
+        "seconds a job retries, with backoff, while Label Studio is down or failing",
     )
-    local_files_root: str = field(
-        default="",
-        metadata=_env(
-            "LOCAL_FILES_DOCUMENT_ROOT",
-            "if set, `/data/local-files/?d=` URLs are read from this folder directly",
-        ),
+    label_studio_best_effort_seconds: float = setting(
+        defaults.LABEL_STUDIO_BEST_EFFORT_SECONDS,
+        "LABEL_STUDIO_BEST_EFFORT_SECONDS",
+        "seconds a best-effort write (state columns, progress, previews, review links) retries before giving up",
     )
-    data_dir: Path = field(
-        default=Path(defaults.DATA_DIR),
-        metadata=_env("DATA_DIR", "root for download cache and results"),
+    worker_alive_ttl: int = setting(
+        defaults.WORKER_ALIVE_TTL,
+        "WORKER_ALIVE_TTL",
+        "seconds a worker's liveness key lives unless renewed; its job is requeued once it is gone",
     )
-    results_dir: Path = field(
-        default=Path(""),
-        metadata=_env("RESULTS_DIR", "where exports go; empty = `<DATA_DIR>/results`"),
+    redis_retry_seconds: float = setting(
+        defaults.REDIS_RETRY_SECONDS,
+        "REDIS_RETRY_SECONDS",
+        "seconds a Redis command retries, with backoff, while Redis is down",
     )
-    session_ttl: int = field(
-        default=defaults.SESSION_TTL,
-        metadata=_env("SESSION_TTL", "seconds an interactive click session is kept"),
+    exports: str = setting(
+        defaults.EXPORTS, "EXPORTS", "formats every job writes beside its own, comma-separated: davis, ytvis, mots"
     )
-    webhook_mode: str = field(
-        default=defaults.WEBHOOK_MODE,
-        metadata=_env("WEBHOOK_MODE", "auto: propagate each submitted annotation; batch: only on Start training"),
+    review_exports: bool = setting(
+        defaults.REVIEW_EXPORTS, "REVIEW_EXPORTS", "write an overlay WebM per video and a contact sheet per object"
     )
-    background_color: tuple[int, int, int] = field(
-        default=defaults.BACKGROUND_COLOR,
-        metadata=_env("BACKGROUND_COLOR", "green-screen background as R,G,B"),
+    quality_flags: bool = setting(
+        defaults.QUALITY_FLAGS,
+        "QUALITY_FLAGS",
+        "record per-frame tracking quality and flag drift (`review/quality.json`)",
     )
-    job_timeout: int = field(
-        default=defaults.JOB_TIMEOUT, metadata=_env("JOB_TIMEOUT", "seconds a propagation job may run")
+    quality_min_score: float = setting(
+        defaults.QUALITY_MIN_SCORE,
+        "QUALITY_MIN_SCORE",
+        "flag a shown mask whose object score is below this (`low_score`)",
     )
-    job_heartbeat_ttl: int = field(
-        default=defaults.JOB_HEARTBEAT_TTL,
-        metadata=_env("JOB_HEARTBEAT_TTL", "seconds without heartbeat before a running job counts as abandoned"),
+    quality_area_ratio: float = setting(
+        defaults.QUALITY_AREA_RATIO,
+        "QUALITY_AREA_RATIO",
+        "flag a mask whose area changed by this factor since the frame before",
     )
-    job_retries: int = field(
-        default=defaults.JOB_RETRIES, metadata=_env("JOB_RETRIES", "retries of a failed or abandoned job")
+    quality_jump: float = setting(
+        defaults.QUALITY_JUMP,
+        "QUALITY_JUMP",
+        "flag a mask whose centroid moved this many object sizes since the frame before",
     )
-    label_studio_retry_seconds: float = field(
-        default=defaults.LABEL_STUDIO_RETRY_SECONDS,
-        metadata=_env(
-            "LABEL_STUDIO_RETRY_SECONDS", "seconds a job retries, with backoff, while Label Studio is down or failing"
-        ),
+    review_max_pages: int = setting(
+        defaults.REVIEW_MAX_PAGES,
+        "REVIEW_MAX_PAGES",
+        "most flagged frames a job appends as annotation pages, per video",
     )
-    label_studio_best_effort_seconds: float = field(
-        default=defaults.LABEL_STUDIO_BEST_EFFORT_SECONDS,
-        metadata=_env(
-            "LABEL_STUDIO_BEST_EFFORT_SECONDS",
-            "seconds a best-effort write (state columns, progress, previews, review links) retries before giving up",
-        ),
+    review_keep_versions: int = setting(
+        defaults.REVIEW_KEEP_VERSIONS,
+        "REVIEW_KEEP_VERSIONS",
+        "versions of each review video and preview kept (the newest job's and older ones that open pages show)",
     )
-    worker_alive_ttl: int = field(
-        default=defaults.WORKER_ALIVE_TTL,
-        metadata=_env(
-            "WORKER_ALIVE_TTL",
-            "seconds a worker's liveness key lives unless renewed; its job is requeued once it is gone",
-        ),
+    greenscreen_mp4: bool = setting(
+        defaults.GREENSCREEN_MP4,
+        "GREENSCREEN_MP4",
+        "assemble green-screen frames into an mp4 once every segment is exported",
     )
-    redis_retry_seconds: float = field(
-        default=defaults.REDIS_RETRY_SECONDS,
-        metadata=_env("REDIS_RETRY_SECONDS", "seconds a Redis command retries, with backoff, while Redis is down"),
+    greenscreen_fps: float = setting(
+        defaults.GREENSCREEN_FPS,
+        "GREENSCREEN_FPS",
+        "override the frame rate of that mp4 and of flag times; 0 = the source's",
     )
-    exports: str = field(
-        default=defaults.EXPORTS,
-        metadata=_env("EXPORTS", "formats every job writes beside its own, comma-separated: davis, ytvis, mots"),
+    prefetch_frames: int = setting(defaults.PREFETCH_FRAMES, "PREFETCH_FRAMES", "frames decoded ahead of the tracker")
+    prefetch_workers: int = setting(
+        defaults.PREFETCH_WORKERS, "PREFETCH_WORKERS", "threads preparing frames; 0 = 1 on CPU, up to 8 on GPU"
     )
-    review_exports: bool = field(
-        default=defaults.REVIEW_EXPORTS,
-        metadata=_env("REVIEW_EXPORTS", "write an overlay WebM per video and a contact sheet per object"),
-    )
-    quality_flags: bool = field(
-        default=defaults.QUALITY_FLAGS,
-        metadata=_env("QUALITY_FLAGS", "record per-frame tracking quality and flag drift (`review/quality.json`)"),
-    )
-    quality_min_score: float = field(
-        default=defaults.QUALITY_MIN_SCORE,
-        metadata=_env("QUALITY_MIN_SCORE", "flag a shown mask whose object score is below this (`low_score`)"),
-    )
-    quality_area_ratio: float = field(
-        default=defaults.QUALITY_AREA_RATIO,
-        metadata=_env("QUALITY_AREA_RATIO", "flag a mask whose area changed by this factor since the frame before"),
-    )
-    quality_jump: float = field(
-        default=defaults.QUALITY_JUMP,
-        metadata=_env("QUALITY_JUMP", "flag a mask whose centroid moved this many object sizes since the frame before"),
-    )
-    review_max_pages: int = field(
-        default=defaults.REVIEW_MAX_PAGES,
-        metadata=_env("REVIEW_MAX_PAGES", "most flagged frames a job appends as annotation pages, per video"),
-    )
-    review_keep_versions: int = field(
-        default=defaults.REVIEW_KEEP_VERSIONS,
-        metadata=_env(
-            "REVIEW_KEEP_VERSIONS",
-            "versions of each review video and preview kept (the newest job's and older ones that open pages show)",
-        ),
-    )
-    greenscreen_mp4: bool = field(
-        default=defaults.GREENSCREEN_MP4,
-        metadata=_env("GREENSCREEN_MP4", "assemble green-screen frames into an mp4 once every segment is exported"),
-    )
-    greenscreen_fps: float = field(
-        default=defaults.GREENSCREEN_FPS,
-        metadata=_env("GREENSCREEN_FPS", "override the frame rate of that mp4 and of flag times; 0 = the source's"),
-    )
-    prefetch_frames: int = field(
-        default=defaults.PREFETCH_FRAMES,
-        metadata=_env("PREFETCH_FRAMES", "frames decoded ahead of the tracker"),
-    )
-    prefetch_workers: int = field(
-        default=defaults.PREFETCH_WORKERS,
-        metadata=_env("PREFETCH_WORKERS", "threads preparing frames; 0 = 1 on CPU, up to 8 on GPU"),
-    )
-    port: int = field(default=defaults.PORT, metadata=_env("PORT", "HTTP port of the backend"))
+    port: int = setting(defaults.PORT, "PORT", "HTTP port of the backend")
 
     def __post_init__(self) -> None:
         if self.model_size not in MODEL_SIZES:
@@ -280,8 +245,6 @@ class Settings:
         if len(self.background_color) != 3 or not all(0 <= c <= 255 for c in self.background_color):
             raise ConfigurationError(f"BACKGROUND_COLOR={self.background_color!r} is not R,G,B in 0..255")
         if self.export_list:
-            from .exporter import REGISTRY
-
             unknown = [n for n in self.export_list if n not in REGISTRY]
             if unknown:
                 raise ConfigurationError(
@@ -321,7 +284,6 @@ class Settings:
         """The checkpoint file this configuration loads (meaningless with random weights)."""
         if self.checkpoint and not self.random_weights:
             return Path(self.checkpoint)
-        from .models import checkpoint_name
 
         return self.checkpoint_dir / checkpoint_name(self.model_size)
 
@@ -332,8 +294,7 @@ class Settings:
 
     @property
     def quality_rule(self) -> Any:
-        """The drift-flag thresholds as a :class:`~ml_backend.quality.QualityRule`."""
-        from .quality import QualityRule
+        """The drift-flag thresholds as a :class:`~ml_backend.video.quality.QualityRule`."""
 
         return QualityRule(self.quality_min_score, self.quality_area_ratio, self.quality_jump, self.review_max_pages)
 

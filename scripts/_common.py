@@ -113,7 +113,7 @@ def user_password(text: str) -> tuple[str, str]:
 
 def client_from(args: argparse.Namespace):
     """A label-studio-sdk client for ``args.url``/``args.api_key``, checked with one request."""
-    from ml_backend import labelstudio
+    from ml_backend.labelstudio import client as labelstudio
 
     talking_to("Label Studio", args.url)
     if not args.api_key:
@@ -167,7 +167,7 @@ def check_project_config(project: Any, kind: str, data: dict[str, Any]) -> None:
     """:class:`Fail` unless ``project``'s labeling config is of ``kind`` (``greenscreen`` or
     ``scenediff``) and asks for no task-data key that ``data`` (a task this import makes) lacks:
     checked before any frame is extracted, since Label Studio would refuse the tasks after."""
-    from ml_backend.automation import project_kind, required_data_keys
+    from ml_backend.labelstudio.automation import project_kind, required_data_keys
 
     config = getattr(project, "label_config", None) or ""
     try:
@@ -211,8 +211,8 @@ def redis_queue(env: dict[str, str] | None = None) -> Any:
     from redis import Redis
     from redis.exceptions import AuthenticationError, ResponseError
 
-    from ml_backend.jobs import JobQueue
     from ml_backend.settings import Settings
+    from ml_backend.worker.queue import JobQueue
 
     merged = {**os.environ, **(env or {})}
     if not merged.get("REDIS_URL") and stack_redis_url():
@@ -259,7 +259,7 @@ def writable_folder(path: Path) -> None:
 def check_video(path: Path) -> None:
     """:class:`Fail` unless ``path`` is a video file (or a folder of frames) whose first frame decodes."""
     from ml_backend.exceptions import VideoError
-    from ml_backend.frames import open_frames
+    from ml_backend.video.frames import open_frames
 
     if not path.exists():
         raise Fail(f"video {path} does not exist")

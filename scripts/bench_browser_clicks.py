@@ -193,9 +193,9 @@ def at_once(stack: Any, project: int, tasks: list[int], rounds: int) -> list[dic
 # -- the stack side ----------------------------------------------------------------------------
 def make_project(stack: Any, takes: int) -> tuple[int, list[int]]:
     """The bench project with ``takes`` × 3 segment tasks of their own files."""
-    from ml_backend.automation import connect_backend, ensure_local_storage, ensure_project, import_tasks
-    from ml_backend.importing import segment_tasks, split_video
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.labelstudio.automation import connect_backend, ensure_local_storage, ensure_project, import_tasks
+    from ml_backend.labelstudio.importing import segment_tasks, split_video
+    from ml_backend.video.synthetic import moving_shapes
 
     client = stack.client()
     config = (ROOT / "label_config" / "greenscreen_segment.xml").read_text()

@@ -151,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from ml_backend.jobs import JobQueue, fingerprint
+    from ml_backend.labelstudio.annotations import fingerprint
     from ml_backend.settings import Settings
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.video.synthetic import moving_shapes
+    from ml_backend.worker.queue import JobQueue
     from tests.fake_labelstudio import FakeLabelStudio
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-chaos-"))

@@ -12,11 +12,11 @@ with events injected at random frames:
 - ``resize``: its side changes by a factor 1.4–2.5 (area 2–6×) between two frames (``area``).
 
 Smooth cases have no event: every flag there is a false positive. The masks go through
-:class:`ml_backend.quality.Track` and :func:`ml_backend.quality.flag_ranges` with the default
+:class:`ml_backend.video.quality.Track` and :func:`ml_backend.video.quality.flag_ranges` with the default
 rule (or ``--area-ratio`` / ``--jump``), exactly as a job records them. A flagged range counts as
 a true positive when it starts on an expected frame; recall counts expected frames whose range
 starts there. The last table says how many annotation pages a reviewer opens to reach every
-flagged range (:func:`ml_backend.quality.pages_to_add`: one page per range, ranges on one frame
+flagged range (:func:`ml_backend.video.quality.pages_to_add`: one page per range, ranges on one frame
 share it) and how many ranges the ``REVIEW_MAX_PAGES`` cap leaves without a page.
 
     .venv/bin/python scripts/bench_flags.py [--cases 200] [--frames 120] [--seed 0]
@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml_backend.quality import QualityRule, Track, flag_ranges, pages_to_add  # noqa: E402
+from ml_backend.video.quality import QualityRule, Track, flag_ranges, pages_to_add  # noqa: E402
 
 H, W = 270, 480  # masks at 1/4 of 1080p
 

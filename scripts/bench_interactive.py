@@ -268,10 +268,10 @@ class Client:
 
 def build_backend(settings: Any, model: Any, root: Path, cache_dir: Path) -> tuple[Server, Any]:
     """``(server, predictor)`` for ``settings``, sharing the already-built ``model``."""
-    from ml_backend.app import create_app
-    from ml_backend.fetch import FileFetcher
-    from ml_backend.interactive import InteractivePredictor
-    from ml_backend.segmenter import ImageSegmenter
+    from ml_backend.labelstudio.fetch import FileFetcher
+    from ml_backend.server.app import create_app
+    from ml_backend.server.interactive import InteractivePredictor
+    from ml_backend.server.segmenter import ImageSegmenter
 
     fetcher = FileFetcher(
         settings.label_studio_url,
@@ -286,7 +286,7 @@ def build_backend(settings: Any, model: Any, root: Path, cache_dir: Path) -> tup
 
 
 def _embed_key(path: Path) -> tuple:
-    """The key :class:`~ml_backend.interactive.InteractivePredictor` caches a file's embedding under."""
+    """The key :class:`~ml_backend.server.interactive.InteractivePredictor` caches a file's embedding under."""
     path = path.resolve()
     stat = path.stat()
     return (str(path), stat.st_mtime_ns, stat.st_size)
@@ -322,7 +322,7 @@ def _points_array(pts: list[tuple[float, float, bool]]) -> tuple[np.ndarray, np.
 
 def _breakdown(args: argparse.Namespace, seg: Any, root: Path, points: dict) -> tuple[list[float], list[float]]:
     """The repeat clicks again, in process: ``segmenter.predict`` times and brush-RLE times."""
-    from ml_backend import brush
+    from ml_backend.labelstudio import brush
 
     decode_only: list[float] = []
     rle_only: list[float] = []

@@ -13,7 +13,7 @@ the model and measures wall time and peak RSS (``ru_maxrss``) of:
 - **stock**: ``predictor.init_state(jpeg_folder)`` + ``add_new_points_or_box`` per object +
   ``propagate_in_video`` forward and reverse, every mask collected as a numpy bool array in a dict
   (what SAM 2's example notebook does);
-- **job**: ``ml_backend.pipeline.run_job`` on the MP4 with a SceneDiff prompt spec (objects
+- **job**: ``ml_backend.video.pipeline.run_job`` on the MP4 with a SceneDiff prompt spec (objects
   prompted on the middle frame, so it propagates forward and backward), ``review=False``;
 - **model-only**: the same prompts and ``propagate_in_video`` forward + reverse over frames
   decoded and resized into memory beforehand (not timed); masks are left as SAM 2 returns them.

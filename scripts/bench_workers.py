@@ -2,7 +2,7 @@
 """Many workers, one Redis: throughput of propagation jobs with 1, 2, 4, 8 RQ workers, and
 exactly-once completion while workers are killed with SIGKILL.
 
-What runs is the real job path (``JobQueue.enqueue_prompts`` → RQ → ``ml_backend.worker.Worker``
+What runs is the real job path (``JobQueue.enqueue_prompts`` → RQ → ``ml_backend.worker.runner.Worker``
 → ``propagate_prompts`` → ``run_job``: video decoding, mask encoding, the mask spool, the atomic
 SceneDiff export), around a stand-in model: ``StandInPredictor`` from ``bench_video.py`` with a
 fixed per-frame cost, ``time.sleep(--frame-cost)`` inside ``propagate_in_video``. The cost is
@@ -90,11 +90,11 @@ def worker_main(frame_cost: float) -> None:
     import torch
     from bench_video import StandInPredictor
 
-    import ml_backend.jobs  # noqa: F401 - imported before the first job, as a preloaded worker would
     import ml_backend.models
-    import ml_backend.pipeline  # noqa: F401
+    import ml_backend.video.pipeline  # noqa: F401
+    import ml_backend.worker.jobs  # noqa: F401 - imported before the first job, as a preloaded worker would
     from ml_backend.settings import Settings
-    from ml_backend.worker import make_worker
+    from ml_backend.worker.runner import make_worker
 
     class SleepingPredictor(StandInPredictor):
         """``StandInPredictor`` that waits ``frame_cost`` seconds per frame, as on a busy GPU."""
@@ -241,7 +241,7 @@ def wait_registered(jobs: Any, count: int, fleet: Fleet, timeout: float = 180.0)
 
 # -- jobs -------------------------------------------------------------------------------------
 def make_video(directory: Path, frames: int) -> Path:
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.video.synthetic import moving_shapes
 
     return moving_shapes(num_frames=frames, height=HEIGHT, width=WIDTH).write(directory / f"shapes_{frames}.mkv")
 
@@ -646,8 +646,8 @@ class Context:
     def open(self) -> None:
         from redis import Redis
 
-        from ml_backend.jobs import JobQueue
         from ml_backend.settings import Settings
+        from ml_backend.worker.queue import JobQueue
 
         port = free_port()
         self.redis_url = f"redis://127.0.0.1:{port}/0"

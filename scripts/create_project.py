@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--no-backend", action="store_true", help="only create the project")
     args = parser.parse_args()
 
-    from ml_backend.automation import connect_backend, ensure_local_storage, ensure_project
+    from ml_backend.labelstudio.automation import connect_backend, ensure_local_storage, ensure_project
 
     if not args.title.strip():
         raise Fail("--title is empty")

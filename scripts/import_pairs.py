@@ -48,8 +48,8 @@ def main() -> int:
     parser.add_argument("--replace", action="store_true", help="import a pair that is already in the project again")
     args = parser.parse_args()
 
-    from ml_backend.automation import delete_tasks, import_tasks, local_storage, project_tasks, same_source
-    from ml_backend.importing import pair_sha256, pair_task, review_fields
+    from ml_backend.labelstudio.automation import delete_tasks, import_tasks, local_storage, project_tasks, same_source
+    from ml_backend.labelstudio.importing import pair_sha256, pair_task, review_fields
 
     document_root = (args.document_root or args.local_root).resolve()
     names = [name for name, _, _ in args.pair]

@@ -62,9 +62,9 @@ def main() -> int:
     parser.add_argument("--replace", action="store_true", help="import a take that is already in the project again")
     args = parser.parse_args()
 
-    from ml_backend.automation import delete_tasks, import_tasks, local_storage, project_tasks, same_source
     from ml_backend.exceptions import VideoError
-    from ml_backend.importing import (
+    from ml_backend.labelstudio.automation import delete_tasks, import_tasks, local_storage, project_tasks, same_source
+    from ml_backend.labelstudio.importing import (
         file_sha256,
         segment_folders,
         segment_tasks,
@@ -160,7 +160,7 @@ def main() -> int:
 
 def segment_tasks_probe() -> dict:
     """The keys of a segment task's data (for the project's config check), without any video."""
-    from ml_backend.importing import review_fields
+    from ml_backend.labelstudio.importing import review_fields
 
     return {**review_fields(["video"]), "frames": [], "frame_indices": [], "video": "", "segment_index": 0,
             "segment_frames": [], "start_frame": 0, "take": "", "first_frame": 0, "last_frame": 0, "fps": 0.0}  # fmt: skip

@@ -378,7 +378,7 @@ class Stack:
         """Seconds per propagated frame (one object) that the worker measured at its start."""
         import redis
 
-        from ml_backend.speed import SPEED_KEY
+        from ml_backend.video.speed import SPEED_KEY
 
         value = redis.Redis.from_url(self.redis_url).hget(SPEED_KEY, "seconds_per_frame")
         return float(value) if value else None
@@ -583,9 +583,14 @@ class Stack:
 
         Returns ``{"scenediff": {"project", "tasks", "backend"}, "greenscreen": {...}}``.
         """
-        from ml_backend.automation import connect_backend, ensure_local_storage, ensure_project, import_tasks
-        from ml_backend.importing import pair_task, segment_tasks, split_video
-        from ml_backend.synthetic import moving_shapes, scene_pair
+        from ml_backend.labelstudio.automation import (
+            connect_backend,
+            ensure_local_storage,
+            ensure_project,
+            import_tasks,
+        )
+        from ml_backend.labelstudio.importing import pair_task, segment_tasks, split_video
+        from ml_backend.video.synthetic import moving_shapes, scene_pair
 
         client = self.client()
         self.demo_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Several annotations, Updates and deletions (:mod:`ml_backend.lifecycle`), with the stand-in
+"""Several annotations, Updates and deletions (:mod:`ml_backend.worker.lifecycle`), with the stand-in
 Label Studio, a real redis-server, RQ's SimpleWorker in-process and the real pipeline.
 
 A deletion arriving during each stage of a job (queued, propagating, exporting, publishing):
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend import lifecycle
-from ml_backend import pipeline as pipeline_module
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
+from ml_backend.video import pipeline as pipeline_module
+from ml_backend.worker import lifecycle, records
+from ml_backend.worker import process as process_module
+from ml_backend.worker.queue import JobQueue
 
 from . import test_task_jobs as task_jobs
 from .test_task_jobs import PROJECT, TASK, Hooked, point, published, run, submit
@@ -50,7 +50,7 @@ def message(ls) -> str:
 
 
 def annotation_files(settings, annotation: int) -> list[Path]:
-    folder = lifecycle.annotation_dir(settings.results_root, PROJECT, TASK, annotation)
+    folder = records.annotation_dir(settings.results_root, PROJECT, TASK, annotation)
     return sorted(folder.rglob("frame_*_masked.png")) if folder.exists() else []
 
 
@@ -59,7 +59,7 @@ def assert_nothing_left(settings, ls, queue, annotation: int) -> None:
     assert ls.task_predictions(TASK) == [], "a prediction of the deleted annotation is left"
     assert published(settings) == [], "the task's export folder still holds the deleted annotation's result"
     assert annotation_files(settings, annotation) == []
-    assert not lifecycle.annotation_dir(settings.results_root, PROJECT, TASK, annotation).exists()
+    assert not records.annotation_dir(settings.results_root, PROJECT, TASK, annotation).exists()
     assert leftovers(settings) == []
     assert f"Annotation {annotation}: deleted" in message(ls), message(ls)
 
@@ -80,7 +80,7 @@ def test_a_deletion_during_each_stage_publishes_nothing_after_it_and_leaves_noth
             seen["posted_before"] = len(ls.predictions)
 
     made = Hooked(delete_now if stage == "propagating" else None)
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: made)
     if stage == "exporting":  # while the exporters finish their files, before anything is published
         timed = pipeline_module._timed
         lock = threading.Lock()
@@ -122,7 +122,7 @@ def test_a_deletion_webhook_that_never_came_is_caught_before_publishing(queue, s
     job asks Label Studio just before publishing and publishes nothing."""
     ls.start()
     made = Hooked(lambda: ls.annotations.pop(1))
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: made)
     reply = submit(queue, ls, 1, [point(video, "disc", 0, 0)])
     run(settings, redis_conn)
     status = queue.status(reply["job_id"])
@@ -140,7 +140,7 @@ def test_two_annotations_each_get_their_result_and_the_newer_one_is_the_tasks(
     ls.start()
     replies: dict[str, dict] = {}
     made = Hooked(lambda: replies.setdefault("b", submit(queue, ls, 2, [point(video, "square", 0, 0)])))
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: made)
     replies["a"] = submit(queue, ls, 1, [point(video, "disc", 0, 0)])
     run(settings, redis_conn)
     settle(queue)
@@ -164,7 +164,7 @@ def test_two_annotations_each_get_their_result_and_the_newer_one_is_the_tasks(
     assert published(settings) == [], "the deleted primary's files are still the task's result"
     assert [p["model_version"].rsplit("-job-", 1)[1] for p in ls.task_predictions(TASK)] == [replies["a"]["job_id"]]
     assert "Annotation 1: queued · runs again to become the task's result" in message(ls), message(ls)
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: Hooked(None))
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: Hooked(None))
     run(settings, redis_conn)
     settle(queue)
     assert lifecycle.primary_record(redis_conn, PROJECT, TASK)["annotation"] == 1

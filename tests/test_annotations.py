@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_backend.annotations import build_task_job
-from ml_backend.brush import mask_to_result, result_to_mask
 from ml_backend.exceptions import PromptError
-from ml_backend.pipeline import run_job
+from ml_backend.labelstudio.annotations import build_task_job
+from ml_backend.labelstudio.brush import mask_to_result, result_to_mask
+from ml_backend.video.pipeline import run_job
 
 from .fakes import ColorVideoPredictor
 
@@ -42,7 +42,7 @@ def choices(name, values):
 
 @pytest.fixture
 def pair_task(tmp_path):
-    from ml_backend.synthetic import scene_pair
+    from ml_backend.video.synthetic import scene_pair
 
     v1, v2 = scene_pair((10, 8), (96, 128), (80, 112))
     v1.write(tmp_path / "before.mkv")
@@ -102,7 +102,7 @@ def test_annotation_to_exact_masks_and_prediction(pair_task, tmp_path):
     assert objects[3].prompts["video1"][0].mask is not None and objects[3].prompts["video1"][0].frame == 3
 
     out = run_job(ColorVideoPredictor(), spec, job.videos, tmp_path / "out", image_size=64, review=False)
-    from ml_backend.exports import rle_decode
+    from ml_backend.exporters.masks import rle_decode
 
     truth = {
         ("video1", 1): (v1, "mug"),

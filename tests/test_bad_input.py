@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ml_backend.app import create_app
-from ml_backend.fetch import FileFetcher
-from ml_backend.interactive import InteractivePredictor
-from ml_backend.segmenter import ImageSegmenter
+from ml_backend.labelstudio.fetch import FileFetcher
+from ml_backend.server.app import create_app
+from ml_backend.server.interactive import InteractivePredictor
+from ml_backend.server.segmenter import ImageSegmenter
 
 from .helpers import keypoint, predict_payload
 
@@ -402,7 +402,7 @@ HTTP_CASES = {
 
 @pytest.fixture
 def jobs_client(small_settings, redis_server, redis_conn, tmp_path):
-    from ml_backend.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     settings = small_settings.replace(redis_url=redis_server.url, queue_name="test-http", data_dir=tmp_path)
     predictor = InteractivePredictor(settings, fetcher=None, segmenter_factory=lambda: None)

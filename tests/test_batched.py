@@ -2,7 +2,7 @@
 
 Real SAM 2 code, random weights, 256 px, CPU. Both predictors are built from the same seed (same
 weights); one is SAM 2's own ``SAM2VideoPredictor`` (``batch_objects=False``), the other
-:class:`ml_backend.batched.BatchedVideoPredictor`. A SceneDiff pair exercises every way objects
+:class:`ml_backend.video.batched.BatchedVideoPredictor`. A SceneDiff pair exercises every way objects
 can differ: prompted on different frames, on two frames, with a negative point, with a mask,
 present in one video only, and first prompted late (tracking starts after frame 0, so the
 backward pass runs). Every mask must match: IoU ≥ 0.99 per (video, object, frame), object scores
@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend import batched
-from ml_backend.exports import rle_decode, rle_encode
-from ml_backend.pipeline import run_job
-from ml_backend.prompts import parse_prompts
+from ml_backend.exporters.masks import rle_decode, rle_encode
 from ml_backend.settings import Settings
-from ml_backend.synthetic import SyntheticVideo, scene_pair
+from ml_backend.video import batched
+from ml_backend.video.pipeline import run_job
+from ml_backend.video.prompts import parse_prompts
+from ml_backend.video.synthetic import SyntheticVideo, scene_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 256

@@ -15,9 +15,9 @@ from __future__ import annotations
 import threading
 import time
 
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
-from ml_backend.worker import make_worker
+from ml_backend.worker import process as process_module
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import make_worker
 
 from . import test_task_jobs as task_jobs
 from .fakes import ColorVideoPredictor
@@ -106,7 +106,7 @@ def test_the_heartbeat_keeps_a_busy_job_alive(settings, redis_conn, tmp_path, mo
 
     settings = settings.replace(job_heartbeat_ttl=2, queue_name="test-busy")
     busy = Busy()
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: busy)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: busy)
     queue = JobQueue(redis_conn, settings)
     clip = task_jobs.moving_shapes(num_frames=4, height=48, width=64).write(tmp_path / "v.mkv")
     prompts = {
@@ -114,7 +114,7 @@ def test_the_heartbeat_keeps_a_busy_job_alive(settings, redis_conn, tmp_path, mo
         "objects": [{"id": 1, "prompts": [{"frame": 0, "points": [[20.0, 20.0]], "labels": [1]}]}],
     }
     job = queue.enqueue_prompts(prompts, {"video1": str(clip)}, str(tmp_path / "out"))
-    worker_module._settings = settings
+    process_module._settings = settings
     worker = make_worker(settings, redis_conn, preload=False)
     registry_key = StartedJobRegistry(queue=worker.queues[0]).key
     other = make_worker(settings, redis_conn, preload=False)  # another worker's watchdog

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from ml_backend.brush import encode_rle, mask_to_result, result_to_mask
+from ml_backend.labelstudio.brush import encode_rle, mask_to_result, result_to_mask
 
 
 def masks():

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ml_backend.synthetic import moving_shapes
+from ml_backend.video.synthetic import moving_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 

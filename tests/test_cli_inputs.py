@@ -9,7 +9,7 @@ import pytest
 
 from ml_backend import __main__ as entry
 from ml_backend import models
-from ml_backend.synthetic import moving_shapes
+from ml_backend.video.synthetic import moving_shapes
 
 W, H, N = 64, 48, 6
 
@@ -120,8 +120,8 @@ def test_paths_in_the_file_are_relative_to_it_and_on_the_command_line_to_the_cwd
     workdir, monkeypatch, redis_server, redis_conn
 ):
     """With --queue the job is only queued: its recorded video paths show how each was resolved."""
-    from ml_backend.jobs import JobQueue
     from ml_backend.settings import Settings
+    from ml_backend.worker.queue import JobQueue
 
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     monkeypatch.setenv("RQ_QUEUE", "test-paths")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_backend.app import create_app
-from ml_backend.fetch import FileFetcher
-from ml_backend.interactive import InteractivePredictor
+from ml_backend.labelstudio.fetch import FileFetcher
+from ml_backend.server.app import create_app
+from ml_backend.server.interactive import InteractivePredictor
 
 from .fakes import DiscSegmenter
 from .helpers import keypoint, predict_payload

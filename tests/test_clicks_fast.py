@@ -12,11 +12,12 @@ import threading
 import numpy as np
 import pytest
 
-from ml_backend.app import create_app
-from ml_backend.fetch import FileFetcher
-from ml_backend.interactive import InteractivePredictor
-from ml_backend.prefetch import MAX_REQUESTS, REQUESTS_KEY, Prefetcher, RequestListener, push_request
-from ml_backend.segmenter import ImageSegmenter
+from ml_backend.labelstudio.fetch import FileFetcher
+from ml_backend.server.app import create_app
+from ml_backend.server.interactive import InteractivePredictor
+from ml_backend.server.prefetch import Prefetcher, RequestListener
+from ml_backend.server.segmenter import ImageSegmenter
+from ml_backend.worker.pagerequests import MAX_REQUESTS, REQUESTS_KEY, push_request
 
 from .fakes import DiscSegmenter
 from .helpers import CONFIG, keypoint, predict_payload

@@ -14,7 +14,7 @@ Both tools pin what our runtime cannot take (trackeval: numpy ≥ 2.3.2, against
 opencv-python-headless 4.12's numpy < 2.3; both: ``opencv-python``, which would overwrite the
 headless ``cv2``), so they live in their own virtualenv (``make evaluators`` →
 ``.evaluators/``, or ``EVALUATORS_PYTHON=/path/to/python``) and run here as a subprocess with
-the README's commands, read from README.md. Without that virtualenv those tests skip; the tests
+the documented commands, read from docs/exports.md. Without that virtualenv those tests skip; the tests
 after them, which follow each tool's published reading code in-process, run everywhere.
 
 A damaged export (object 3 shifted 3 px to the right on every frame, from a stand-in model that
@@ -34,9 +34,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ml_backend.pipeline import run_job
-from ml_backend.prompts import parse_prompts
-from ml_backend.synthetic import render, scene_pair
+from ml_backend.video.pipeline import run_job
+from ml_backend.video.prompts import parse_prompts
+from ml_backend.video.synthetic import render, scene_pair
 
 from .fakes import ColorVideoPredictor
 
@@ -47,7 +47,7 @@ EMPTY = (("video2", 4),)  # frames with no object at all
 #: Object id → name. KITTI MOTS scores class ids 1 and 2 only (it calls them car and
 #: pedestrian), so the three objects carry two names: mug (class 1) and box (class 2).
 NAMES = {1: "mug", 2: "box", 3: "mug"}
-SHAPE_OF = {1: "mug", 2: "box", 3: "ball"}  # object id → shape in ml_backend.synthetic.scene_pair
+SHAPE_OF = {1: "mug", 2: "box", 3: "ball"}  # object id → shape in ml_backend.video.synthetic.scene_pair
 CATEGORIES = {"mug": 1, "box": 2}
 VIDEO_IDS = {"video1": 1, "video2": 2}
 SHIFT = 3  # px, the damaged export's error
@@ -201,19 +201,19 @@ def test_the_ground_truth_has_an_empty_frame_and_rle_that_pycocotools_reads(case
     assert (mask_utils.decode(rle).astype(bool) == gt["video1"][1][t]).all()
 
 
-# --- the real evaluators, in their own virtualenv, run with the README's commands --------------
+# --- the real evaluators, in their own virtualenv, run with the documented commands --------------
 
 
 def readme_commands():
-    """The README's scoring commands (section "Scoring an export with the field's evaluators"):
+    """The documented scoring commands (docs/exports.md, "Scoring an export with the field's evaluators"):
     the Python text of each ``$PY - <<'EOF'`` block, in order: DAVIS, MOTS, YouTube-VIS."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("#### Scoring an export with the field's evaluators", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "exports.md").read_text()
+    section = text.split("## Scoring an export with the field's evaluators", 1)[1].split("\n## ", 1)[0]
     blocks = []
     for chunk in section.split("$PY - <<'EOF'\n")[1:]:
         lines = chunk.split("\n  EOF\n", 1)[0].splitlines()
         blocks.append("\n".join(line[2:] for line in lines) + "\n")  # the blocks are indented in a list
-    assert len(blocks) == 3, "the README must hold the DAVIS, MOTS and YouTube-VIS commands"
+    assert len(blocks) == 3, "docs/exports.md must hold the DAVIS, MOTS and YouTube-VIS commands"
     return dict(zip(("davis", "mots", "ytvis"), blocks, strict=True))
 
 

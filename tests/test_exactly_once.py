@@ -11,9 +11,9 @@ import threading
 import pytest
 
 from ml_backend import AlreadyPublished, Superseded
-from ml_backend import worker as worker_module
-from ml_backend.jobs import RECORD_KEY, PublishGate
-from ml_backend.worker import OWNER_KEY
+from ml_backend.worker import process as process_module
+from ml_backend.worker.gate import RECORD_KEY, PublishGate
+from ml_backend.worker.process import OWNER_KEY
 
 from . import test_task_jobs as task_jobs
 from .test_task_jobs import Hooked, point, published, run, submit
@@ -24,7 +24,7 @@ ls, settings, queue, video = task_jobs.ls, task_jobs.settings, task_jobs.queue, 
 
 def _as(execution: str | None):
     """Run the next block as the worker execution ``execution`` (what the worker sets)."""
-    worker_module._local.execution = execution
+    process_module._local.execution = execution
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +131,7 @@ def test_a_live_job_requeued_by_the_watchdog_publishes_once(queue, settings, red
         queue.queue.push_job_id(job.id, at_front=True)
 
     made = Hooked(requeue_as_the_watchdog_would)
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: made)
     reply.update(submit(queue, ls, 1, [point(video, "disc", 0, 0)]))
     run(settings, redis_conn)  # burst: the first execution, then the requeued copy
     assert len(ls.predictions) == 1

@@ -1,5 +1,5 @@
-from ml_backend.app import create_app
-from ml_backend.interactive import InteractivePredictor
+from ml_backend.server.app import create_app
+from ml_backend.server.interactive import InteractivePredictor
 
 
 def test_exports_are_listed_and_served_without_traversal(small_settings, tmp_path):

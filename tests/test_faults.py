@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend import worker as worker_module
-from ml_backend.backoff import is_transient, with_backoff
 from ml_backend.exceptions import Unavailable
-from ml_backend.jobs import JobQueue, ProgressMeta
-from ml_backend.synthetic import moving_shapes
-from ml_backend.worker import make_worker
+from ml_backend.labelstudio.backoff import is_transient, with_backoff
+from ml_backend.video.synthetic import moving_shapes
+from ml_backend.worker import process as process_module
+from ml_backend.worker.progress import ProgressMeta
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import make_worker
 
 from .fakes import ColorVideoPredictor
 
@@ -116,7 +117,7 @@ def test_stack_stopped_with_jobs_queued_then_started_finishes_every_job(
     import redis
 
     conn = redis.Redis.from_url(redis_server.url)
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: ColorVideoPredictor())
     make_worker(settings, conn, preload=False).work(burst=True)
     fresh = JobQueue(conn, settings)
     assert [fresh.status(j.id)["status"] for j in jobs] == ["finished"] * 3
@@ -136,7 +137,7 @@ def test_the_worker_runs_only_our_job_functions(small_settings, redis_server, re
     ours = JobQueue(redis_conn, settings).enqueue_prompts(
         prompts_for(video), {"video1": str(video.write(tmp_path / "v.mkv"))}, str(tmp_path / "o")
     )
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: ColorVideoPredictor())
     make_worker(settings, redis_conn, preload=False).work(burst=True)
     queue = JobQueue(redis_conn, settings)
     assert not marker.exists()
@@ -212,9 +213,9 @@ def test_backoff_retries_transient_errors_only():
 
 
 def test_a_webhook_while_redis_is_down_is_a_503(small_settings):
-    from ml_backend.app import create_app
     from ml_backend.connection import redis_connection
-    from ml_backend.interactive import InteractivePredictor
+    from ml_backend.server.app import create_app
+    from ml_backend.server.interactive import InteractivePredictor
 
     queue = JobQueue(redis_connection("redis://127.0.0.1:1/0", retry_seconds=0.3), small_settings)
     app = create_app(
@@ -299,8 +300,8 @@ def test_a_full_disk_leaves_the_previous_pair_intact(tmp_path):
 
 
 def test_published_files_share_one_mode(tmp_path):
-    from ml_backend.pipeline import run_job
-    from ml_backend.prompts import parse_prompts
+    from ml_backend.video.pipeline import run_job
+    from ml_backend.video.prompts import parse_prompts
 
     video = moving_shapes(num_frames=4, height=48, width=64)
     path = video.write(tmp_path / "v.mkv")
@@ -321,7 +322,7 @@ def test_a_complete_greenscreen_mp4_is_never_replaced_by_a_shorter_one(tmp_path)
     import cv2
     import numpy as np
 
-    from ml_backend.greenscreen import assemble_greenscreen_mp4, video_frame_count
+    from ml_backend.exporters.greenscreen import assemble_greenscreen_mp4, video_frame_count
 
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed (the mp4 is only assembled with it)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ml_backend.exceptions import FetchError, ForbiddenURL, SourceNotFound, TooLarge
-from ml_backend.fetch import FileFetcher
+from ml_backend.labelstudio.fetch import FileFetcher
 
 
 @pytest.fixture
@@ -127,14 +127,14 @@ def test_the_url_sent_is_the_normalised_url_checked(fetcher, file_server, ref, s
 
 
 def test_url_length_is_bounded(fetcher):
-    from ml_backend.fetch import MAX_URL_CHARS
+    from ml_backend.labelstudio.fetch import MAX_URL_CHARS
 
     with pytest.raises(TooLarge, match="characters"):
         fetcher.resolve("/data/upload/" + "a" * MAX_URL_CHARS)
 
 
 def test_folders_are_for_the_worker_only(local_root, tmp_path, fetcher):
-    from ml_backend.fetch import NotAFile
+    from ml_backend.labelstudio.fetch import NotAFile
 
     local = FileFetcher("http://ls.invalid:8080", tmp_path, local_root=local_root)
     assert local.path("/data/local-files/?d=pair").is_dir()  # the worker's frame folders

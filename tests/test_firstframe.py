@@ -19,14 +19,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend.app import create_app
-from ml_backend.brush import mask_to_result
-from ml_backend.fetch import FileFetcher
-from ml_backend.firstframe import is_first_frame_preview, write_first_frame_preview
-from ml_backend.interactive import InteractivePredictor
-from ml_backend.jobs import JobQueue, fingerprint
-from ml_backend.review import color
-from ml_backend.taskdata import local_path
+from ml_backend.exporters.overlays import color
+from ml_backend.labelstudio.annotations import fingerprint
+from ml_backend.labelstudio.brush import mask_to_result
+from ml_backend.labelstudio.fetch import FileFetcher
+from ml_backend.labelstudio.taskdata import local_path
+from ml_backend.server.app import create_app
+from ml_backend.server.firstframe import is_first_frame_preview, write_first_frame_preview
+from ml_backend.server.interactive import InteractivePredictor
+from ml_backend.worker.queue import JobQueue
 
 from .fake_labelstudio import FakeLabelStudio
 from .fakes import DiscSegmenter
@@ -315,7 +316,7 @@ def test_webhooks_that_render_nothing(settings, ls, fetcher, redis_conn):
 
 
 def test_the_real_image_segmenter_writes_the_preview(settings, ls, fetcher, image_model):
-    from ml_backend.segmenter import ImageSegmenter
+    from ml_backend.server.segmenter import ImageSegmenter
 
     segmenter = ImageSegmenter(image_model, settings)
     url = write_first_frame_preview(settings, None, CONFIG, task(ls), annotation([point(120, 200)]), fetcher, segmenter)

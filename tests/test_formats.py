@@ -13,10 +13,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ml_backend.exceptions import ConfigurationError, PromptError
-from ml_backend.pipeline import run_job
-from ml_backend.prompts import parse_prompts
 from ml_backend.settings import Settings
-from ml_backend.synthetic import scene_pair
+from ml_backend.video.pipeline import run_job
+from ml_backend.video.prompts import parse_prompts
+from ml_backend.video.synthetic import scene_pair
 
 from .fakes import ColorVideoPredictor
 
@@ -142,7 +142,7 @@ def test_mots_text_gives_exclusive_masks(pair):
 
 
 def test_davis_palette_is_the_standard_one():
-    from ml_backend.davis import PALETTE
+    from ml_backend.exporters.davis import PALETTE
 
     colours = [tuple(PALETTE[3 * i : 3 * i + 3]) for i in range(9)]
     assert colours == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128),
@@ -168,7 +168,7 @@ def test_bad_export_lists_are_refused(data, message):
 
 
 def test_export_choice_rules():
-    from ml_backend.exporter import choose_exports
+    from ml_backend.exporters.registry import choose_exports
 
     spec = parse_prompts(doc(exports="davis, mots"))
     assert choose_exports(spec, ["mots", "ytvis"]) == ["scenediff", "review", "quality", "davis", "mots", "ytvis"]
@@ -182,7 +182,7 @@ def test_export_choice_rules():
 
 
 def test_ids_that_do_not_fit_a_format_are_refused(tmp_path):
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.video.synthetic import moving_shapes
 
     video = moving_shapes(num_frames=3, height=48, width=64)
     path = video.write(tmp_path / "v.mkv")
@@ -199,10 +199,11 @@ def test_overlapping_masks_go_to_the_smaller_id_in_davis_and_mots(tmp_path):
     """The stand-in predictor never overlaps objects, so drive the two exporters directly."""
     from types import SimpleNamespace
 
-    from ml_backend.davis import DavisExport
-    from ml_backend.exporter import ExportJob
-    from ml_backend.exports import Staging, rle_encode
-    from ml_backend.mots import MOTSExport
+    from ml_backend.exporters.davis import DavisExport
+    from ml_backend.exporters.interface import ExportJob
+    from ml_backend.exporters.masks import rle_encode
+    from ml_backend.exporters.mots import MOTSExport
+    from ml_backend.exporters.staging import Staging
 
     spec = parse_prompts(
         doc(
@@ -244,7 +245,7 @@ def test_a_prompt_file_that_contradicts_itself_is_refused():
 def test_inference_data_names_the_frame_files_of_a_frames_folder(tmp_path):
     import os
 
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.video.synthetic import moving_shapes
 
     video = moving_shapes(num_frames=4, height=48, width=64)
     folder = video.write(tmp_path / "frames")  # a folder of PNG frames

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ml_backend.exceptions import VideoError
-from ml_backend.frames import SamFrames, open_frames, sam_input
-from ml_backend.synthetic import moving_shapes
+from ml_backend.video.frames import SamFrames, open_frames, sam_input
+from ml_backend.video.synthetic import moving_shapes
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_prefetch_workers_and_device_normalising_give_the_loader_s_tensors(tmp_p
 
 
 def test_prefetch_workers_default_by_device():
-    from ml_backend.frames import prefetch_workers
+    from ml_backend.video.frames import prefetch_workers
 
     assert prefetch_workers("cpu") == 1
     assert 1 <= prefetch_workers("cuda:0") <= 8

@@ -22,7 +22,7 @@ def test_all_names_exist_and_are_sorted():
 
 
 def test_import_is_light():
-    code = "import sys, ml_backend, ml_backend.app, ml_backend.interactive; print('torch' in sys.modules, 'sam2' in sys.modules)"
+    code = "import sys, ml_backend, ml_backend.server.app, ml_backend.server.interactive; print('torch' in sys.modules, 'sam2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -70,7 +70,7 @@ def test_readme_documents_every_setting():
 
 
 def test_no_checkpoint_refuses_to_start(tmp_path):
-    from ml_backend.app import create_app
+    from ml_backend.server.app import create_app
 
     with pytest.raises(CheckpointMissing, match="download_checkpoints.py"):
         create_app(Settings(checkpoint_dir=tmp_path))
@@ -97,8 +97,8 @@ def test_random_weights_are_named_in_model_version():
 def test_basic_auth(small_settings):
     import base64
 
-    from ml_backend.app import create_app
-    from ml_backend.interactive import InteractivePredictor
+    from ml_backend.server.app import create_app
+    from ml_backend.server.interactive import InteractivePredictor
 
     settings = small_settings.replace(basic_auth_user="u", basic_auth_pass="p")
     predictor = InteractivePredictor(settings, fetcher=None, segmenter_factory=lambda: None)

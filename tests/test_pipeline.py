@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.exports import coco_counts_string, mask_box, mask_rle, rle_compress, rle_encode, rle_encode_tensor
-from ml_backend.pipeline import run_job
-from ml_backend.prompts import parse_prompts
+from ml_backend.exporters.masks import (
+    coco_counts_string,
+    mask_box,
+    mask_rle,
+    rle_compress,
+    rle_encode,
+    rle_encode_tensor,
+)
 from ml_backend.settings import Settings
-from ml_backend.synthetic import SyntheticVideo, moving_shapes
+from ml_backend.video.pipeline import run_job
+from ml_backend.video.prompts import parse_prompts
+from ml_backend.video.synthetic import SyntheticVideo, moving_shapes
 
 from .fakes import ColorVideoPredictor
 

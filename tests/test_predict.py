@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
-from ml_backend.app import create_app
-from ml_backend.fetch import FileFetcher
-from ml_backend.interactive import InteractivePredictor
-from ml_backend.segmenter import ImageSegmenter
+from ml_backend.labelstudio.fetch import FileFetcher
+from ml_backend.server.app import create_app
+from ml_backend.server.interactive import InteractivePredictor
+from ml_backend.server.segmenter import ImageSegmenter
 
 from .helpers import keypoint, predict_payload
 

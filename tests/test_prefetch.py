@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 import time
 
-from ml_backend.app import create_app
-from ml_backend.fetch import FileFetcher
-from ml_backend.interactive import InteractivePredictor
-from ml_backend.prefetch import page_order
-from ml_backend.segmenter import EmbeddingCache, ImageSegmenter
+from ml_backend.labelstudio.fetch import FileFetcher
+from ml_backend.server.app import create_app
+from ml_backend.server.interactive import InteractivePredictor
+from ml_backend.server.segmenter import EmbeddingCache, ImageSegmenter
+from ml_backend.worker.pagerequests import page_order
 
 from .fakes import DiscSegmenter
 from .helpers import keypoint, predict_payload

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend import propagation as P
-from ml_backend.frames import open_frames
 from ml_backend.settings import Settings
-from ml_backend.synthetic import moving_shapes
+from ml_backend.video import propagation as P
+from ml_backend.video.frames import open_frames
+from ml_backend.video.synthetic import moving_shapes
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend.pipeline import run_job
-from ml_backend.prompts import parse_prompts
-from ml_backend.quality import QualityRule, Track, flag_frames, flag_ranges, pages_to_add
+from ml_backend.video.pipeline import run_job
+from ml_backend.video.prompts import parse_prompts
+from ml_backend.video.quality import QualityRule, Track, flag_frames, flag_ranges, pages_to_add
 
 from .fakes import ColorVideoPredictor
 
@@ -189,7 +189,7 @@ def test_object_scores_are_read_from_real_sam2_on_every_frame_in_both_directions
 
     from ml_backend.models import build_video_predictor
     from ml_backend.settings import Settings
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.video.synthetic import moving_shapes
 
     predictor = build_video_predictor(Settings(checkpoint="random", image_size=128, device="cpu"))
     n, prompt = 14, 6

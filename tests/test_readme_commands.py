@@ -100,7 +100,7 @@ def backend(tmp_path):
 
 
 def test_readme_engineer_commands_work_as_written(tmp_path, redis_with_password, backend):
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.video.synthetic import moving_shapes
 
     blocks = engineer_blocks()
     assert list(blocks) == ["1. SceneDiff pairs", "2. Green-screen segments"]

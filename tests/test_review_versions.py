@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from ml_backend.exceptions import ConfigurationError
+from ml_backend.labelstudio.review import prune_versions
+from ml_backend.labelstudio.taskdata import local_path
 from ml_backend.settings import Settings
-from ml_backend.taskdata import local_path
-from ml_backend.taskreview import prune_versions
 
 from . import test_task_review as review
 from .test_task_review import FIRST, data, point, run, submit

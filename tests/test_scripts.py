@@ -131,7 +131,7 @@ def assert_error(done: subprocess.CompletedProcess, *words: str) -> str:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.video.synthetic import moving_shapes
 
     d = tmp_path_factory.mktemp("videos")
     (d / "broken.mp4").write_bytes(b"this is not a video" * 100)

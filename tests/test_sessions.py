@@ -1,5 +1,5 @@
-from ml_backend.context import Click, parse_clicks
-from ml_backend.sessions import SessionStore
+from ml_backend.server.context import Click, parse_clicks
+from ml_backend.server.sessions import SessionStore
 
 from .helpers import keypoint
 
@@ -51,7 +51,7 @@ def test_parse_clicks_groups_by_label_and_page():
 def test_points_per_session_are_capped():
     import pytest
 
-    from ml_backend.sessions import MAX_SESSION_POINTS, TooManyPoints
+    from ml_backend.server.sessions import MAX_SESSION_POINTS, TooManyPoints
 
     store = SessionStore(ttl=60)
     full = [c(f"p{i}") for i in range(MAX_SESSION_POINTS)]

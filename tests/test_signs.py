@@ -1,6 +1,6 @@
 """A keypoint keeps the sign the annotator gave it (click +, Alt+click −) across Updates,
 reloads and clients, although Label Studio 1.23.2 saves and sends earlier keypoints of a
-reopened annotation without ``is_positive``: the rule of :mod:`ml_backend.signs`, the
+reopened annotation without ``is_positive``: the rule of :mod:`ml_backend.labelstudio.signs`, the
 interactive preview after a reopen, and the job after one and two Updates (real Redis, RQ's
 SimpleWorker in process, the colour stand-in predictor, the Label Studio API stand-in)."""
 
@@ -11,9 +11,9 @@ import pickle
 
 import pytest
 
-from ml_backend.app import create_app
-from ml_backend.interactive import InteractivePredictor
-from ml_backend.signs import KEY, MemorySigns, RedisSigns, apply_signs, project_id, sign_webhook
+from ml_backend.labelstudio.signs import KEY, MemorySigns, RedisSigns, apply_signs, project_id, sign_webhook
+from ml_backend.server.app import create_app
+from ml_backend.server.interactive import InteractivePredictor
 
 from . import test_task_review as review
 from .fakes import DiscSegmenter
@@ -84,7 +84,7 @@ def test_records_are_per_task_and_project(store):
 
 
 def test_an_unknown_sign_is_logged_not_guessed_silently(store, caplog):
-    caplog.set_level(logging.WARNING, logger="ml_backend.signs")
+    caplog.set_level(logging.WARNING, logger="ml_backend.labelstudio.signs")
     (out,), report = apply_signs(store, 1, 7, [unflagged(keypoint(5, 5)) | {"id": "never-seen"}], where="annotation 3")
     assert "is_positive" not in out and report.as_dict()["unknown"] == 1
     assert report.as_dict()["unknown_regions"] == ["never-seen"]
@@ -134,8 +134,8 @@ class Recording(DiscSegmenter):
 
 @pytest.fixture
 def preview(small_settings, local_root, redis_server, redis_conn, tmp_path):
-    from ml_backend.fetch import FileFetcher
-    from ml_backend.jobs import JobQueue
+    from ml_backend.labelstudio.fetch import FileFetcher
+    from ml_backend.worker.queue import JobQueue
 
     config = small_settings.replace(redis_url=redis_server.url, queue_name="test-signs", data_dir=tmp_path)
     segmenter = Recording()
@@ -231,7 +231,7 @@ def labels_on(config, frame: int, obj: int = 1) -> list[int]:
 
 
 def test_updates_keep_the_alt_click_negative_in_the_job(settings, redis_conn, queue, ls):
-    from ml_backend.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
     app = create_app(
         settings,
@@ -276,9 +276,9 @@ def test_updates_keep_the_alt_click_negative_in_the_job(settings, redis_conn, qu
 def test_a_job_marks_keypoints_whose_sign_nobody_recorded(settings, redis_conn, queue, ls, caplog):
     """An annotation the backend never saw with its flags (saved before the backend ran): the
     points count as positive, and the job's summary and the worker's log say so."""
-    from ml_backend.jobs import JobQueue
+    from ml_backend.worker.queue import JobQueue
 
-    caplog.set_level(logging.WARNING, logger="ml_backend.signs")
+    caplog.set_level(logging.WARNING, logger="ml_backend.labelstudio.signs")
     ls.add_annotation(2, TASK, [unflagged(point(obj, 0, 0)) | {"id": f"u{obj}"} for obj in (1, 2, 3, 4)])
     job, _ = JobQueue(redis_conn, settings).enqueue_task(PROJECT, TASK, 2, "fp-unknown")
     run(settings, redis_conn)

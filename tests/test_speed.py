@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from ml_backend.app import create_app
-from ml_backend.interactive import InteractivePredictor
+from ml_backend.server.app import create_app
+from ml_backend.server.interactive import InteractivePredictor
 
 from .fakes import DiscSegmenter
 
@@ -20,7 +20,7 @@ def test_the_backend_says_what_a_click_costs_once_warm(small_settings, caplog):
     predictor = InteractivePredictor(
         small_settings, fetcher=None, segmenter_factory=lambda: DiscSegmenter(encode_seconds=0.05)
     )
-    with caplog.at_level(logging.INFO, logger="ml_backend.speed"):
+    with caplog.at_level(logging.INFO, logger="ml_backend.video.speed"):
         create_app(small_settings, predictor=predictor, warmup=True)
         deadline = time.monotonic() + 10
         while "first click on a new frame takes about" not in caplog.text and time.monotonic() < deadline:

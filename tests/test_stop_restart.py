@@ -7,7 +7,7 @@ real SAM 2 (random weights, small images), a real Redis and the stand-in Label S
 - a second signal while the job publishes (which the first does not cut): the worker exits at
   once, the job is back at the front with its retries, and the next worker publishes it once;
 - kill -9, then a new worker: the job runs again within the documented bound
-  (:func:`ml_backend.liveness.requeue_bound`), not after ``JOB_HEARTBEAT_TTL``, and ends ``done``;
+  (:func:`ml_backend.worker.liveness.requeue_bound`), not after ``JOB_HEARTBEAT_TTL``, and ends ``done``;
 - kill -9 without retries left: RQ fails the job (``AbandonedJobError``) and the task's columns
   say ``failed`` with a reason.
 
@@ -26,11 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend.jobcolumns import WORKER_LOST, WORKER_RESTARTED
-from ml_backend.jobs import RERUN_NOTE, JobQueue
-from ml_backend.liveness import ALIVE_KEY, requeue_bound
-from ml_backend.synthetic import moving_shapes
-from ml_backend.worker import watchdog_interval
+from ml_backend.video.synthetic import moving_shapes
+from ml_backend.worker.columns import WORKER_LOST, WORKER_RESTARTED
+from ml_backend.worker.liveness import ALIVE_KEY, requeue_bound
+from ml_backend.worker.progress import RERUN_NOTE
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import watchdog_interval
 
 from .fake_labelstudio import FakeLabelStudio
 from .test_task_jobs import CONFIG, PROJECT, TASK, H, W

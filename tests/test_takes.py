@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
-from ml_backend.worker import make_worker
+from ml_backend.worker import process as process_module
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import make_worker
 
 from .fake_labelstudio import FakeLabelStudio
 from .fakes import ColorVideoPredictor
@@ -58,7 +58,7 @@ def numbered_video(path: Path, take: int, n: int, fps: float = 25.0, square: ran
 
 def decoded(video: Path) -> list[np.ndarray]:
     """Every frame of ``video`` as the worker's decoder reads it."""
-    from ml_backend.frames import open_frames
+    from ml_backend.video.frames import open_frames
 
     with open_frames(video, cache_frames=4) as source:
         return [source.read(i) for i in range(source.num_frames)]
@@ -148,7 +148,7 @@ def submit(ls, queue, task_id: int, annotation_id: int, x: float = 75.0, y: floa
 
 
 def work(settings, redis_conn) -> None:
-    worker_module._settings = settings
+    process_module._settings = settings
     make_worker(settings, redis_conn, preload=False).work(burst=True)
 
 
@@ -211,7 +211,7 @@ def test_25_fps_take_gives_a_25_fps_mp4_and_flags_in_original_frames_and_seconds
     square vanishes at original frame 25 (frame 5 of segment 2)."""
     import cv2
 
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: ColorVideoPredictor())
     video = numbered_video(tmp_path / "clip25.mkv", take=1, n=30, square=range(25))
     tasks = import_take(ls, video, "--seconds", "0.4", "--name", "clip25")
     data = [ls.tasks[t]["data"] for t in tasks]
@@ -356,8 +356,8 @@ def test_a_corrupt_video_is_one_line_without_ffmpeg_noise(ls, tmp_path):
 
 # -- smaller pieces --------------------------------------------------------------------------------
 def test_job_out_dir_keys_green_screen_exports_by_take():
-    from ml_backend.jobs import job_out_dir
-    from ml_backend.prompts import GreenScreenSpec, PromptSpec
+    from ml_backend.video.prompts import GreenScreenSpec, PromptSpec
+    from ml_backend.worker.jobs import job_out_dir
 
     root = Path("/r")
     take = PromptSpec("greenscreen", [], greenscreen=GreenScreenSpec(0, [5], take="take2"))
@@ -371,8 +371,8 @@ def test_job_out_dir_keys_green_screen_exports_by_take():
 def test_fps_precedence_override_then_import_then_decoder():
     from types import SimpleNamespace
 
-    from ml_backend.exporter import ExportJob
-    from ml_backend.prompts import GreenScreenSpec, PromptSpec
+    from ml_backend.exporters.interface import ExportJob
+    from ml_backend.video.prompts import GreenScreenSpec, PromptSpec
 
     source = SimpleNamespace(fps=30.0)  # a folder of frames reports 30
     spec = PromptSpec("greenscreen", [], greenscreen=GreenScreenSpec(2, [11, 11, 10], fps=25.0))
@@ -384,8 +384,8 @@ def test_fps_precedence_override_then_import_then_decoder():
 
 def test_take_names_and_task_data_checks():
     from ml_backend.exceptions import PromptError, VideoError
-    from ml_backend.importing import take_name
-    from ml_backend.prompts import parse_greenscreen
+    from ml_backend.labelstudio.importing import take_name
+    from ml_backend.video.prompts import parse_greenscreen
 
     assert take_name("take_1.b-2") == "take_1.b-2"
     for bad in ("", ".hidden", "a/b", "..", "x" * 101, "täke", "review", "frame_000001_masked.png"):

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend import lifecycle
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
-from ml_backend.synthetic import moving_shapes
-from ml_backend.worker import OWNER_KEY, make_worker
+from ml_backend.video.synthetic import moving_shapes
+from ml_backend.worker import process as process_module
+from ml_backend.worker import records
+from ml_backend.worker.process import OWNER_KEY
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import make_worker
 
 from .fake_labelstudio import FakeLabelStudio
 from .fakes import ColorVideoPredictor
@@ -103,14 +104,14 @@ def submit(queue, ls, annotation_id: int, result: list) -> dict:
 
 
 def run(settings, redis_conn, predictor=None) -> None:
-    worker_module._settings = settings
+    process_module._settings = settings
     make_worker(settings, redis_conn, preload=False).work(burst=True)
 
 
 @pytest.fixture
 def predictor(monkeypatch):
     made = ColorVideoPredictor()
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: made)
     return made
 
 
@@ -188,7 +189,7 @@ def test_a_stale_job_never_publishes(queue, settings, redis_conn, ls, video, mon
     v2 = [point(video, "square", 0, 0)]
     replies = {}
     made = Hooked(lambda: replies.setdefault("b", submit(queue, ls, 1, v2)))
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: made)
     replies["a"] = submit(queue, ls, 1, v1)
     run(settings, redis_conn)
     a, b = queue.status(replies["a"]["job_id"]), queue.status(replies["b"]["job_id"])
@@ -204,7 +205,7 @@ def test_a_stale_job_that_starts_late_does_no_work(queue, settings, redis_conn, 
     ls.start()
     a = submit(queue, ls, 1, [point(video, "disc", 0, 0)])
     # a newer version of the same annotation (each annotation has its own latest key)
-    redis_conn.set(lifecycle.latest_key(PROJECT, TASK, 1), "some-newer-job")
+    redis_conn.set(records.latest_key(PROJECT, TASK, 1), "some-newer-job")
     run(settings, redis_conn)
     assert queue.status(a["job_id"])["result"]["status"] == "superseded"
     assert ls.predictions == [] and published(settings) == []
@@ -233,7 +234,7 @@ def test_an_execution_that_lost_its_job_publishes_nothing(queue, settings, redis
     ls.start()
     reply = {}
     made = Hooked(lambda: redis_conn.set(OWNER_KEY.format(job_id=reply["a"]["job_id"]), "another-execution"))
-    monkeypatch.setattr(worker_module, "get_predictor", lambda s: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda s: made)
     reply["a"] = submit(queue, ls, 1, [point(video, "disc", 0, 0)])
     run(settings, redis_conn)
     assert queue.status(reply["a"]["job_id"])["result"]["status"] == "superseded"

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
-from ml_backend.taskdata import local_path
-from ml_backend.worker import make_worker
+from ml_backend.labelstudio.taskdata import local_path
+from ml_backend.worker import process as process_module
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import make_worker
 
 from .fake_labelstudio import FakeLabelStudio
 from .fakes import ColorVideoPredictor
@@ -93,7 +93,7 @@ def queue(settings, redis_conn):
 @pytest.fixture(autouse=True)
 def predictor(monkeypatch):
     made = ColorVideoPredictor()
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: made)
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: made)
     return made
 
 
@@ -118,7 +118,7 @@ def submit(queue, ls, annotation_id: int, result: list) -> dict:
 
 
 def run(settings, redis_conn) -> None:
-    worker_module._settings = settings
+    process_module._settings = settings
     make_worker(settings, redis_conn, preload=False).work(burst=True)
 
 
@@ -172,7 +172,7 @@ def test_a_job_shows_its_state_appends_flagged_pages_and_serves_its_review(setti
     assert 0 < prediction["score"] < 1
 
     # the backend is asked to embed the task's pages, appended ones included (issue 29)
-    from ml_backend.prefetch import REQUESTS_KEY
+    from ml_backend.worker.pagerequests import REQUESTS_KEY
 
     (request,) = [json.loads(r) for r in redis_conn.lrange(REQUESTS_KEY, 0, -1)]
     assert request["task"] == TASK and sorted(request["refs"]) == sorted({*d["frames1"], *d["frames2"]})
@@ -223,7 +223,7 @@ def test_without_local_files_the_state_is_still_shown(settings, redis_conn, ls, 
     # the worker downloads the videos through Label Studio instead of reading them
     ls.tasks[TASK]["data"]["video1"] = ls.tasks[TASK]["data"]["video2"] = "/data/local-files/?d=pairs/p/video1.mkv"
     frames = np.stack([np.asarray(Image.open(ls.root / "pairs/p/video1" / f"{i:05d}.png")) for i in range(30)])
-    from ml_backend.synthetic import SyntheticVideo
+    from ml_backend.video.synthetic import SyntheticVideo
 
     SyntheticVideo(frames, {}, {}).write(ls.root / "pairs/p/video1.mkv")
     queue = JobQueue(redis_conn, settings)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from ml_backend import worker as worker_module
-from ml_backend.jobs import JobQueue
-from ml_backend.synthetic import moving_shapes, scene_pair
-from ml_backend.worker import make_worker
+from ml_backend.video.synthetic import moving_shapes, scene_pair
+from ml_backend.worker import process as process_module
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import make_worker
 
 from .fakes import ColorVideoPredictor
 
@@ -119,7 +119,7 @@ def test_scenediff_job_with_real_sam2(queue, job_settings, redis_conn, pair, tmp
 def test_exact_masks_with_deterministic_predictor(queue, job_settings, redis_conn, pair, tmp_path, monkeypatch):
     """Prompts on middle frames; exported masks must equal ground truth on every frame of both videos."""
     v1, v2, p1, p2 = pair
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: ColorVideoPredictor())
     job = queue.enqueue_prompts(pair_prompts(v1, v2), {"video1": str(p1), "video2": str(p2)}, str(tmp_path / "out"))
     run_worker(job_settings, redis_conn)
     assert queue.status(job.id)["status"] == "finished"
@@ -144,7 +144,7 @@ def test_greenscreen_three_segments(queue, job_settings, redis_conn, tmp_path, m
     jobs = []
     for k, (a, b) in enumerate(bounds):
         folder = tmp_path / f"video_part_{k + 1:03d}"
-        from ml_backend.synthetic import SyntheticVideo
+        from ml_backend.video.synthetic import SyntheticVideo
 
         SyntheticVideo(long.frames[a:b], {}, {}).write(folder)
         prompts = {
@@ -164,7 +164,7 @@ def test_greenscreen_three_segments(queue, job_settings, redis_conn, tmp_path, m
             },
         }
         jobs.append(queue.enqueue_prompts(prompts, {"video1": str(folder)}, str(out)))
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: ColorVideoPredictor())
     run_worker(job_settings, redis_conn)
     assert all(queue.status(j.id)["status"] == "finished" for j in jobs)
     names = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
@@ -255,7 +255,7 @@ def bad_cases(tmp_path: Path):
 
 
 def test_bad_jobs_fail_with_reasons_and_worker_keeps_serving(queue, job_settings, redis_conn, tmp_path, monkeypatch):
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: ColorVideoPredictor())
     cases, good, good_path = bad_cases(tmp_path)
     settings = job_settings.replace(job_retries=0)
     queue = JobQueue(redis_conn, settings)
@@ -280,7 +280,7 @@ def test_bad_jobs_fail_with_reasons_and_worker_keeps_serving(queue, job_settings
 
 
 def test_redis_restart_loses_no_result(queue, job_settings, redis_conn, redis_server, tmp_path, monkeypatch):
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: ColorVideoPredictor())
     video = moving_shapes(num_frames=3, height=48, width=64)
     path = video.write(tmp_path / "v.mkv")
     prompts = {
@@ -326,10 +326,10 @@ def test_webhook_routes_actions(queue, job_settings):
 
 
 def test_jobs_route_and_cli_status(queue, job_settings, redis_conn, tmp_path, monkeypatch):
-    from ml_backend.app import create_app
-    from ml_backend.interactive import InteractivePredictor
+    from ml_backend.server.app import create_app
+    from ml_backend.server.interactive import InteractivePredictor
 
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: ColorVideoPredictor())
     video = moving_shapes(num_frames=5, height=48, width=64)
     path = video.write(tmp_path / "v.mkv")
     prompts = {
@@ -358,7 +358,7 @@ def test_bad_input_is_not_retried(queue, job_settings, redis_conn, tmp_path, mon
         calls.append(1)
         return ColorVideoPredictor()
 
-    monkeypatch.setattr(worker_module, "get_predictor", factory)
+    monkeypatch.setattr(process_module, "get_predictor", factory)
     video = moving_shapes(num_frames=3, height=48, width=64)
     path = video.write(tmp_path / "v.mkv")
     bad = {"format": "scenediff", "objects": [{"id": 1, "prompts": [{"frame": 9, "points": [[5, 5]], "labels": [1]}]}]}
@@ -384,7 +384,7 @@ def test_status_counts_every_video_with_fps_and_eta(queue, job_settings, redis_c
                     seen.append(queue.status(job.id))
                 yield item
 
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: Watched())
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: Watched())
     job = queue.enqueue_prompts(pair_prompts(v1, v2), {"video1": str(p1), "video2": str(p2)}, str(tmp_path / "out"))
     run_worker(job_settings, redis_conn)
     (running,) = seen
@@ -395,7 +395,7 @@ def test_status_counts_every_video_with_fps_and_eta(queue, job_settings, redis_c
 
 
 def test_speed_arithmetic():
-    from ml_backend.jobs import _speed
+    from ml_backend.worker.queue import _speed
 
     progress = {"video1": {"done": 30, "total": 40}, "video2": {"done": 0, "total": 60}}
     out = _speed(progress, started=100.0, status="started", now=110.0)
@@ -409,10 +409,10 @@ def test_speed_arithmetic():
 def test_a_starting_worker_measures_and_shares_its_speed(job_settings, redis_conn, monkeypatch, caplog):
     import logging
 
-    from ml_backend.speed import SPEED_KEY
+    from ml_backend.video.speed import SPEED_KEY
 
-    monkeypatch.setattr(worker_module, "get_predictor", lambda settings: ColorVideoPredictor())
-    with caplog.at_level(logging.INFO, logger="ml_backend.speed"):
+    monkeypatch.setattr(process_module, "get_predictor", lambda settings: ColorVideoPredictor())
+    with caplog.at_level(logging.INFO, logger="ml_backend.video.speed"):
         make_worker(job_settings, redis_conn, preload=True)
     stored = {k.decode(): v.decode() for k, v in redis_conn.hgetall(SPEED_KEY).items()}
     assert float(stored["seconds_per_frame"]) > 0 and stored["image_size"] == str(job_settings.image_size)

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from ml_backend.jobs import JobQueue
-from ml_backend.liveness import ALIVE_KEY
-from ml_backend.synthetic import moving_shapes
-from ml_backend.worker import watchdog_interval
+from ml_backend.video.synthetic import moving_shapes
+from ml_backend.worker.liveness import ALIVE_KEY
+from ml_backend.worker.queue import JobQueue
+from ml_backend.worker.runner import watchdog_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Our job path: ``ml_backend.pipeline.run_job`` on the MP4, measured like the stock path.
+"""Our job path: ``ml_backend.video.pipeline.run_job`` on the MP4, measured like the stock path.
 
 ``run_job`` with a SceneDiff prompt spec (objects prompted on the middle frame, so it propagates
 forward and backward), ``review=False``, with the quality signals (``quality.json``) as a job has
@@ -29,9 +29,9 @@ ALL_EXPORTS = ("davis", "ytvis", "mots")
 
 def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) -> dict[str, Any]:
     """Our job path: run_job on the video with a SceneDiff prompt spec."""
-    from ml_backend import pipeline
-    from ml_backend.pipeline import run_job
-    from ml_backend.prompts import parse_prompts
+    from ml_backend.video import pipeline
+    from ml_backend.video.pipeline import run_job
+    from ml_backend.video.prompts import parse_prompts
 
     # Count the bytes of the COCO RLE strings the job produces for segments.pkl (measurement only:
     # the job's own encoder is called unchanged), to tell output growth from other growth.

@@ -21,8 +21,8 @@ def child_model(cfg: dict[str, Any], predictor: Any = None, settings: Any = None
     (with ``predictor``/``settings`` given, that model instead of a fresh one)."""
     import torch
 
-    from ml_backend import propagation
-    from ml_backend.frames import open_frames, sam_input
+    from ml_backend.video import propagation
+    from ml_backend.video.frames import open_frames, sam_input
 
     if predictor is None:
         settings, predictor = build(cfg)

@@ -3,7 +3,7 @@
 For every image size, object count (1, 3, 8 by default) and path (model-only, :mod:`bench.model_only`;
 our job, :mod:`bench.job`), two fresh processes run back to back: one built with
 ``batch_objects=False`` (SAM 2's own ``propagate_in_video``, ``SAM2_BATCH_OBJECTS=0``) and one
-with batching on (:mod:`ml_backend.batched`, the default), ``--table-repeats`` times. All objects are prompted on the middle
+with batching on (:mod:`ml_backend.video.batched`, the default), ``--table-repeats`` times. All objects are prompted on the middle
 frame (one point each at a shape's centre), so the video is tracked forward and backward and all
 objects share one memory layout. The table gives the median seconds per frame of each, their
 ratio (batched / one-by-one; below 1 = batching is faster; each the lowest median over the repeats,
@@ -78,7 +78,7 @@ def min_iou(a: dict[str, Any] | None, b: dict[str, Any] | None, frames: int) -> 
         return None
     import numpy as np
 
-    from ml_backend.exports import rle_decode
+    from ml_backend.exporters.masks import rle_decode
 
     worst = 1.0
     for obj_id in set(a) | set(b):

@@ -21,7 +21,7 @@ def child_parity(cfg: dict[str, Any]) -> dict[str, Any]:
     """Stock vs our job on the same JPEG folder, same seeded predictor: per-frame IoU."""
     import numpy as np
 
-    from ml_backend.exports import rle_decode
+    from ml_backend.exporters.masks import rle_decode
 
     settings, predictor = build(cfg)
     # one predictor for both paths (it holds no per-video state)

@@ -77,8 +77,8 @@ def child_pipeline(cfg: dict[str, Any]) -> dict[str, Any]:
     quality signals, spool)."""
     import torch
 
-    from ml_backend.pipeline import run_job
-    from ml_backend.prompts import parse_prompts
+    from ml_backend.video.pipeline import run_job
+    from ml_backend.video.prompts import parse_prompts
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
@@ -151,8 +151,9 @@ def child_stages(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bench.masks import NoiseLogits, ShapeLogits
-    from ml_backend import exports, frames
-    from ml_backend.quality import Track
+    from ml_backend.exporters import masks as exports
+    from ml_backend.video import frames
+    from ml_backend.video.quality import Track
 
     torch.set_num_threads(1)
     repeats = cfg.get("repeats", 9)
@@ -199,7 +200,7 @@ def pipeline_ceiling(args: argparse.Namespace, video: Path, logdir: Path) -> dic
     """``run_job`` with a stand-in model over the smallest video, at the bench's image size and at
     1024 px, with 1 and 2 prefetch workers and the number a GPU model gets (one per core but
     one, at most 8)."""
-    from ml_backend.frames import prefetch_workers
+    from ml_backend.video.frames import prefetch_workers
 
     out: dict[tuple[int, int], dict[str, Any]] = {}
     n = min(args.frames)

@@ -103,7 +103,7 @@ def build(cfg: dict[str, Any]) -> tuple[Any, Any]:
 
 
 class _FakeSource:
-    """Just the size fields :func:`ml_backend.propagation.new_state` reads."""
+    """Just the size fields :func:`ml_backend.video.propagation.new_state` reads."""
 
     num_frames, height, width, fps = 3, HEIGHT, WIDTH, 30.0
 
@@ -113,7 +113,7 @@ def warm_up(predictor: Any, settings: Any) -> None:
     allocations) are paid before anything is timed; then the same state is thrown away."""
     import torch
 
-    from ml_backend import propagation
+    from ml_backend.video import propagation
 
     state = propagation.new_state(predictor, _FakeSource(), prefetch=0)  # type: ignore[arg-type]
     propagation.close_state(state)

@@ -1,5 +1,5 @@
 """Several annotations, Updates, deletions and failures as people see them, in Label Studio
-1.23.2 and headless Chromium against the real stack (:mod:`ml_backend.lifecycle`).
+1.23.2 and headless Chromium against the real stack (:mod:`ml_backend.worker.lifecycle`).
 
 Each test makes its own small SceneDiff pair (12 + 10 frames, pages every 5 frames) in a project
 with the current ``label_config/scenediff_pair.xml`` and checks, besides the screen, the task's
@@ -32,7 +32,7 @@ TITLE = "Several annotations (e2e)"
 @pytest.fixture(scope="module")
 def project(browser_context: Any, request: pytest.FixtureRequest) -> int:
     """A SceneDiff project with the current config, the backend and its webhook, local files."""
-    from ml_backend.automation import connect_backend, ensure_local_storage, ensure_project
+    from ml_backend.labelstudio.automation import connect_backend, ensure_local_storage, ensure_project
 
     stack = request.getfixturevalue("stack")
     client = stack.client()
@@ -48,9 +48,9 @@ def project(browser_context: Any, request: pytest.FixtureRequest) -> int:
 
 def new_task(stack: Any, project: int, *, broken_video: bool = False) -> tuple[int, str]:
     """A fresh small pair (its own folder of frames); ``broken_video``: video1 is a text file."""
-    from ml_backend.automation import import_tasks
-    from ml_backend.importing import pair_task
-    from ml_backend.synthetic import scene_pair
+    from ml_backend.labelstudio.automation import import_tasks
+    from ml_backend.labelstudio.importing import pair_task
+    from ml_backend.video.synthetic import scene_pair
 
     name = f"ann_{uuid.uuid4().hex[:8]}"
     v1, v2 = scene_pair(num_frames=(12, 10), size1=(240, 320))
@@ -73,8 +73,8 @@ def keypoint(x: float, y: float, rid: str = "p1", label: str = "Object 1") -> di
 
 
 def queue(stack: Any) -> Any:
-    from ml_backend.jobs import JobQueue
     from ml_backend.settings import Settings
+    from ml_backend.worker.queue import JobQueue
 
     return JobQueue.from_settings(Settings(redis_url=stack.redis_url))
 
@@ -125,7 +125,7 @@ def task_dir(stack: Any, project: int, task: int) -> Path:
 
 
 def annotation_dir(stack: Any, project: int, task: int, annotation: int) -> Path:
-    from ml_backend.lifecycle import annotation_dir as folder
+    from ml_backend.worker.records import annotation_dir as folder
 
     return folder(stack.results_root, project, task, annotation)
 

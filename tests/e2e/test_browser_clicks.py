@@ -28,9 +28,9 @@ THREE = [("Object 1", 0.15, 0.2), ("Object 2", 0.5, 0.5), ("Object 3", 0.8, 0.7)
 
 def new_pair_task(stack: Any) -> tuple[int, int]:
     """A SceneDiff task of its own (fresh files, no drafts from other tests) in the demo project."""
-    from ml_backend.automation import import_tasks
-    from ml_backend.importing import pair_task
-    from ml_backend.synthetic import scene_pair
+    from ml_backend.labelstudio.automation import import_tasks
+    from ml_backend.labelstudio.importing import pair_task
+    from ml_backend.video.synthetic import scene_pair
 
     project = stack.demo["scenediff"]["project"]
     name = f"clicks_{uuid.uuid4().hex[:8]}"

@@ -5,7 +5,7 @@ error over the whole session.
 
 What Label Studio 1.23.2 does (checked here): the keypoints of a reopened annotation are loaded
 without their sign, so Update saves them without ``is_positive`` and the next smart click sends
-them without it; the backend restores the sign it recorded (:mod:`ml_backend.signs`).
+them without it; the backend restores the sign it recorded (:mod:`ml_backend.labelstudio.signs`).
 
 Run: ``.venv/bin/python -m pytest -m "e2e or browser" -o addopts="-ra" tests/e2e/test_browser_signs.py -x``
 (``E2E_STACK_DIR=<dir>`` attaches to a stack started with ``scripts/stack.py up``).
@@ -63,9 +63,9 @@ class LogWatch:
 
 def new_pair_task(stack: Any) -> tuple[int, int]:
     """A fresh synthetic SceneDiff pair in the demo project (its own folder of frames)."""
-    from ml_backend.automation import import_tasks
-    from ml_backend.importing import pair_task
-    from ml_backend.synthetic import scene_pair
+    from ml_backend.labelstudio.automation import import_tasks
+    from ml_backend.labelstudio.importing import pair_task
+    from ml_backend.video.synthetic import scene_pair
 
     project = stack.demo["scenediff"]["project"]
     name = f"signs_{uuid.uuid4().hex[:8]}"
@@ -79,16 +79,16 @@ def new_pair_task(stack: Any) -> tuple[int, int]:
 
 
 def job_ids(stack: Any) -> set[str]:
-    from ml_backend.jobs import JobQueue
     from ml_backend.settings import Settings
+    from ml_backend.worker.queue import JobQueue
 
     return set(JobQueue.from_settings(Settings(redis_url=stack.redis_url)).jobs())
 
 
 def wait_job(stack: Any, project: int, task: int, known: set[str]) -> dict:
     """The next job of ``task`` (not in ``known``) once finished; fails at once if it fails."""
-    from ml_backend.jobs import JobQueue
     from ml_backend.settings import Settings
+    from ml_backend.worker.queue import JobQueue
 
     queue = JobQueue.from_settings(Settings(redis_url=stack.redis_url))
     prefix = f"p{project}-t{task}-"

@@ -59,7 +59,7 @@ def api(stack: Any, method: str, path: str, body: Any = None) -> Any:
 @pytest.fixture(scope="module")
 def pair(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A project made by scripts/create_project.py with a pair imported by scripts/import_pairs.py."""
-    from ml_backend.synthetic import scene_pair
+    from ml_backend.video.synthetic import scene_pair
 
     src = tmp_path_factory.mktemp("videos")
     v1, v2 = scene_pair()  # mug removed, box added, ball moved, lamp static
@@ -186,8 +186,8 @@ def test_submitted_annotation_is_propagated_exported_and_predicted(stack_alive: 
     from label_studio_sdk.client import LabelStudio
     from pycocotools import mask as mask_utils
 
-    from ml_backend.jobs import JobQueue
     from ml_backend.settings import Settings
+    from ml_backend.worker.queue import JobQueue
 
     stack = stack_alive
     client = LabelStudio(base_url=stack.ls_url, api_key=stack.token, timeout=120)
@@ -281,8 +281,8 @@ def served(stack: Any, url: str) -> bytes:
 
 def new_job(stack: Any, prefix: str, known: set[str], status: str = "finished") -> dict:
     """Wait for a job whose id starts with ``prefix`` and is not in ``known`` to reach ``status``."""
-    from ml_backend.jobs import JobQueue
     from ml_backend.settings import Settings
+    from ml_backend.worker.queue import JobQueue
 
     queue = JobQueue.from_settings(Settings(redis_url=stack.redis_url))
 
@@ -303,8 +303,8 @@ def new_job(stack: Any, prefix: str, known: set[str], status: str = "finished") 
 
 
 def job_ids(stack: Any) -> set[str]:
-    from ml_backend.jobs import JobQueue
     from ml_backend.settings import Settings
+    from ml_backend.worker.queue import JobQueue
 
     return set(JobQueue.from_settings(Settings(redis_url=stack.redis_url)).jobs())
 

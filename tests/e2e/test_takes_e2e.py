@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_readme_engineer_commands_and_imports_against_the_real_stack(stack_alive, tmp_path):
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.video.synthetic import moving_shapes
 
     stack = stack_alive
     client = stack.client()

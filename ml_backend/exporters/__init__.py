@@ -1,0 +1,1 @@
+"""Export formats: the interface, the registry, masks and staging, one module per format."""

@@ -1,0 +1,1 @@
+"""Label Studio: the client and backoff, the labeling config, tasks and annotations, review."""
