@@ -972,8 +972,10 @@ class JobQueue:
             return on_deleted(self, action, payload)
         if action == "TASKS_CREATED":
             from .lifecycle import check_imported
+            from .uploads import on_tasks_created
 
-            return check_imported(self, payload)
+            payload, uploads = on_tasks_created(self, payload)  # uploaded videos: their own jobs
+            return {**check_imported(self, payload), **uploads}
         if action == "START_TRAINING":
             if project_id is None:
                 raise BadPayload("START_TRAINING webhook without a project id")

@@ -267,6 +267,26 @@ class Settings:
         metadata=_env("PREFETCH_WORKERS", "threads preparing frames; 0 = 1 on CPU, up to 8 on GPU"),
     )
     port: int = field(default=defaults.PORT, metadata=_env("PORT", "HTTP port of the backend"))
+    upload_segment_seconds: float = field(
+        default=defaults.UPLOAD_SEGMENT_SECONDS,
+        metadata=_env("UPLOAD_SEGMENT_SECONDS", "seconds per segment task of a green-screen video uploaded in Label Studio"),
+    )
+    upload_pair_stride: int = field(
+        default=defaults.UPLOAD_PAIR_STRIDE,
+        metadata=_env("UPLOAD_PAIR_STRIDE", "an annotation frame every this many frames of an uploaded SceneDiff pair"),
+    )
+    upload_max_side: int = field(
+        default=defaults.UPLOAD_MAX_SIDE,
+        metadata=_env("UPLOAD_MAX_SIDE", "longest side, in pixels, of an uploaded video (8K is refused by default)"),
+    )
+    upload_max_seconds: float = field(
+        default=defaults.UPLOAD_MAX_SECONDS,
+        metadata=_env("UPLOAD_MAX_SECONDS", "longest uploaded video, in seconds"),
+    )
+    upload_max_bytes: int = field(
+        default=defaults.UPLOAD_MAX_BYTES,
+        metadata=_env("UPLOAD_MAX_BYTES", "largest uploaded video downloaded from Label Studio, in bytes"),
+    )
 
     def __post_init__(self) -> None:
         if self.model_size not in MODEL_SIZES:
@@ -306,6 +326,10 @@ class Settings:
         if self.review_keep_versions < 1:
             raise ConfigurationError(
                 f"REVIEW_KEEP_VERSIONS={self.review_keep_versions} must be at least 1 (the newest job's files)"
+            )
+        if self.upload_segment_seconds <= 0 or self.upload_pair_stride < 1 or self.upload_max_side < 1:
+            raise ConfigurationError(
+                "UPLOAD_SEGMENT_SECONDS must be above 0, UPLOAD_PAIR_STRIDE and UPLOAD_MAX_SIDE at least 1"
             )
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigurationError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")

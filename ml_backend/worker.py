@@ -47,7 +47,9 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 #: The only job functions a worker runs.
-ALLOWED_FUNCTIONS = frozenset({"ml_backend.jobs.propagate_task", "ml_backend.jobs.propagate_prompts"})
+ALLOWED_FUNCTIONS = frozenset(
+    {"ml_backend.jobs.propagate_task", "ml_backend.jobs.propagate_prompts", "ml_backend.uploadjob.prepare_upload"}
+)
 
 #: Redis key holding the id of the execution that owns a job (the one allowed to publish it).
 OWNER_KEY = "sam2:job-owner:{job_id}"
