@@ -143,25 +143,24 @@ def test_the_same_video_uploaded_twice_makes_no_duplicates(queue, ls, settings, 
     assert len(tasks_of(ls, TARGET)) == 4
 
 
-def _bad_files(tmp_path: Path) -> dict[str, tuple[str, bytes | Path]]:
+def _bad_file(case: str, tmp_path: Path) -> tuple[str, bytes | Path]:
+    """``(file name, content)`` of one bad upload."""
     video = moving_shapes(num_frames=30, height=48, width=64)
-    mkv = video.write(tmp_path / "full.mkv")
-    avi = video.write(tmp_path / "full.avi")
-    png = tmp_path / "still.png"
-    from PIL import Image
+    if case == "an image":
+        from PIL import Image
 
-    Image.fromarray(video.frames[0]).save(png)
-    eight_k = moving_shapes(num_frames=2, height=4320, width=7680).write(tmp_path / "8k.avi")
-    three_hours = video.write(tmp_path / "slow.avi", fps=30 / (3 * 3600))  # 30 frames over 3 hours
-    return {
-        "not a video": ("notes.mp4", b"hello, this is text\n" * 50),
-        "an image": ("still.png", png),
-        "zero-length": ("empty.mp4", b""),
-        "truncated": ("cut.mkv", mkv.read_bytes()[: mkv.stat().st_size // 2]),
-        "unsupported codec": ("odd.avi", avi.read_bytes().replace(b"MJPG", b"ZZ9Z")),
-        "8K": ("huge.avi", eight_k),
-        "over 2 hours": ("long.avi", three_hours),
-    }
+        Image.fromarray(video.frames[0]).save(tmp_path / "still.png")
+        return "still.png", tmp_path / "still.png"
+    if case == "8K":
+        return "huge.avi", moving_shapes(num_frames=2, height=4320, width=7680).write(tmp_path / "8k.avi")
+    if case == "over 2 hours":
+        return "long.avi", video.write(tmp_path / "slow.avi", fps=30 / (3 * 3600))  # 30 frames over 3 hours
+    if case == "truncated":
+        mkv = video.write(tmp_path / "full.mkv")
+        return "cut.mkv", mkv.read_bytes()[: mkv.stat().st_size // 2]
+    if case == "unsupported codec":  # a valid AVI whose codec id no decoder knows
+        return "odd.avi", video.write(tmp_path / "full.avi").read_bytes().replace(b"MJPG", b"ZZ9Z")
+    return {"not a video": ("notes.mp4", b"hello, this is text\n" * 50), "zero-length": ("empty.mp4", b"")}[case]
 
 
 REASONS = {
@@ -177,7 +176,7 @@ REASONS = {
 
 @pytest.mark.parametrize("case", list(REASONS))
 def test_bad_uploads_fail_with_a_reason_and_change_nothing_else(case, queue, ls, settings, redis_conn, tmp_path):
-    name, content = _bad_files(tmp_path)[case]
+    name, content = _bad_file(case, tmp_path)
     before = {i: dict(t["data"]) for i, t in ls.tasks.items()}
     task = upload(queue, ls, settings, redis_conn, INBOX, {"video": put(ls, INBOX, name, content)})
     state = ls.tasks[task]["data"]
