@@ -179,3 +179,7 @@ UPLOAD_MAX_SECONDS = 2 * 3600
 
 #: Largest uploaded video downloaded from Label Studio, in bytes.
 UPLOAD_MAX_BYTES = 20 * 1024**3
+
+#: Seconds between two polls of the uploads projects for uploads whose ``TASKS_CREATED`` webhook
+#: never came (one worker polls); 0 = webhook only.
+UPLOAD_POLL_SECONDS = 30.0

@@ -269,7 +269,9 @@ class Settings:
     port: int = field(default=defaults.PORT, metadata=_env("PORT", "HTTP port of the backend"))
     upload_segment_seconds: float = field(
         default=defaults.UPLOAD_SEGMENT_SECONDS,
-        metadata=_env("UPLOAD_SEGMENT_SECONDS", "seconds per segment task of a green-screen video uploaded in Label Studio"),
+        metadata=_env(
+            "UPLOAD_SEGMENT_SECONDS", "seconds per segment task of a green-screen video uploaded in Label Studio"
+        ),
     )
     upload_pair_stride: int = field(
         default=defaults.UPLOAD_PAIR_STRIDE,
@@ -282,6 +284,10 @@ class Settings:
     upload_max_seconds: float = field(
         default=defaults.UPLOAD_MAX_SECONDS,
         metadata=_env("UPLOAD_MAX_SECONDS", "longest uploaded video, in seconds"),
+    )
+    upload_poll_seconds: float = field(
+        default=defaults.UPLOAD_POLL_SECONDS,
+        metadata=_env("UPLOAD_POLL_SECONDS", "seconds between polls for uploads whose webhook never came; 0 = off"),
     )
     upload_max_bytes: int = field(
         default=defaults.UPLOAD_MAX_BYTES,

@@ -1,7 +1,7 @@
 """The RQ job that turns an uploaded video (or pair) into annotatable tasks (:mod:`ml_backend.uploads`).
 
 The job downloads the upload through Label Studio's API (:func:`ml_backend.app.default_fetcher`,
-the backend's token), checks it (:func:`probe`: a video that decodes, within ``UPLOAD_MAX_SIDE``
+the backend's token), checks it (:func:`ml_backend.uploads.probe`: a video that decodes, within ``UPLOAD_MAX_SIDE``
 and ``UPLOAD_MAX_SECONDS``), extracts the frames with the scripts' own code
 (:func:`~ml_backend.importing.split_video` + :func:`~ml_backend.importing.segment_tasks`, or
 :func:`~ml_backend.importing.pair_task`) into a hidden folder under the local-files root, and
@@ -21,16 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .exceptions import JobError
-from .uploads import PAIR_RULE, file_name, is_upload, pair_role, take_for, uploads_target, write_state
+from .uploads import (
+    PAIR_RULE,
+    UploadRefused,
+    decode_error,
+    file_name,
+    is_upload,
+    pair_role,
+    probe,
+    take_for,
+    uploads_target,
+    write_state,
+)
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".svg", ".pdf", ".txt", ".csv", ".json")
-
-
-class UploadRefused(JobError):
-    """An upload that cannot become tasks; the message is the one sentence the task shows."""
 
 
 @dataclass
@@ -107,62 +111,6 @@ def fetch(ctx: Upload, ref: str) -> Path:
         raise UploadRefused(f"{name} could not be read from Label Studio: {why}") from None
 
 
-@dataclass
-class VideoInfo:
-    frames: int
-    width: int
-    height: int
-    fps: float
-
-
-def probe(path: Path, name: str, settings: Any) -> VideoInfo:
-    """The video's size, length and rate; :class:`UploadRefused` with the reason when it is not
-    a video, is empty or cannot be decoded, or exceeds ``UPLOAD_MAX_SIDE``/``UPLOAD_MAX_SECONDS``."""
-    from .exceptions import VideoError
-    from .frames import open_frames
-
-    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-        raise UploadRefused(f"{name} is not a video; upload an mp4, webm, mkv, mov or avi file")
-    if path.stat().st_size == 0:
-        raise UploadRefused(f"{name} is empty (0 bytes)")
-    try:
-        with open_frames(path, cache_frames=1) as source:
-            info = VideoInfo(source.num_frames, source.width, source.height, round(float(source.fps or 0.0), 4))
-    except VideoError as exc:
-        detail = "it has no decodable frame" if "decodable" in str(exc) or "no frames" in str(exc) else "unknown"
-        raise UploadRefused(
-            f"{name} cannot be decoded ({detail if detail != 'unknown' else 'not a video, or an unsupported codec'}); "
-            "upload an H.264, VP8/VP9 or MPEG-4 video"
-        ) from None
-    if info.frames < 2:
-        raise UploadRefused(f"{name} has only {info.frames} frame: it is not a video")
-    if max(info.width, info.height) > settings.upload_max_side:
-        raise UploadRefused(
-            f"{name} is {info.width}×{info.height} pixels, larger than UPLOAD_MAX_SIDE={settings.upload_max_side}; "
-            "scale it down or raise the limit"
-        )
-    seconds = info.frames / info.fps if info.fps > 0 else 0.0
-    if seconds > settings.upload_max_seconds:
-        raise UploadRefused(
-            f"{name} lasts {_clock(seconds)}, longer than UPLOAD_MAX_SECONDS={settings.upload_max_seconds:g} "
-            f"({_clock(settings.upload_max_seconds)}); cut it or raise the limit"
-        )
-    return info
-
-
-def _clock(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def decode_error(exc: Exception, name: str) -> UploadRefused:
-    """A frame that could not be read while extracting: the file is truncated or damaged."""
-    text = str(exc)
-    at = text.split("ended at frame ", 1)[1].split(" ", 1)[0] if "ended at frame " in text else ""
-    where = f"ends at frame {at} although its header promises more" if at else "has a frame that cannot be decoded"
-    return UploadRefused(f"{name} {where} (truncated or damaged); upload the whole file again")
-
-
 def local_root(ctx: Upload) -> Path:
     root = ctx.settings.local_files_root
     if not root or not Path(root).is_dir():
@@ -177,7 +125,9 @@ def imported_from(ctx: Upload, sha: str) -> list[tuple[int, dict[str, Any]]]:
     """Tasks of the target project made from content ``sha`` (any import: upload or script)."""
     from .automation import project_tasks
 
-    return [(i, d) for i, d in ctx.retry(lambda: project_tasks(ctx.client, ctx.target)) if d.get("source_sha256") == sha]
+    return [
+        (i, d) for i, d in ctx.retry(lambda: project_tasks(ctx.client, ctx.target)) if d.get("source_sha256") == sha
+    ]
 
 
 def made_from(ctx: Upload, task: int) -> list[tuple[int, dict[str, Any]]]:
@@ -362,7 +312,7 @@ def make_pair(ctx: Upload, tasks: list[int], refs: list[str], name: str) -> dict
     root = local_root(ctx)
     paths = [fetch(ctx, ref) for ref in refs]
     names = [file_name(ref) or f"video{k + 1}" for k, ref in enumerate(refs)]
-    for path, shown in zip(paths, names):
+    for path, shown in zip(paths, names, strict=True):
         probe(path, shown, ctx.settings)  # sizes and rates may differ between the two
     sha = pair_sha256(*paths)
     if existing := imported_from(ctx, sha):

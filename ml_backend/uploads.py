@@ -27,9 +27,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from pathlib import PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .exceptions import JobError
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,70 @@ def ensure_uploads_project(client: Any, target: Any, kind: str, backend_url: str
     return project
 
 
+# -- checking an uploaded video ------------------------------------------------------------------
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".svg", ".pdf", ".txt", ".csv", ".json")
+
+
+class UploadRefused(JobError):
+    """An upload that cannot become tasks; the message is the one sentence the task shows."""
+
+
+@dataclass
+class VideoInfo:
+    frames: int
+    width: int
+    height: int
+    fps: float
+
+
+def probe(path: Path, name: str, settings: Any) -> VideoInfo:
+    """The video's size, length and rate; :class:`UploadRefused` with the reason when it is not
+    a video, is empty or cannot be decoded, or exceeds ``UPLOAD_MAX_SIDE``/``UPLOAD_MAX_SECONDS``."""
+    from .exceptions import VideoError
+    from .frames import open_frames
+
+    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+        raise UploadRefused(f"{name} is not a video; upload an mp4, webm, mkv, mov or avi file")
+    if path.stat().st_size == 0:
+        raise UploadRefused(f"{name} is empty (0 bytes)")
+    try:
+        with open_frames(path, cache_frames=1) as source:
+            info = VideoInfo(source.num_frames, source.width, source.height, round(float(source.fps or 0.0), 4))
+    except VideoError as exc:
+        detail = "it has no decodable frame" if "decodable" in str(exc) or "no frames" in str(exc) else "unknown"
+        raise UploadRefused(
+            f"{name} cannot be decoded ({detail if detail != 'unknown' else 'not a video, or an unsupported codec'}); "
+            "upload an H.264, VP8/VP9 or MPEG-4 video"
+        ) from None
+    if info.frames < 2:
+        raise UploadRefused(f"{name} has only {info.frames} frame: it is not a video")
+    if max(info.width, info.height) > settings.upload_max_side:
+        raise UploadRefused(
+            f"{name} is {info.width}×{info.height} pixels, larger than UPLOAD_MAX_SIDE={settings.upload_max_side}; "
+            "scale it down or raise the limit"
+        )
+    seconds = info.frames / info.fps if info.fps > 0 else 0.0
+    if seconds > settings.upload_max_seconds:
+        raise UploadRefused(
+            f"{name} lasts {_clock(seconds)}, longer than UPLOAD_MAX_SECONDS={settings.upload_max_seconds:g} "
+            f"({_clock(settings.upload_max_seconds)}); cut it or raise the limit"
+        )
+    return info
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def decode_error(exc: Exception, name: str) -> UploadRefused:
+    """A frame that could not be read while extracting: the file is truncated or damaged."""
+    text = str(exc)
+    at = text.split("ended at frame ", 1)[1].split(" ", 1)[0] if "ended at frame " in text else ""
+    where = f"ends at frame {at} although its header promises more" if at else "has a frame that cannot be decoded"
+    return UploadRefused(f"{name} {where} (truncated or damaged); upload the whole file again")
+
+
 # -- the webhook ----------------------------------------------------------------------------------
 def job_id(project: int, task: int) -> str:
     return f"upload-p{project}-t{task}"
@@ -218,3 +285,46 @@ def write_state(settings: Any, conn: Any, task: int, state: str, error: str, mes
         update_task_data(settings, conn, task, change, seconds=seconds)
     except Exception as exc:
         log.warning("could not write uploaded task %s's state (%s)", task, type(exc).__name__)
+
+
+# -- the polling fallback -------------------------------------------------------------------------
+def poll_once(queue: Any) -> list[str]:
+    """Enqueue every upload of every uploads project that has no state yet (its webhook was lost,
+    or the backend was down when it came); returns the job ids."""
+    from . import labelstudio
+    from .automation import project_tasks
+
+    client = labelstudio.client(queue.settings.label_studio_url, queue.settings.label_studio_api_key)
+    ids = []
+    for project in client.projects.list():
+        found = uploads_target(getattr(project, "label_config", None))
+        if found is None:
+            continue
+        for task, data in project_tasks(client, int(project.id)):
+            if is_upload(data, found[1]) and not data.get("job_state"):
+                ids.append(enqueue(queue, int(project.id), task))
+    return ids
+
+
+def poll_forever(connection: Any, stop: threading.Event) -> None:
+    """The polling fallback, a thread of every worker (``UPLOAD_POLL_SECONDS``, 0 = off): one
+    worker of the queue at a time runs :func:`poll_once` every that many seconds."""
+    from .jobs import JobQueue
+    from .worker import current_settings
+
+    try:
+        settings = current_settings()
+    except Exception:  # the worker itself reports bad settings
+        return
+    interval = settings.upload_poll_seconds
+    if interval <= 0 or not settings.label_studio_api_key:
+        return
+    queue = JobQueue(connection, settings)
+    while not stop.wait(interval):
+        try:
+            if connection.set(f"sam2:upload-poll:{settings.queue_name}", "1", nx=True, px=int(interval * 900)):
+                found = poll_once(queue)
+                if found:
+                    log.info("polling found %d upload(s) without a state: %s", len(found), ", ".join(found))
+        except Exception as exc:  # Label Studio or Redis away: the next round tries again
+            log.debug("upload poll failed (%s)", type(exc).__name__, exc_info=True)

@@ -206,6 +206,7 @@ class Worker(SimpleWorker):
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         from .liveness import AliveKey, reset
+        from .uploads import poll_forever
 
         reset()
         alive = AliveKey(self.connection, self.name, self.alive_ttl).start()
@@ -213,6 +214,7 @@ class Worker(SimpleWorker):
         threads = [
             threading.Thread(target=self._watch, args=(stop,), name="job-watchdog", daemon=True),
             threading.Thread(target=self._keep_columns, args=(stop,), name="job-columns", daemon=True),
+            threading.Thread(target=poll_forever, args=(self.connection, stop), name="upload-poll", daemon=True),
         ]
         for thread in threads:
             thread.start()

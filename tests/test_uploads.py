@@ -111,7 +111,7 @@ def test_a_long_video_becomes_one_task_per_segment(queue, ls, settings, redis_co
     script_root = tmp_path / "script"
     expected = segment_tasks(split_video(long_video, script_root / "segments" / "beach_take", 1.0), script_root,
                              take="beach_take", fps=10.0)  # fmt: skip
-    for data, want in zip(sorted(made.values(), key=lambda d: d["segment_index"]), expected):
+    for data, want in zip(sorted(made.values(), key=lambda d: d["segment_index"]), expected, strict=True):
         for key in ("segment_index", "segment_frames", "first_frame", "last_frame", "frame_indices", "take", "fps"):
             assert data[key] == want[key], key
         assert data["frames"] == want["frames"]  # the same relative paths under the local-files root
@@ -135,8 +135,13 @@ def test_the_same_video_uploaded_twice_makes_no_duplicates(queue, ls, settings, 
     assert "imported already" in state["job_error"] and f"project {TARGET}" in state["job_error"]
     assert {i: d for i, d in ls.tasks.items() if i != second} == before
     # the same webhook twice enqueues nothing new, and a rerun of the first job keeps it ready
-    upload_again = queue.on_webhook({"action": "TASKS_CREATED", "tasks": [{"id": first, "data": {}}],
-                                     "project": {"id": INBOX, "label_config": ls.projects[INBOX]["label_config"]}})
+    upload_again = queue.on_webhook(
+        {
+            "action": "TASKS_CREATED",
+            "tasks": [{"id": first, "data": {}}],
+            "project": {"id": INBOX, "label_config": ls.projects[INBOX]["label_config"]},
+        }
+    )
     make_worker(settings, redis_conn, preload=False).work(burst=True)
     assert upload_again["uploads"] == [uploads.job_id(INBOX, first)]
     assert ls.tasks[first]["data"]["job_state"] == "ready"
@@ -193,12 +198,14 @@ def test_bad_uploads_fail_with_a_reason_and_change_nothing_else(case, queue, ls,
 def test_a_pair_by_file_names_waits_for_its_partner(queue, ls, settings, redis_conn, tmp_path):
     v1 = moving_shapes(num_frames=12, height=48, width=64).write(tmp_path / "a.mkv", fps=10)
     v2 = moving_shapes(num_frames=9, height=60, width=80, seed=1).write(tmp_path / "b.mkv", fps=15)  # other size, fps
-    first = upload(queue, ls, settings, redis_conn, PAIR_INBOX, {"video1": put(ls, PAIR_INBOX, "kitchen_before.mkv", v1)})
+    first = upload(
+        queue, ls, settings, redis_conn, PAIR_INBOX, {"video1": put(ls, PAIR_INBOX, "kitchen_before.mkv", v1)}
+    )
     assert ls.tasks[first]["data"]["job_state"] == "waiting"
     assert "kitchen_2.*" in ls.tasks[first]["data"]["job_message"]
     assert not tasks_of(ls, PAIRS)
     second = upload(queue, ls, settings, redis_conn, PAIR_INBOX, {"video1": put(ls, PAIR_INBOX, "kitchen_2.mkv", v2)})
-    (pair_id, pair), = tasks_of(ls, PAIRS).items()
+    ((pair_id, pair),) = tasks_of(ls, PAIRS).items()
     assert pair["pair"] == "kitchen" and pair["frame_indices1"] == [0, 5, 10] and pair["frame_indices2"] == [0, 5]
     assert sorted(pair["source_tasks"]) == [first, second]
     assert (ls.root / "pairs" / "kitchen" / "frames2" / "frame_000005.jpg").is_file()
@@ -206,8 +213,13 @@ def test_a_pair_by_file_names_waits_for_its_partner(queue, ls, settings, redis_c
         assert ls.tasks[task]["data"]["job_state"] == "ready", ls.tasks[task]["data"]
         assert f"pair task {pair_id}" in ls.tasks[task]["data"]["job_message"]
     # the partner's own job (both uploads in one import) finds the pair made: still one task
-    queue.on_webhook({"action": "TASKS_CREATED", "tasks": [{"id": first, "data": ls.tasks[first]["data"]}],
-                      "project": {"id": PAIR_INBOX, "label_config": ls.projects[PAIR_INBOX]["label_config"]}})
+    queue.on_webhook(
+        {
+            "action": "TASKS_CREATED",
+            "tasks": [{"id": first, "data": ls.tasks[first]["data"]}],
+            "project": {"id": PAIR_INBOX, "label_config": ls.projects[PAIR_INBOX]["label_config"]},
+        }
+    )
     make_worker(settings, redis_conn, preload=False).work(burst=True)
     assert len(tasks_of(ls, PAIRS)) == 1 and ls.tasks[first]["data"]["job_state"] == "ready"
 
@@ -217,7 +229,7 @@ def test_a_csv_row_with_video1_and_video2_is_a_pair(queue, ls, settings, redis_c
     v2 = moving_shapes(num_frames=12, height=48, width=64, seed=2).write(tmp_path / "b.mkv")
     row = {"video1": put(ls, PAIR_INBOX, "x.mkv", v1), "video2": put(ls, PAIR_INBOX, "y.mkv", v2), "pair": "desk"}
     task = upload(queue, ls, settings, redis_conn, PAIR_INBOX, row)
-    (_, pair), = tasks_of(ls, PAIRS).items()
+    ((_, pair),) = tasks_of(ls, PAIRS).items()
     assert pair["pair"] == "desk" and ls.tasks[task]["data"]["job_state"] == "ready"
 
 
@@ -241,3 +253,14 @@ def test_pairing_rule_and_file_names():
     assert uploads.pair_role("/data/upload/3/1a2b3c4d-desk_3.mp4") is None
     assert uploads.take_for("/data/upload/3/1a2b3c4d-my take (1).mp4", "x") == "my_take_1"
     assert uploads.uploads_target(uploads.uploads_config(7, "scenediff", "A <b>")) == (7, "scenediff")
+
+
+def test_polling_finds_an_upload_whose_webhook_never_came(queue, ls, settings, redis_conn, long_video):
+    ls.add_task(50, INBOX, {"video": put(ls, INBOX, "lost.mkv", long_video)})  # no TASKS_CREATED sent
+    ls.add_task(51, INBOX, {"video": put(ls, INBOX, "done.mkv", long_video), "job_state": "failed"})
+    assert uploads.poll_once(queue) == [uploads.job_id(INBOX, 50)]
+    worker_module._settings = settings
+    make_worker(settings, redis_conn, preload=False).work(burst=True)
+    assert ls.tasks[50]["data"]["job_state"] == "ready"
+    assert len(tasks_of(ls, TARGET)) == 1 + 3
+    assert uploads.poll_once(queue) == []  # it has a state now

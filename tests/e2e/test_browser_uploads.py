@@ -67,8 +67,9 @@ def made_from(stack: Any, target: int, uploads: int, count: int, before: set[int
 def upload_states(stack: Any, uploads: int, names: list[str]) -> dict[str, dict]:
     from ml_backend.uploads import file_name
 
-    tasks = [dict(t.data) for t in sorted(stack.client().tasks.list(project=uploads, fields="task_only"),
-                                          key=lambda t: t.id)]  # the newest upload of a name last
+    tasks = [
+        dict(t.data) for t in sorted(stack.client().tasks.list(project=uploads, fields="task_only"), key=lambda t: t.id)
+    ]  # the newest upload of a name last
     return {file_name(d.get("video") or d.get("video1")): d for d in tasks
             if file_name(d.get("video") or d.get("video1")) in names}  # fmt: skip
 
