@@ -226,7 +226,8 @@ def on_tasks_created(queue: Any, payload: dict[str, Any]) -> tuple[dict[str, Any
     if not mine:
         return payload, {}
     ids = [enqueue(queue, int(project_id), int(t["id"])) for t in mine]
-    mark_preparing(queue, [int(t["id"]) for t in mine])
+    if known is not None:  # else the job finds out whether the project is an uploads project
+        mark_preparing(queue, [int(t["id"]) for t in mine])
     rest = [t for t in tasks if t not in mine]
     return {**payload, "tasks": rest}, {"uploads": ids}
 

@@ -125,7 +125,7 @@ class FakeLabelStudio:
             body = request.get_json(force=True)
             project_id = max(self.projects, default=0) + 1
             self.add_project(project_id, body["label_config"])
-            self.projects[project_id].update(title=body.get("title", ""))
+            self.projects[project_id].update(title=body.get("title", ""), description=body.get("description", ""))
             return self.projects[project_id], 201
         if parts == ["api", "ml"] and method == "POST":
             backend = {"id": len(self.ml_backends) + 1, **request.get_json(force=True)}

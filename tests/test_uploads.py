@@ -264,3 +264,19 @@ def test_polling_finds_an_upload_whose_webhook_never_came(queue, ls, settings, r
     assert ls.tasks[50]["data"]["job_state"] == "ready"
     assert len(tasks_of(ls, TARGET)) == 1 + 3
     assert uploads.poll_once(queue) == []  # it has a state now
+
+
+def test_create_project_with_uploads_makes_the_uploads_project_and_says_the_rule(tmp_path):
+    from .test_scripts import script
+
+    server = FakeLabelStudio(tmp_path).start()
+    try:
+        done = script("create_project.py", "--title", "Scenes", "--uploads", url=server.url, token=server.token)
+        assert done.returncode == 0, done.stderr
+        (target,) = [p for p in server.projects.values() if p["title"] == "Scenes"]
+        (inbox,) = [p for p in server.projects.values() if p["title"] == "Scenes · uploads"]
+        assert uploads.uploads_target(inbox["label_config"]) == (target["id"], "scenediff")
+        assert uploads.PAIR_RULE in target["description"] and uploads.PAIR_RULE in inbox["description"]
+        assert f"uploads project {inbox['id']}: Scenes · uploads" in done.stdout
+    finally:
+        server.stop()
