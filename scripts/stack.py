@@ -586,7 +586,6 @@ class Stack:
         from ml_backend.automation import connect_backend, ensure_local_storage, ensure_project, import_tasks
         from ml_backend.importing import pair_task, segment_tasks, split_video
         from ml_backend.synthetic import moving_shapes, scene_pair
-        from ml_backend.uploads import ensure_uploads_project
 
         client = self.client()
         self.demo_dir.mkdir(parents=True, exist_ok=True)
@@ -607,7 +606,6 @@ class Stack:
             ensure_local_storage(client, project.id, self.files_root / "pairs")
             tasks = import_tasks(client, project.id, [data])
         out["scenediff"] = {"project": project.id, "tasks": tasks, "backend": backend.id}
-        out["scenediff"]["uploads"] = ensure_uploads_project(client, project, "scenediff", self.backend_url).id
 
         if greenscreen:
             config = (ROOT / "label_config" / "greenscreen_segment.xml").read_text()
@@ -625,7 +623,6 @@ class Stack:
                 made = segment_tasks(folders, self.files_root, take="demo_shapes", fps=10.0)
                 tasks = import_tasks(client, project.id, made)
             out["greenscreen"] = {"project": project.id, "tasks": tasks, "backend": backend.id}
-            out["greenscreen"]["uploads"] = ensure_uploads_project(client, project, "greenscreen", self.backend_url).id
         self.demo = out
         self.write_info()
         return out

@@ -22,9 +22,23 @@ from . import test_browser_signs as signs
 from .conftest import wait_for
 
 # the browser fixtures of tests/e2e/test_browser.py (a logged-in Chromium context, a page per test)
-browser_context, page, ui_stack = tb.browser_context, tb.page, tb.ui_stack
+browser_context, page = tb.browser_context, tb.page
 
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def ui_stack(page: Any, request: pytest.FixtureRequest) -> Any:
+    """The session stack with an uploads project beside each demo project, made as
+    ``create_project.py --uploads`` makes them (``stack.demo[kind]["uploads"]``)."""
+    from ml_backend.uploads import ensure_uploads_project
+
+    stack = request.getfixturevalue("stack")
+    client = stack.client()
+    for kind in ("greenscreen", "scenediff"):
+        project = client.projects.get(id=stack.demo[kind]["project"])
+        stack.demo[kind]["uploads"] = ensure_uploads_project(client, project, kind, stack.backend_url).id
+    return stack
 
 
 def import_files(page: Any, stack: Any, project: int, files: list[Path]) -> float:
