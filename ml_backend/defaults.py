@@ -163,3 +163,23 @@ GREENSCREEN_FPS = 0.0
 #: Threads PyTorch uses for one model on the CPU; 0 keeps PyTorch's default (all cores). Set it
 #: when the backend and a worker share one CPU machine, so they do not oversubscribe it.
 TORCH_THREADS = 0
+
+#: Videos uploaded in Label Studio's Import dialog (``ml_backend.uploads``): a green-screen upload
+#: is cut into segments of this many seconds (as ``scripts/import_segments.py --seconds``).
+UPLOAD_SEGMENT_SECONDS = 10.0
+
+#: An uploaded SceneDiff pair gets an annotation frame every this many frames (``--stride``).
+UPLOAD_PAIR_STRIDE = 30
+
+#: Longest side, in pixels, of an uploaded video; larger ones (8K) are refused.
+UPLOAD_MAX_SIDE = 4096
+
+#: Longest uploaded video, in seconds; longer ones are refused.
+UPLOAD_MAX_SECONDS = 2 * 3600
+
+#: Largest uploaded video downloaded from Label Studio, in bytes.
+UPLOAD_MAX_BYTES = 20 * 1024**3
+
+#: Seconds between two polls of the uploads projects for uploads whose ``TASKS_CREATED`` webhook
+#: never came (one worker polls); 0 = webhook only.
+UPLOAD_POLL_SECONDS = 30.0

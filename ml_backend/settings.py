@@ -232,6 +232,36 @@ class Settings:
         defaults.PREFETCH_WORKERS, "PREFETCH_WORKERS", "threads preparing frames; 0 = 1 on CPU, up to 8 on GPU"
     )
     port: int = setting(defaults.PORT, "PORT", "HTTP port of the backend")
+    upload_segment_seconds: float = setting(
+        defaults.UPLOAD_SEGMENT_SECONDS,
+        "UPLOAD_SEGMENT_SECONDS",
+        "seconds per segment task of a green-screen video uploaded in Label Studio",
+    )
+    upload_pair_stride: int = setting(
+        defaults.UPLOAD_PAIR_STRIDE,
+        "UPLOAD_PAIR_STRIDE",
+        "an annotation frame every this many frames of an uploaded SceneDiff pair",
+    )
+    upload_max_side: int = setting(
+        defaults.UPLOAD_MAX_SIDE,
+        "UPLOAD_MAX_SIDE",
+        "longest side, in pixels, of an uploaded video (8K is refused by default)",
+    )
+    upload_max_seconds: float = setting(
+        defaults.UPLOAD_MAX_SECONDS,
+        "UPLOAD_MAX_SECONDS",
+        "longest uploaded video, in seconds",
+    )
+    upload_poll_seconds: float = setting(
+        defaults.UPLOAD_POLL_SECONDS,
+        "UPLOAD_POLL_SECONDS",
+        "seconds between polls for uploads whose webhook never came; 0 = off",
+    )
+    upload_max_bytes: int = setting(
+        defaults.UPLOAD_MAX_BYTES,
+        "UPLOAD_MAX_BYTES",
+        "largest uploaded video downloaded from Label Studio, in bytes",
+    )
 
     def __post_init__(self) -> None:
         if self.model_size not in MODEL_SIZES:
@@ -269,6 +299,10 @@ class Settings:
         if self.review_keep_versions < 1:
             raise ConfigurationError(
                 f"REVIEW_KEEP_VERSIONS={self.review_keep_versions} must be at least 1 (the newest job's files)"
+            )
+        if self.upload_segment_seconds <= 0 or self.upload_pair_stride < 1 or self.upload_max_side < 1:
+            raise ConfigurationError(
+                "UPLOAD_SEGMENT_SECONDS must be above 0, UPLOAD_PAIR_STRIDE and UPLOAD_MAX_SIDE at least 1"
             )
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigurationError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")

@@ -6,7 +6,9 @@ submitted and deleted annotations and created and deleted tasks: ``automation.WE
     python scripts/create_project.py --title "Scene changes" --config label_config/scenediff_pair.xml \\
         --backend http://localhost:9090 --local-root /data/ls-files
 
-If a step after creating a new project fails, the project is deleted again.
+With --uploads it also makes "<title> · uploads", a project whose Import dialog takes videos: each
+upload becomes this project's tasks (segments, or SceneDiff pairs by the rule in the description;
+see ml_backend/uploads.py). If a step after creating a new project fails, the project is deleted again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ def main() -> int:
         "--local-root", type=Path, help="add a local-files storage on this folder (under LOCAL_FILES_DOCUMENT_ROOT)"
     )
     parser.add_argument("--no-backend", action="store_true", help="only create the project")
+    parser.add_argument(
+        "--uploads", action="store_true",
+        help="also create '<title> · uploads', where videos uploaded in the Import dialog become this project's tasks",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from ml_backend.labelstudio.automation import connect_backend, ensure_local_storage, ensure_project
@@ -48,7 +54,12 @@ def main() -> int:
 
     client = client_from(args)
     existed = any(p.title == args.title for p in client.projects.list())
-    project = ensure_project(client, args.title, config)
+    from ml_backend.labelstudio.automation import project_kind
+    from ml_backend.worker.uploads import PAIR_RULE, ensure_uploads_project
+
+    kind = project_kind(config)
+    about = f"Upload pairs in '{args.title} · uploads'. {PAIR_RULE}" if args.uploads and kind == "scenediff" else ""
+    project = ensure_project(client, args.title, config, description=about)
     print(f"project {project.id}: {project.title}")
     step = "setting up the project"
     new_root = NewFiles(args.local_root) if args.local_root and not args.local_root.exists() else None
@@ -62,6 +73,12 @@ def main() -> int:
             step = f"connecting the ML backend at {args.backend} and its webhook"
             backend = connect_backend(client, project.id, args.backend.rstrip("/"), basic_auth=args.basic_auth)
             print(f"ML backend {backend.id} at {backend.url} (interactive)")
+        if args.uploads:
+            step = "creating the uploads project"
+            if kind is None:
+                raise Fail(f"{args.config} is neither a green-screen nor a SceneDiff config: no uploads project")
+            uploads = ensure_uploads_project(client, project, kind, None if args.no_backend else args.backend)
+            print(f"uploads project {uploads.id}: {uploads.title} (Import videos there)")
     except BaseException as exc:  # Ctrl-C too
         if new_root:
             new_root.remove()

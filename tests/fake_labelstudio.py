@@ -2,7 +2,8 @@
 
 Serves ``GET /api/projects/<id>/``, ``/api/tasks/<id>/``, ``/api/annotations/<id>/``, ``/api/ml/``,
 ``POST /api/predictions/`` (and ``GET /api/predictions/?task=``, ``DELETE /api/predictions/<id>/``),
-``GET /api/tasks/<id>/annotations/``, ``DELETE /api/annotations/<id>/``, ``PATCH /api/tasks/<id>/`` (data replaced whole) and task files under ``/data/local-files/?d=<path>``, checking the
+``GET /api/tasks/<id>/annotations/``, ``DELETE /api/annotations/<id>/``, ``PATCH /api/tasks/<id>/`` (data replaced whole) and task files under ``/data/local-files/?d=<path>`` and
+``/data/upload/<path>`` (from ``<root>/upload/``), checking the
 legacy token. For the import scripts also: ``GET /api/projects/`` (list), ``GET /api/tasks/?project=``,
 ``DELETE /api/tasks/<id>/``, ``POST /api/projects/<id>/import`` (refusing a task that lacks a key
 the config's object tags read, with Label Studio's message), local-files storages
@@ -64,6 +65,11 @@ class FakeLabelStudio:
             parts = [p for p in request.path.split("/") if p]
             if self.hook is not None:
                 self.hook(request.method, parts)
+            if request.path.startswith("/data/upload/"):  # files uploaded in the Import dialog: <root>/upload/
+                path = (self.root / "upload" / request.path[len("/data/upload/") :]).resolve()
+                if not path.is_relative_to(self.root.resolve()) or not path.is_file():
+                    return Response("not found", status=404)
+                return Response(path.read_bytes(), mimetype="application/octet-stream")
             if request.path.startswith("/data/local-files"):
                 path = (self.root / request.args.get("d", "")).resolve()
                 if not path.is_relative_to(self.root.resolve()) or not path.is_file():
@@ -119,7 +125,7 @@ class FakeLabelStudio:
             body = request.get_json(force=True)
             project_id = max(self.projects, default=0) + 1
             self.add_project(project_id, body["label_config"])
-            self.projects[project_id].update(title=body.get("title", ""))
+            self.projects[project_id].update(title=body.get("title", ""), description=body.get("description", ""))
             return self.projects[project_id], 201
         if parts == ["api", "ml"] and method == "POST":
             backend = {"id": len(self.ml_backends) + 1, **request.get_json(force=True)}

@@ -12,7 +12,7 @@ from rq import Queue
 
 from ml_backend.video.synthetic import scene_pair
 from ml_backend.worker import process as process_module
-from ml_backend.worker.names import OLD_NAMES, PROMPTS_JOB, TASK_JOB
+from ml_backend.worker.names import OLD_NAMES, PROMPTS_JOB, TASK_JOB, UPLOAD_JOB
 from ml_backend.worker.process import SERIALIZER
 from ml_backend.worker.queue import JobQueue
 from ml_backend.worker.runner import ALLOWED_FUNCTIONS, Worker, make_worker
@@ -30,8 +30,8 @@ def test_old_names_are_allowed_and_point_at_todays_functions():
         "ml_backend.jobs.propagate_task": TASK_JOB,
         "ml_backend.jobs.propagate_prompts": PROMPTS_JOB,
     }
-    assert set(OLD_NAMES) | {TASK_JOB, PROMPTS_JOB} == set(ALLOWED_FUNCTIONS)
-    for name in (TASK_JOB, PROMPTS_JOB):
+    assert set(OLD_NAMES) | {TASK_JOB, PROMPTS_JOB, UPLOAD_JOB} == set(ALLOWED_FUNCTIONS)
+    for name in (TASK_JOB, PROMPTS_JOB, UPLOAD_JOB):
         module, _, function = name.rpartition(".")
         assert callable(getattr(importlib.import_module(module), function))
     assert issubclass(Worker, __import__("rq").SimpleWorker)

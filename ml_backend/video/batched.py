@@ -156,6 +156,26 @@ def chunks(batch: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + size, batch)) for lo in range(0, batch, size)]
 
 
+def processing_order(
+    per_obj: dict[int, Any],
+    num_frames: int,
+    start_frame_idx: int | None,
+    max_frame_num_to_track: int | None,
+    reverse: bool,
+) -> range | list[int]:
+    """The frames ``propagate_in_video`` visits, in order: start, end and direction exactly as
+    SAM 2 sets them (the first prompted frame by default, the whole video)."""
+    if start_frame_idx is None:
+        start_frame_idx = min(t for out in per_obj.values() for t in out["cond_frame_outputs"])
+    if max_frame_num_to_track is None:
+        max_frame_num_to_track = num_frames
+    if reverse:
+        end_frame_idx = max(start_frame_idx - max_frame_num_to_track, 0)
+        return range(start_frame_idx, end_frame_idx - 1, -1) if start_frame_idx > 0 else []
+    end_frame_idx = min(start_frame_idx + max_frame_num_to_track, num_frames - 1)
+    return range(start_frame_idx, end_frame_idx + 1)
+
+
 class BatchedObjects:
     """Mixin over a ``SAM2VideoPredictor`` class: ``propagate_in_video`` runs objects with the
     same memory layout as one batch. Everything else is SAM 2's.
@@ -333,20 +353,9 @@ class BatchedObjects:
         per_obj = inference_state["output_dict_per_obj"]
         window = lookup_window(self)
 
-        # start, end and order exactly as SAM 2 sets them
-        if start_frame_idx is None:
-            start_frame_idx = min(t for out in per_obj.values() for t in out["cond_frame_outputs"])
-        if max_frame_num_to_track is None:
-            max_frame_num_to_track = num_frames
-        if reverse:
-            end_frame_idx = max(start_frame_idx - max_frame_num_to_track, 0)
-            processing_order = range(start_frame_idx, end_frame_idx - 1, -1) if start_frame_idx > 0 else []
-        else:
-            end_frame_idx = min(start_frame_idx + max_frame_num_to_track, num_frames - 1)
-            processing_order = range(start_frame_idx, end_frame_idx + 1)
-
+        order = processing_order(per_obj, num_frames, start_frame_idx, max_frame_num_to_track, reverse)
         device = inference_state["device"]
-        for frame_idx in tqdm(processing_order, desc="propagate in video"):
+        for frame_idx in tqdm(order, desc="propagate in video"):
             pred_masks_per_obj: list[torch.Tensor | None] = [None] * batch_size
             to_track = []
             for obj_idx in range(batch_size):

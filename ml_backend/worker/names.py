@@ -9,6 +9,10 @@ TASK_JOB = "ml_backend.worker.jobs.propagate_task"
 PROMPTS_JOB = "ml_backend.worker.jobs.propagate_prompts"
 
 
+#: The preparation of a video uploaded in Label Studio (:mod:`ml_backend.worker.uploadjob`).
+UPLOAD_JOB = "ml_backend.worker.uploadjob.prepare_upload"
+
+
 #: Their names before the package was split into subpackages: jobs queued then still run.
 OLD_NAMES = {
     "ml_backend.jobs.propagate_task": TASK_JOB,

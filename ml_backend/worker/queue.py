@@ -29,6 +29,7 @@ from ml_backend.worker.names import PROMPTS_JOB, TASK_JOB
 from ml_backend.worker.process import SERIALIZER
 from ml_backend.worker.progress import JobState
 from ml_backend.worker.records import message, write_message
+from ml_backend.worker.uploads import on_tasks_created
 
 
 class JobQueue:
@@ -140,7 +141,8 @@ class JobQueue:
         if action in ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED", "TASKS_DELETED"):
             return on_deleted(self, action, hook.payload)
         if action == "TASKS_CREATED":
-            return check_imported(self, hook.payload)
+            payload, uploads = on_tasks_created(self, hook.payload)  # uploaded videos: their own jobs
+            return {**check_imported(self, payload), **uploads}
         if action == "START_TRAINING":
             if hook.project_id is None:
                 raise BadPayload("START_TRAINING webhook without a project id")

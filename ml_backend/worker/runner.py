@@ -53,14 +53,15 @@ from ml_backend.worker import process
 from ml_backend.worker.columns import WORKER_LOST, WORKER_RESTARTED, reconcile, settle
 from ml_backend.worker.gate import run_token
 from ml_backend.worker.liveness import AliveKey, count_execution, holder_gone
-from ml_backend.worker.names import OLD_NAMES, PROMPTS_JOB, TASK_JOB
+from ml_backend.worker.names import OLD_NAMES, PROMPTS_JOB, TASK_JOB, UPLOAD_JOB
 from ml_backend.worker.process import OWNER_KEY, SERIALIZER, _local, configure, current_settings
+from ml_backend.worker.uploadpoll import poll_forever
 
 log = logging.getLogger(__name__)
 
 #: The only job functions a worker runs.
 #: Jobs queued under a name of an earlier release run as the function that replaced it.
-ALLOWED_FUNCTIONS = frozenset({TASK_JOB, PROMPTS_JOB, *OLD_NAMES})
+ALLOWED_FUNCTIONS = frozenset({TASK_JOB, PROMPTS_JOB, UPLOAD_JOB, *OLD_NAMES})
 
 
 def watchdog_interval(heartbeat_ttl: float) -> float:
@@ -163,6 +164,7 @@ class Worker(SimpleWorker):
         threads = [
             threading.Thread(target=self._watch, args=(stop,), name="job-watchdog", daemon=True),
             threading.Thread(target=self._keep_columns, args=(stop,), name="job-columns", daemon=True),
+            threading.Thread(target=poll_forever, args=(self.connection, stop), name="upload-poll", daemon=True),
         ]
         for thread in threads:
             thread.start()

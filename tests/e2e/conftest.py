@@ -69,6 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             "SAM2_MODEL_SIZE": "tiny",
             "RESULTS_DIR": str(state / "results"),
             "WEBHOOK_MODE": "auto",
+            "UPLOAD_SEGMENT_SECONDS": "1",  # a short uploaded video still makes several segments
             # random weights track nothing in particular and score every mask ~0.53: no low-score
             # flags (they would start every range on frame 0, already a page), but flag every
             # change of area or position, so the review tests always have frames to append (the
