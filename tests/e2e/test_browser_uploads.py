@@ -91,7 +91,7 @@ def upload_states(stack: Any, uploads: int, names: list[str]) -> dict[str, dict]
 @pytest.mark.timeout(1500)
 def test_a_long_video_uploaded_becomes_segment_tasks_that_annotate_and_export(page: Any, ui_stack: Any,
                                                                              tmp_path: Path) -> None:  # fmt: skip
-    from ml_backend.synthetic import moving_shapes
+    from ml_backend.video.synthetic import moving_shapes
 
     stack = ui_stack
     target, uploads = stack.demo["greenscreen"]["project"], stack.demo["greenscreen"]["uploads"]
@@ -132,7 +132,7 @@ def test_a_long_video_uploaded_becomes_segment_tasks_that_annotate_and_export(pa
 @pytest.mark.timeout(1500)
 def test_a_pair_uploaded_by_name_becomes_one_pair_task_that_exports_segments_pkl(page: Any, ui_stack: Any,
                                                                                   tmp_path: Path) -> None:  # fmt: skip
-    from ml_backend.synthetic import scene_pair
+    from ml_backend.video.synthetic import scene_pair
 
     stack = ui_stack
     target, uploads = stack.demo["scenediff"]["project"], stack.demo["scenediff"]["uploads"]
