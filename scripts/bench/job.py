@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.masks import with_masks
 from bench.pipeline_alone import summarise_timeline
-from bench.runner import autocast_factory, build, curve, gpu_peak, median_step, peak_rss_bytes, rss_bytes, sync
+from bench.runner import autocast_factory, build, curve, gpu_peak, median_step, ours, peak_rss_bytes, rss_bytes, sync
 from bench.video import MiB, prompt_spec
 
 #: With ``--all-exports``: the formats written beside the job's own SceneDiff pair and ``review``.
@@ -29,9 +29,9 @@ ALL_EXPORTS = ("davis", "ytvis", "mots")
 
 def child_job(cfg: dict[str, Any], predictor: Any = None, settings: Any = None) -> dict[str, Any]:
     """Our job path: run_job on the video with a SceneDiff prompt spec."""
-    from ml_backend.video import pipeline
-    from ml_backend.video.pipeline import run_job
-    from ml_backend.video.prompts import parse_prompts
+    pipeline = ours("video.pipeline")
+    run_job = pipeline.run_job
+    parse_prompts = ours("video.prompts").parse_prompts
 
     # Count the bytes of the COCO RLE strings the job produces for segments.pkl (measurement only:
     # the job's own encoder is called unchanged), to tell output growth from other growth.

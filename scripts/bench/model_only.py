@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from bench.masks import with_masks
-from bench.runner import autocast_factory, build, gpu_peak, median_step, peak_rss_bytes, rss_bytes, sync
+from bench.runner import autocast_factory, build, gpu_peak, median_step, ours, peak_rss_bytes, rss_bytes, sync
 from bench.video import prompt_points
 
 
@@ -21,8 +21,8 @@ def child_model(cfg: dict[str, Any], predictor: Any = None, settings: Any = None
     (with ``predictor``/``settings`` given, that model instead of a fresh one)."""
     import torch
 
-    from ml_backend.video import propagation
-    from ml_backend.video.frames import open_frames, sam_input
+    propagation = ours("video.propagation")
+    open_frames, sam_input = ours("video.frames").open_frames, ours("video.frames").sam_input
 
     if predictor is None:
         settings, predictor = build(cfg)

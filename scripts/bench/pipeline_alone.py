@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import PUBLISHED_A100_FPS
-from bench.runner import peak_rss_bytes, spawn
+from bench.runner import ours, peak_rss_bytes, spawn
 from bench.video import HEIGHT, WIDTH, prompt_spec
 
 
@@ -77,8 +77,8 @@ def child_pipeline(cfg: dict[str, Any]) -> dict[str, Any]:
     quality signals, spool)."""
     import torch
 
-    from ml_backend.video.pipeline import run_job
-    from ml_backend.video.prompts import parse_prompts
+    run_job = ours("video.pipeline").run_job
+    parse_prompts = ours("video.prompts").parse_prompts
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
@@ -151,9 +151,10 @@ def child_stages(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bench.masks import NoiseLogits, ShapeLogits
-    from ml_backend.exporters import masks as exports
-    from ml_backend.video import frames
-    from ml_backend.video.quality import Track
+
+    exports = ours("exporters.masks")
+    frames = ours("video.frames")
+    Track = ours("video.quality").Track
 
     torch.set_num_threads(1)
     repeats = cfg.get("repeats", 9)

@@ -29,6 +29,23 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench_video.py"
 RESULT_TAG = "BENCH_RESULT "
 
+#: Where each module lived before the package was grouped by side (``--base`` may be such a
+#: checkout): ``ml_backend.video.pipeline`` was ``ml_backend.pipeline``, and so on.
+OLD_MODULES = {"exporters.masks": "exports"}
+
+
+def ours(name: str) -> Any:
+    """``ml_backend.<name>`` of the checkout this child imports, in either layout: the package
+    grouped by side (``video.pipeline``) or the flat one before it (``pipeline``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"ml_backend.{name}")
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("ml_backend"):
+            raise
+        return importlib.import_module(f"ml_backend.{OLD_MODULES.get(name, name.rsplit('.', 1)[-1])}")
+
 
 # -- child side: clocks and memory ------------------------------------------------------------
 def rss_bytes() -> int:
@@ -113,7 +130,7 @@ def warm_up(predictor: Any, settings: Any) -> None:
     allocations) are paid before anything is timed; then the same state is thrown away."""
     import torch
 
-    from ml_backend.video import propagation
+    propagation = ours("video.propagation")
 
     state = propagation.new_state(predictor, _FakeSource(), prefetch=0)  # type: ignore[arg-type]
     propagation.close_state(state)
