@@ -228,3 +228,38 @@ def test_module_and_function_sizes():
 def test_every_module_says_what_it_owns():
     silent = [name for name, path in modules().items() if not ast.get_docstring(ast.parse(path.read_text()))]
     assert silent == []
+
+
+def _reference_resolves(ref: str, module: str, known: set[str]) -> bool:
+    """``ref`` (a Sphinx target as written, without ``~``) names a module of the package, or
+    something inside one: absolute (``ml_backend.video.frames.open_frames``) or relative to the
+    module's own side (``.segmenter``)."""
+    if ref.startswith("."):
+        side = module.rsplit(".", 1)[0]
+        ref = f"{side}{ref}"
+    elif not ref.startswith("ml_backend"):
+        return True  # a name in the module itself or another library: not checked here
+    parts = ref.split(".")
+    return any(".".join(parts[:i]) in known for i in range(len(parts), max(len(parts) - 3, 0), -1))
+
+
+def test_docstring_references_name_modules_that_exist():
+    """After a move, ``:mod:`` / ``:func:`` references to the old places must follow."""
+    import re
+
+    known = set(modules())
+    stale = [
+        (name, match.group(1))
+        for name, path in modules().items()
+        for match in re.finditer(r":(?:mod|func|class|meth|data|attr):`~?([\w.]+)`", path.read_text())
+        if not _reference_resolves(match.group(1), name, known)
+    ]
+    assert stale == []
+
+
+def test_the_reference_check_sees_a_stale_one():
+    known = {"ml_backend.worker.gate", "ml_backend.server.sessions"}
+    assert _reference_resolves("ml_backend.worker.gate.PublishGate", "ml_backend.worker.x", known)
+    assert _reference_resolves(".sessions", "ml_backend.server.interactive", known)
+    assert not _reference_resolves("ml_backend.jobs.PublishGate", "ml_backend.worker.x", known)
+    assert not _reference_resolves(".signs", "ml_backend.server.interactive", known)

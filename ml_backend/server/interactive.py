@@ -5,13 +5,13 @@ One call of :meth:`InteractivePredictor.predict` does, in order:
 1. read ``params.context`` (``None`` → a batch call → no prediction for any task, see
    :meth:`InteractivePredictor.predict`);
 2. fill in the signs of earlier keypoints that Label Studio sends without ``is_positive``
-   (:mod:`.signs`), take the newest click and the other clicks of its label on its image
+   (:mod:`~ml_backend.labelstudio.signs`), take the newest click and the other clicks of its label on its image
    (:mod:`.context`; a context without keypoints → an empty suggestion), merged with the
    server-side session (:mod:`.sessions`);
-3. find the brush tag and the image from the project's config (:mod:`.labelconfig`), and the
+3. find the brush tag and the image from the project's config (:mod:`~ml_backend.labelstudio.config`), and the
    image URL from the task data (``item_index`` picks from a ``valueList``);
-4. fetch the file (:mod:`.fetch`), embed it once (:mod:`.segmenter`), decode the points;
-5. answer a ``brushlabels`` result at the same ``item_index`` (:mod:`.brush`), followed (with
+4. fetch the file (:mod:`~ml_backend.labelstudio.fetch`), embed it once (:mod:`.segmenter`), decode the points;
+5. answer a ``brushlabels`` result at the same ``item_index`` (:mod:`~ml_backend.labelstudio.brush`), followed (with
    ``SUGGEST_PAGE_OBJECTS``) by the latest masks of the other objects that have points on that
    page in this user's sessions, so that Label Studio shows every object of the page at once.
 

@@ -2,7 +2,7 @@
 
 Job functions are importable module-level functions, as RQ wants:
 
-- :func:`propagate_prompts` — a prompt document (:mod:`.prompts`) and video paths, no Label Studio;
+- :func:`propagate_prompts` — a prompt document (:mod:`~ml_backend.video.prompts`) and video paths, no Label Studio;
 - :func:`propagate_task` — a Label Studio task and annotation, fetched with the SDK; results are
   exported and posted back to the task as a prediction.
 
@@ -20,7 +20,7 @@ execution still owns the job (a job requeued after its worker was presumed dead 
 published twice); only then are the files renamed into place and the prediction posted.
 
 **Faults**: Label Studio unreachable or answering 5xx is retried with backoff for
-``LABEL_STUDIO_RETRY_SECONDS`` (:mod:`.backoff`) when it reads the job's input or posts its
+``LABEL_STUDIO_RETRY_SECONDS`` (:mod:`~ml_backend.labelstudio.backoff`) when it reads the job's input or posts its
 prediction; the task's state columns, progress, preview and review links are best-effort writes
 with a short budget (``LABEL_STUDIO_BEST_EFFORT_SECONDS``), sent from a background thread while
 the job propagates, so they never hold it up. Input errors (:class:`JobError`) fail at once,

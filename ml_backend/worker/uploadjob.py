@@ -1,11 +1,11 @@
 """The RQ job that turns an uploaded video (or pair) into annotatable tasks (:mod:`ml_backend.worker.uploads`).
 
-The job downloads the upload through Label Studio's API (:func:`ml_backend.app.default_fetcher`,
+The job downloads the upload through Label Studio's API (:func:`ml_backend.labelstudio.fetch.default_fetcher`,
 the backend's token), checks it (:func:`ml_backend.worker.uploads.probe`: a video that decodes, within ``UPLOAD_MAX_SIDE``
 and ``UPLOAD_MAX_SECONDS``), extracts the frames with the scripts' own code
 (:func:`~ml_backend.labelstudio.importing.split_video` + :func:`~ml_backend.labelstudio.importing.segment_tasks`, or
 :func:`~ml_backend.labelstudio.importing.pair_task`) into a hidden folder under the local-files root, and
-then, inside a :class:`~ml_backend.jobs.PublishGate` scoped to the video's content hash, renames
+then, inside a :class:`~ml_backend.worker.gate.PublishGate` scoped to the video's content hash, renames
 the folder into place and imports the tasks into the target project. The gate serialises jobs of
 the same content, refuses to publish for a deleted upload task and publishes each run once; a
 video already imported (same SHA-256) makes nothing new.
