@@ -96,6 +96,10 @@ PREFETCH_FRAMES = 8
 #: 8 for a GPU model (one core resizes a 1080p frame to 1024² in ~50 ms; a GPU tracks faster).
 PREFETCH_WORKERS = 0
 
+#: On a GPU, resize frames there (Pillow's bicubic arithmetic, bit for bit: ``video/resize.py``),
+#: so the prefetch workers only decode; off: PIL resizes in the workers, as on a CPU.
+RESIZE_ON_GPU = True
+
 #: HTTP port of ``python -m ml_backend serve``.
 PORT = 9090
 

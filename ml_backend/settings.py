@@ -231,6 +231,11 @@ class Settings:
     prefetch_workers: int = setting(
         defaults.PREFETCH_WORKERS, "PREFETCH_WORKERS", "threads preparing frames; 0 = 1 on CPU, up to 8 on GPU"
     )
+    resize_on_gpu: bool = setting(
+        defaults.RESIZE_ON_GPU,
+        "RESIZE_ON_GPU",
+        "on a GPU, resize frames there (bit-identical to PIL); off = PIL in the prefetch workers",
+    )
     port: int = setting(defaults.PORT, "PORT", "HTTP port of the backend")
     upload_segment_seconds: float = setting(
         defaults.UPLOAD_SEGMENT_SECONDS,

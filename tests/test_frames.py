@@ -47,19 +47,24 @@ def test_sam_input_equals_sam2_loader(tmp_path):
 @pytest.mark.parametrize("workers", [1, 3])
 def test_prefetch_workers_and_device_normalising_give_the_loader_s_tensors(tmp_path, workers):
     """Several workers resizing at once, and frames normalised "on the device" (the CUDA path's
-    code, run on CPU tensors), in both directions: the same bits as SAM 2's own loader."""
+    code, run on CPU tensors), resized there too (``RESIZE_ON_GPU``), in both directions: the same
+    bits as SAM 2's own loader."""
     from PIL import Image
     from sam2.utils.misc import load_video_frames_from_jpg_images
 
     for i, f in enumerate(moving_shapes(num_frames=24, height=90, width=160).frames):
         Image.fromarray(f).save(tmp_path / f"{i:05d}.jpg")
     stock, _, _ = load_video_frames_from_jpg_images(str(tmp_path), image_size=64, offload_video_to_cpu=True)
-    for device in (None, torch.device("cpu")):
-        ours = SamFrames(open_frames(tmp_path, cache_frames=8), 64, prefetch=2, workers=workers, device=device)
+    for device, on_device in ((None, False), (torch.device("cpu"), False), (torch.device("cpu"), True)):
+        ours = SamFrames(
+            open_frames(tmp_path, cache_frames=8), 64, prefetch=2, workers=workers, device=device,
+            resize_on_device=on_device,
+        )  # fmt: skip
         assert ours.prefetch == max(2, 2 * workers)
+        assert (ours._resize is not None) == on_device  # the device resizes, the workers only decode
         for i in [*range(10, 24), *range(9, -1, -1)]:
             got = ours[i]
-            assert got.dtype == torch.float32 and torch.equal(got, stock[i]), (device, i)
+            assert got.dtype == torch.float32 and torch.equal(got, stock[i]), (device, on_device, i)
         ours.close()
 
 

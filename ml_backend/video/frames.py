@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ml_backend.exceptions import VideoError
+from ml_backend.video.resize import exact_resize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMG_MEAN = (0.485, 0.456, 0.406)
@@ -255,6 +256,10 @@ def sam_input(frame: np.ndarray, image_size: int) -> Any:
     return normalise(resize_for_sam(frame, image_size))
 
 
+def _is_cuda(device: Any) -> bool:
+    return str(getattr(device, "type", device)).startswith("cuda")
+
+
 _MEAN = np.array(IMG_MEAN, np.float32)
 _STD = np.array(IMG_STD, np.float32)
 _LUT = _normalise_lut()
@@ -271,11 +276,20 @@ class SamFrames:
 
     ``device``: where frames are normalised. ``None`` (CPU models) normalises in the workers;
     a CUDA device gets each frame as ``S×S×3`` uint8 and normalises it there, on the caller's
-    thread, so the returned tensor already lives on that device. Both are bit-identical.
+    thread, so the returned tensor already lives on that device. With ``resize_on_device`` (and
+    a CUDA device), the workers only decode: the device gets the ``H×W×3`` frame and resizes it
+    with Pillow's arithmetic (:func:`~ml_backend.video.resize.exact_resize`; where the installed
+    Pillow's bytes cannot be reproduced, PIL resizes in the workers as before). All bit-identical.
     """
 
     def __init__(
-        self, source: FrameSource, image_size: int, prefetch: int = 8, workers: int = 1, device: Any = None
+        self,
+        source: FrameSource,
+        image_size: int,
+        prefetch: int = 8,
+        workers: int = 1,
+        device: Any = None,
+        resize_on_device: bool = False,
     ) -> None:
         self.source = source
         self.image_size = image_size
@@ -288,6 +302,9 @@ class SamFrames:
             import torch
 
             self._lut = torch.from_numpy(_LUT).to(device)  # uploaded once, not per frame
+        self._resize = None
+        if device is not None and resize_on_device:
+            self._resize = exact_resize(source.height, source.width, image_size, device)
         self._pool = (
             ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="frame-prefetch") if self.prefetch else None
         )
@@ -301,13 +318,16 @@ class SamFrames:
         return self.source.num_frames
 
     def _prepare(self, index: int) -> Any:
+        import torch
+
+        if self._resize is not None:  # the device resizes: hand over the decoded frame
+            tensor = torch.from_numpy(self.source.read(index))
+            return tensor.pin_memory() if _is_cuda(self.device) else tensor
         resized = resize_for_sam(self.source.read(index), self.image_size)
         if self.device is None:
             return normalise(resized)
-        import torch
-
         tensor = torch.from_numpy(np.array(resized))  # PIL's buffer is read-only
-        if getattr(self.device, "type", str(self.device)).startswith("cuda"):
+        if _is_cuda(self.device):
             # page-locked here, in the worker, so the model's thread uploads it without waiting
             tensor = tensor.pin_memory()
         return tensor
@@ -322,7 +342,11 @@ class SamFrames:
             self._last = index
         prepared = future.result() if future is not None else self._prepare(index)
         self._schedule(index, step)
-        return prepared if self._lut is None else normalise_on(prepared, self._lut)
+        if self._lut is None:
+            return prepared
+        if self._resize is not None:
+            prepared = self._resize(prepared.to(self._lut.device, non_blocking=True))
+        return normalise_on(prepared, self._lut)
 
     def _schedule(self, index: int, step: int) -> None:
         if self._pool is None:

@@ -26,6 +26,7 @@ class JobOptions:
     quality_rule: QualityRule | None = None
     prefetch: int = 8  # frames decoded ahead of the model
     prefetch_workers: int = 0
+    resize_on_gpu: bool = True  # frames resized on a CUDA model's device (bit-identical to PIL)
     offload_state_to_cpu: bool = False
     autocast: Callable[[], Any] | None = None  # a context manager factory around the model's calls
     greenscreen_mp4: bool = False
@@ -57,6 +58,7 @@ class JobOptions:
             quality_rule=settings.quality_rule,
             prefetch=settings.prefetch_frames,
             prefetch_workers=settings.prefetch_workers,
+            resize_on_gpu=settings.resize_on_gpu,
             offload_state_to_cpu=settings.offload_state_to_cpu,
             autocast=_autocast(settings, device),
             greenscreen_mp4=settings.greenscreen_mp4,

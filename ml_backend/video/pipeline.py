@@ -4,8 +4,8 @@
 SAM 2 state holding every object present in it, propagates forward and backward
 (:mod:`.propagation`), and hands each frame's masks to an export thread that spools them as RLE
 and feeds the per-frame exporters, so encoding and file writing never block the model. When all
-videos are done, each exporter (:mod:`.exporter`) finishes from the spool; the staged files are
-then published atomically (:class:`~ml_backend.exporters.staging.Staging`).
+videos are done, each exporter (:mod:`~ml_backend.exporters.interface`) finishes from the spool;
+the staged files are then published atomically (:class:`~ml_backend.exporters.staging.Staging`).
 """
 
 from __future__ import annotations
@@ -188,8 +188,8 @@ def run_job(
             result.num_frames[name] = propagate_video(
                 predictor, name, videos[name], spec.objects_in(name), result.spool, exporters,
                 progress=progress, prefetch=options.prefetch, prefetch_workers=options.prefetch_workers,
-                offload_state_to_cpu=options.offload_state_to_cpu, autocast=options.autocast,
-                bounded=options.bounded, device_rle=options.device_rle, timeline=timeline,
+                resize_on_gpu=options.resize_on_gpu, offload_state_to_cpu=options.offload_state_to_cpu,
+                autocast=options.autocast, bounded=options.bounded, device_rle=options.device_rle, timeline=timeline,
             )  # fmt: skip
             result.seconds[name] = time.perf_counter() - started
         result.masks = {name: result.spool.view(name) for name in video_names(spec)}
@@ -224,6 +224,7 @@ def propagate_video(
     progress: Progress | None = None,
     prefetch: int = 8,
     prefetch_workers: int = 0,
+    resize_on_gpu: bool = True,
     offload_state_to_cpu: bool = False,
     autocast: Callable[[], Any] | None = None,
     bounded: bool = True,
@@ -290,7 +291,12 @@ def propagate_video(
                 exported[frame_idx] = (time.perf_counter() - started, time.thread_time() - cpu)
 
         state = propagation.new_state(
-            predictor, source, prefetch=prefetch, workers=workers, offload_state_to_cpu=offload_state_to_cpu
+            predictor,
+            source,
+            prefetch=prefetch,
+            workers=workers,
+            offload_state_to_cpu=offload_state_to_cpu,
+            resize_on_gpu=resize_on_gpu,
         )
         exporter_thread = ExportThread(handle)
         frames_iter = None

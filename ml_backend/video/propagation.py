@@ -52,11 +52,12 @@ def new_state(
     prefetch: int = 8,
     workers: int = 0,
     offload_state_to_cpu: bool = False,
+    resize_on_gpu: bool = True,
 ) -> dict[str, Any]:
     """An inference state like ``predictor.init_state`` builds, over a lazy frame source.
 
     ``prefetch`` frames are prepared ahead by ``workers`` threads (0: :func:`prefetch_workers`);
-    on a GPU, frames are normalised on the GPU.
+    on a GPU, frames are normalised on the GPU, and resized there too with ``resize_on_gpu``.
     """
     import torch
 
@@ -67,6 +68,7 @@ def new_state(
         prefetch=prefetch,
         workers=prefetch_workers(device, workers),
         device=device if str(device).startswith("cuda") else None,
+        resize_on_device=resize_on_gpu,
     )
     state: dict[str, Any] = {
         "images": images,
