@@ -23,6 +23,11 @@ Phases (all in one run, one table at the end):
    client's masks are compared with those of the same click sequence run alone beforehand
    (cross-talk check); the cache's items/bytes and the process RSS are sampled throughout.
 
+``--masks realistic``: the mask decoder still runs on every click (and is timed as usual), but
+the mask it answers is replaced by an object-sized disc around the click's positive points, so
+the brush RLE and JSON cost what a real object's do (random weights give noise masks: every
+pixel row is dozens of runs). ``noise`` (the default) keeps SAM 2's own masks, the worst case.
+
 Usage::
 
     .venv/bin/python scripts/bench_interactive.py            # 1024 px, the real input size
@@ -266,6 +271,29 @@ class Client:
         self.http.close()
 
 
+class RealisticMasks:
+    """An :class:`~ml_backend.server.segmenter.ImageSegmenter` whose answers are object-sized
+    discs: the real ``predict`` runs first (so the decoder's time is the model's), then its mask
+    is replaced by a disc of a sixth of the frame's shorter side around the positive points."""
+
+    def __init__(self, segmenter: Any) -> None:
+        self._segmenter = segmenter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._segmenter, name)
+
+    def predict(self, embedding: Any, points_xy: Any, labels: Any) -> tuple[Any, float]:
+        import cv2
+
+        mask, score = self._segmenter.predict(embedding, points_xy, labels)
+        points = np.asarray(points_xy, np.float32).reshape(-1, 2)
+        positive = points[np.asarray(labels).reshape(-1) == 1]
+        cx, cy = (positive if len(positive) else points).mean(axis=0)
+        disc = np.zeros(mask.shape, np.uint8)
+        cv2.circle(disc, (round(float(cx)), round(float(cy))), max(2, min(mask.shape) // 6), 1, -1)
+        return disc.astype(bool), score
+
+
 def build_backend(settings: Any, model: Any, root: Path, cache_dir: Path) -> tuple[Server, Any]:
     """``(server, predictor)`` for ``settings``, sharing the already-built ``model``."""
     from ml_backend.labelstudio.fetch import FileFetcher
@@ -281,6 +309,8 @@ def build_backend(settings: Any, model: Any, root: Path, cache_dir: Path) -> tup
         cache_bytes=settings.download_cache_bytes,
     )
     segmenter = ImageSegmenter(model, settings)
+    if SERVER.get("masks") == "realistic":
+        segmenter = RealisticMasks(segmenter)
     predictor = InteractivePredictor(settings, fetcher=fetcher, segmenter_factory=lambda: segmenter)
     return Server(create_app(settings, predictor=predictor)), predictor
 
@@ -695,6 +725,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "threaded development server",
     )
     p.add_argument("--server-threads", type=int, default=8, help="gunicorn request threads (serve's --threads)")
+    p.add_argument(
+        "--masks",
+        choices=("noise", "realistic"),
+        default="noise",
+        help="noise: SAM 2's own masks (random weights: the worst case for RLE and JSON); realistic: the decoder "
+        "runs, its answer is replaced by an object-sized disc around the clicks",
+    )
     args = p.parse_args(argv)
     full = {
         "image_size": 1024,
@@ -732,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    SERVER.update(kind=args.server, threads=args.server_threads)
+    SERVER.update(kind=args.server, threads=args.server_threads, masks=args.masks)
     rss_start = rss_bytes()
     with tempfile.TemporaryDirectory(prefix="bench-interactive-") as tmp:
         work = Path(tmp)
@@ -785,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = platform.processor() or platform.machine()
     print()
     print(
-        f"SAM 2.1 {args.model_size}, {args.image_size} px, random weights ({model_version(settings)}), "
+        f"SAM 2.1 {args.model_size}, {args.image_size} px, random weights ({model_version(settings)}), {args.masks} masks, "
         f"device {device} ({cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads); frames {FRAME_W}x{FRAME_H} PNG via local-files root; "
         f"{server_line(args)} + httpx; model build {build_s:.1f} s"
