@@ -485,3 +485,18 @@ def test_unexpected_error_hides_its_text(small_settings, caplog):
     assert "s3cr3t" not in response.get_data(as_text=True) and "RuntimeError" not in body["error"]
     error_id = body["error_id"]
     assert error_id in body["error"] and error_id in caplog.text and "s3cr3t" in caplog.text
+
+
+def test_json_depth_counts_containers_only():
+    from ml_backend.server.routes import MAX_JSON_DEPTH, json_depth
+
+    assert [json_depth(d) for d in (3, "x", None, [], {}, [[[]]], [1, 2, [3, [4]]])] == [0, 0, 0, 1, 1, 3, 3]
+    assert json_depth({"a": [1, {"b": [[2]]}], "c": "[[[["}) == 5
+    rle = {"value": {"rle": list(range(100_000)), "brushlabels": ["Object 1"]}}  # flat lists of numbers
+    assert json_depth({"tasks": [{"predictions": [{"result": [rle] * 8}]}]}) == 9
+    deep: list = []
+    cur = deep
+    for _ in range(3 * MAX_JSON_DEPTH):
+        cur.append([])
+        cur = cur[0]
+    assert json_depth(deep) == MAX_JSON_DEPTH + 1  # stops once past the limit
